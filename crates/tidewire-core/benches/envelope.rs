@@ -1,0 +1,113 @@
+//! Seal, redact and verify a 40-field (~1 KiB) notification.
+//!
+//! `cargo bench -p tidewire-core --bench envelope`; figures in docs/BENCHMARKS.md.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use tidewire_core::envelope::{self, Hop};
+use tidewire_core::fields::PathPattern;
+use tidewire_core::keys::{Roster, RosterNode, SigningKey};
+use tidewire_core::{NodeId, Notification, NotificationId};
+
+fn forty_fields() -> Notification {
+    let mut persons = Vec::new();
+    for i in 0..6 {
+        persons.push(serde_json::json!({
+            "name": format!("Person {i}"), "nationality": "CO", "dob": "1979-03-02",
+            "role": "crew", "passport": format!("P{i:07}")
+        }));
+    }
+    let json = serde_json::json!({
+        "kind": "vessel_of_interest", "case_ref": "MAOC-2026-0142",
+        "routes": ["atlantic.south-america.west-africa", "vessel.imo.9387421"],
+        "handling": "H1", "grading": {"source": "B", "information": "2"},
+        "audience": ["node:accra", "country:SN"], "purposes": ["interdiction"],
+        "fields": {
+            "vessel": {"name": "MV Example", "imo": "9387421", "flag": "TG", "mmsi": "671234000",
+                       "position": {"lat": 5.61, "lon": -0.19}, "course": 214, "speed_kn": 11.5},
+            "cargo": {"declared": "fishing gear", "suspected": "cocaine", "estimated_kg": 1200},
+            "persons": persons,
+            "narrative": "Mother ship suspected of transhipment off the Bijagos; rendezvous with fast boats expected."
+        }
+    });
+    let n = Notification::from_value(&json).unwrap();
+    assert_eq!(n.fields.len(), 40);
+    n
+}
+
+fn bench(c: &mut Criterion) {
+    let key = SigningKey::from_seed([7; 32]);
+    let relay_key = SigningKey::from_seed([8; 32]);
+    let origin: NodeId = "maoc-n".parse().unwrap();
+    let relay: NodeId = "dakar".parse().unwrap();
+    let accra: NodeId = "accra".parse().unwrap();
+    let mut roster = Roster::default();
+    roster.upsert(RosterNode::new(
+        origin.clone(),
+        "PT".parse().unwrap(),
+        "maoc-n".into(),
+        key.public(),
+    ));
+    roster.upsert(RosterNode::new(
+        relay.clone(),
+        "SN".parse().unwrap(),
+        "dakar".into(),
+        relay_key.public(),
+    ));
+    let n = forty_fields();
+    let sealed = envelope::seal(
+        &n,
+        &origin,
+        &key,
+        NotificationId::random(),
+        1,
+        1_800_000_000_000,
+    );
+    let bytes = envelope::encode(&sealed);
+    eprintln!("envelope size: {} bytes", bytes.len());
+    let pattern: Vec<PathPattern> = vec!["persons[*].name".parse().unwrap()];
+    let relayed = envelope::relay(
+        &sealed,
+        Hop {
+            node: &relay,
+            key: &relay_key,
+            to: &accra,
+            at_ms: 1_800_000_000_001,
+            policy_version: "p1",
+            withhold: vec![("persons[0].dob".into(), "r".into())],
+            substitute: vec![],
+        },
+    );
+    let relayed_bytes = envelope::encode(&relayed);
+
+    let mut g = c.benchmark_group("envelope-40-fields");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("seal", |b| {
+        b.iter(|| {
+            envelope::seal(
+                black_box(&n),
+                &origin,
+                &key,
+                NotificationId::random(),
+                1,
+                1_800_000_000_000,
+            )
+        })
+    });
+    g.bench_function("redact", |b| {
+        b.iter(|| {
+            let mut e = sealed.clone();
+            envelope::withhold_matching(&mut e, black_box(&pattern))
+        })
+    });
+    g.bench_function("verify", |b| {
+        b.iter(|| envelope::verify_bytes(black_box(&bytes), &roster).unwrap())
+    });
+    g.bench_function("verify-with-one-custody-hop", |b| {
+        b.iter(|| envelope::verify_bytes(black_box(&relayed_bytes), &roster).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

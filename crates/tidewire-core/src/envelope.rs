@@ -1,0 +1,709 @@
+//! Sealing, withholding, relaying and verifying envelopes: signing that survives redaction.
+//!
+//! The origin commits to every body field separately (`SHA-256(salt ‖ len ‖ path ‖ value)`), puts
+//! the sorted digests into the [`wire::SignedHeader`], encodes that header once and signs the
+//! bytes. Relays remove disclosed fields (withholding) or replace them with committed generalised
+//! values (transformations), and sign a custody entry that chains onto everything before it.
+//! [`verify`] checks the whole envelope as it arrived, never re-encoding anything it checks.
+
+use std::collections::HashMap;
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use prost::Message;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::{CoreError, VerifyError};
+use crate::fields::{FieldPath, PathPattern};
+use crate::keys::{Roster, SigningKey};
+use crate::model::{AudienceEntry, Grading, Handling, Kind, NodeId, NotificationId, Route};
+use crate::notification::Notification;
+use crate::timefmt;
+use crate::wire;
+
+pub use crate::wire::Envelope;
+
+/// Domain separator for origin signatures.
+pub const HEADER_DOMAIN: &[u8] = b"tidewire/v1/header\0";
+/// Domain separator for custody signatures.
+pub const CUSTODY_DOMAIN: &[u8] = b"tidewire/v1/custody\0";
+/// The largest encoded envelope accepted.
+pub const MAX_ENVELOPE_BYTES: usize = 4 * 1024 * 1024;
+/// The most custody entries (hops) an envelope may carry.
+pub const MAX_CUSTODY: usize = 32;
+/// Salt length in bytes.
+pub const SALT_LEN: usize = 16;
+
+/// The commitment to one field value.
+pub fn digest(salt: &[u8], path: &str, value: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update((path.len() as u32).to_be_bytes());
+    h.update(path.as_bytes());
+    h.update(value);
+    h.finalize().into()
+}
+
+/// Encodes an envelope to bytes.
+pub fn encode(env: &Envelope) -> Vec<u8> {
+    env.encode_to_vec()
+}
+
+/// Decodes envelope bytes, refusing oversized input.
+pub fn decode(bytes: &[u8]) -> Result<Envelope, VerifyError> {
+    if bytes.len() > MAX_ENVELOPE_BYTES {
+        return Err(VerifyError::TooLarge {
+            size: bytes.len(),
+            limit: MAX_ENVELOPE_BYTES,
+        });
+    }
+    Envelope::decode(bytes).map_err(|e| VerifyError::Malformed(e.to_string()))
+}
+
+/// The header fields, typed and validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    /// Notification id.
+    pub id: NotificationId,
+    /// Origin node.
+    pub origin: NodeId,
+    /// Per-origin sequence number.
+    pub origin_seq: u64,
+    /// Creation time (Unix ms).
+    pub created_at_ms: i64,
+    /// Expiry (Unix ms).
+    pub expires_at_ms: Option<i64>,
+    /// Kind.
+    pub kind: Kind,
+    /// Routes.
+    pub routes: Vec<Route>,
+    /// Handling code.
+    pub handling: Handling,
+    /// Grading.
+    pub grading: Grading,
+    /// Audience.
+    pub audience: Vec<AudienceEntry>,
+    /// Onward transfer allowed.
+    pub onward_transfer: bool,
+    /// Purposes.
+    pub purposes: Vec<String>,
+    /// Case reference.
+    pub case_ref: String,
+    /// Response deadline (Unix ms).
+    pub response_deadline_ms: Option<i64>,
+    /// The notification a recall withdraws.
+    pub recalls: Option<NotificationId>,
+    /// The origin key id.
+    pub key_id: String,
+    /// How many fields the origin committed to.
+    pub field_count: usize,
+}
+
+impl Header {
+    /// Whether the notification has expired at `now_ms`.
+    pub fn expired(&self, now_ms: i64) -> bool {
+        self.expires_at_ms.is_some_and(|t| now_ms >= t)
+    }
+
+    fn from_wire(h: &wire::SignedHeader) -> Result<Header, VerifyError> {
+        let m = |what: &str, e: &dyn std::fmt::Display| {
+            VerifyError::Malformed(format!("header {what}: {e}"))
+        };
+        if h.version != 1 {
+            return Err(m("version", &format!("unsupported version {}", h.version)));
+        }
+        let opt = |t: i64| (t != 0).then_some(t);
+        Ok(Header {
+            id: NotificationId::from_slice(&h.id).map_err(|e| m("id", &e))?,
+            origin: h.origin.parse().map_err(|e| m("origin", &e))?,
+            origin_seq: h.origin_seq,
+            created_at_ms: h.created_at_ms,
+            expires_at_ms: opt(h.expires_at_ms),
+            kind: Kind::from_wire(h.kind).ok_or_else(|| m("kind", &h.kind))?,
+            routes: h
+                .routes
+                .iter()
+                .map(|r| r.parse().map_err(|e| m("routes", &e)))
+                .collect::<Result<_, _>>()?,
+            handling: Handling::from_wire(h.handling, &h.handling_restriction)
+                .map_err(|e| m("handling", &e))?,
+            grading: Grading::new(&h.grading_source, &h.grading_information)
+                .map_err(|e| m("grading", &e))?,
+            audience: h
+                .audience
+                .iter()
+                .map(|a| a.parse().map_err(|e| m("audience", &e)))
+                .collect::<Result<_, _>>()?,
+            onward_transfer: h.onward_transfer,
+            purposes: h.purposes.clone(),
+            case_ref: h.case_ref.clone(),
+            response_deadline_ms: opt(h.response_deadline_ms),
+            recalls: if h.recalls.is_empty() {
+                None
+            } else {
+                Some(NotificationId::from_slice(&h.recalls).map_err(|e| m("recalls", &e))?)
+            },
+            key_id: h.key_id.clone(),
+            field_count: h.field_digests.len(),
+        })
+    }
+}
+
+/// Seals a notification at its origin: salts and commits every field, signs the header bytes.
+/// Every field is disclosed; withhold afterwards.
+pub fn seal(
+    n: &Notification,
+    origin: &NodeId,
+    key: &SigningKey,
+    id: NotificationId,
+    origin_seq: u64,
+    created_at_ms: i64,
+) -> Envelope {
+    let mut fields = Vec::with_capacity(n.fields.len());
+    let mut digests = Vec::with_capacity(n.fields.len());
+    for leaf in &n.fields {
+        let salt: [u8; SALT_LEN] = rand::random();
+        let path = leaf.path.to_string();
+        digests.push(digest(&salt, &path, &leaf.value).to_vec());
+        fields.push(wire::DisclosedField {
+            path,
+            value: leaf.value.clone(),
+            salt: salt.to_vec(),
+        });
+    }
+    digests.sort();
+    let header = wire::SignedHeader {
+        version: 1,
+        id: id.0.to_vec(),
+        origin: origin.to_string(),
+        origin_seq,
+        created_at_ms,
+        expires_at_ms: n.expires_at_ms.unwrap_or(0),
+        kind: n.kind.to_wire() as i32,
+        routes: n.routes.iter().map(|r| r.to_string()).collect(),
+        handling: n.handling.to_wire() as i32,
+        handling_restriction: n.handling.restriction().unwrap_or_default().to_owned(),
+        grading_source: n.grading.source.to_string(),
+        grading_information: n.grading.information.to_string(),
+        audience: n.audience.iter().map(|a| a.to_string()).collect(),
+        onward_transfer: n.onward_transfer,
+        purposes: n.purposes.clone(),
+        case_ref: n.case_ref.clone(),
+        response_deadline_ms: n.response_deadline_ms.unwrap_or(0),
+        recalls: n.recalls.map(|r| r.0.to_vec()).unwrap_or_default(),
+        key_id: key.key_id().to_owned(),
+        field_digests: digests,
+    };
+    let signed_header = header.encode_to_vec();
+    let origin_signature = key.sign(HEADER_DOMAIN, &signed_header).to_vec();
+    Envelope {
+        signed_header,
+        origin_signature,
+        fields,
+        custody: Vec::new(),
+    }
+}
+
+/// Removes disclosed fields whose path matches any pattern, without a custody entry (the
+/// `tidewire envelope redact` case). Returns the withheld paths.
+pub fn withhold_matching(env: &mut Envelope, patterns: &[PathPattern]) -> Vec<String> {
+    let mut removed = Vec::new();
+    env.fields.retain(|f| {
+        let hit = f
+            .path
+            .parse::<FieldPath>()
+            .map(|p| patterns.iter().any(|pat| pat.matches(&p)))
+            .unwrap_or(false);
+        if hit {
+            removed.push(f.path.clone());
+        }
+        !hit
+    });
+    removed
+}
+
+/// A generalised value a relay substitutes for a disclosed one.
+#[derive(Debug, Clone)]
+pub struct Substitution {
+    /// Path of the disclosed field.
+    pub path: String,
+    /// The new value.
+    pub value: Value,
+    /// The rule that asked for it.
+    pub rule_id: String,
+    /// The generaliser (`round:1`).
+    pub method: String,
+}
+
+/// What a relaying node does to an envelope at one hop.
+#[derive(Debug, Clone)]
+pub struct Hop<'a> {
+    /// This node.
+    pub node: &'a NodeId,
+    /// This node's signing key.
+    pub key: &'a SigningKey,
+    /// Where the envelope goes next.
+    pub to: &'a NodeId,
+    /// Now (Unix ms).
+    pub at_ms: i64,
+    /// The content hash of the policy applied.
+    pub policy_version: &'a str,
+    /// Paths to withhold, each with the rule that withheld it.
+    pub withhold: Vec<(String, String)>,
+    /// Values to generalise.
+    pub substitute: Vec<Substitution>,
+}
+
+/// Hash over the signed header, origin signature and custody entries so far.
+fn chain_hash(env: &Envelope, upto: usize) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut part = |b: &[u8]| {
+        h.update((b.len() as u32).to_be_bytes());
+        h.update(b);
+    };
+    part(&env.signed_header);
+    part(&env.origin_signature);
+    for c in &env.custody[..upto] {
+        part(&c.body);
+        part(&c.signature);
+    }
+    h.finalize().into()
+}
+
+/// Applies one hop: withholds and substitutes disclosed fields and appends this node's signed
+/// custody entry. Paths that are not disclosed are ignored (nothing to withhold).
+pub fn relay(env: &Envelope, hop: Hop<'_>) -> Envelope {
+    let mut out = env.clone();
+    let mut withheld = Vec::new();
+    let mut transformations = Vec::new();
+    for (path, rule) in &hop.withhold {
+        if let Some(pos) = out.fields.iter().position(|f| &f.path == path) {
+            let f = out.fields.remove(pos);
+            withheld.push(wire::Withholding {
+                digest: digest(&f.salt, &f.path, &f.value).to_vec(),
+                rule_id: rule.clone(),
+            });
+        }
+    }
+    for sub in &hop.substitute {
+        if let Some(f) = out.fields.iter_mut().find(|f| f.path == sub.path) {
+            let old = digest(&f.salt, &f.path, &f.value);
+            let salt: [u8; SALT_LEN] = rand::random();
+            let value = crate::fields::canonical(&sub.value);
+            let new = digest(&salt, &f.path, &value);
+            f.value = value;
+            f.salt = salt.to_vec();
+            transformations.push(wire::Transformation {
+                path: sub.path.clone(),
+                replaces: old.to_vec(),
+                new_digest: new.to_vec(),
+                rule_id: sub.rule_id.clone(),
+                method: sub.method.clone(),
+            });
+        }
+    }
+    let body = wire::CustodyBody {
+        node: hop.node.to_string(),
+        key_id: hop.key.key_id().to_owned(),
+        at_ms: hop.at_ms,
+        policy_version: hop.policy_version.to_owned(),
+        chain_hash: chain_hash(&out, out.custody.len()).to_vec(),
+        withheld,
+        transformations,
+        to: hop.to.to_string(),
+    }
+    .encode_to_vec();
+    let signature = hop.key.sign(CUSTODY_DOMAIN, &body).to_vec();
+    out.custody.push(wire::CustodyEntry { body, signature });
+    out
+}
+
+/// A field the receiver got, verified against a commitment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedField {
+    /// Its path.
+    pub path: String,
+    /// Its value.
+    pub value: Value,
+    /// Set when a relay generalised it.
+    pub transformed: Option<TransformInfo>,
+}
+
+/// Who generalised a value, how, under which rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransformInfo {
+    /// The relay.
+    pub by: String,
+    /// Its rule.
+    pub rule_id: String,
+    /// The generaliser.
+    pub method: String,
+}
+
+/// A commitment without a disclosed value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WithheldField {
+    /// The digest (hex).
+    pub digest: String,
+    /// The node that withheld it, when it said so in its custody entry.
+    pub by: Option<String>,
+    /// The rule it gave.
+    pub rule_id: Option<String>,
+}
+
+/// One hop of the custody chain, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustodyHop {
+    /// The relay.
+    pub node: String,
+    /// Where it sent the envelope.
+    pub to: String,
+    /// When (Unix ms).
+    pub at_ms: i64,
+    /// Policy version it applied.
+    pub policy_version: String,
+    /// How many fields it withheld.
+    pub withheld: usize,
+    /// How many values it generalised.
+    pub transformed: usize,
+}
+
+/// What a receiver may rely on after [`verify`]: every field here is the origin's, or a
+/// generalisation signed by the named relay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedView {
+    /// The header.
+    pub header: Header,
+    /// Fields in clear, in envelope order.
+    pub fields: Vec<VerifiedField>,
+    /// Commitments not disclosed.
+    pub withheld: Vec<WithheldField>,
+    /// The custody chain.
+    pub custody: Vec<CustodyHop>,
+    /// Whether signatures were checked (false for [`inspect`]).
+    pub signatures_checked: bool,
+}
+
+impl VerifiedView {
+    /// The body as a JSON tree (withheld array slots show as `null`).
+    pub fn body(&self) -> Value {
+        let parsed: Vec<(FieldPath, Value)> = self
+            .fields
+            .iter()
+            .filter_map(|f| f.path.parse().ok().map(|p| (p, f.value.clone())))
+            .collect();
+        crate::fields::unflatten(parsed.iter().map(|(p, v)| (p, v.clone()))).unwrap_or(Value::Null)
+    }
+
+    /// The custody path: origin first, then every relay that handed it on.
+    pub fn path(&self) -> Vec<String> {
+        let mut p: Vec<String> = self.custody.iter().map(|c| c.node.clone()).collect();
+        if p.first().map(String::as_str) != Some(self.header.origin.as_str()) {
+            p.insert(0, self.header.origin.to_string());
+        }
+        p
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum State {
+    /// Available in clear (origin commitment, or a transformation's new value by custody idx).
+    Open(Option<usize>),
+    /// Withheld by custody idx.
+    Withheld(usize),
+    /// Replaced by a transformation in custody idx.
+    Replaced(usize),
+}
+
+struct Parsed {
+    header: Header,
+    bodies: Vec<wire::CustodyBody>,
+    view: VerifiedView,
+}
+
+fn parse(env: &Envelope) -> Result<Parsed, VerifyError> {
+    let h = wire::SignedHeader::decode(env.signed_header.as_slice())
+        .map_err(|e| VerifyError::Malformed(format!("signed header: {e}")))?;
+    let header = Header::from_wire(&h)?;
+    if env.origin_signature.len() != 64 {
+        return Err(VerifyError::Malformed(
+            "origin signature is not 64 bytes".into(),
+        ));
+    }
+    if env.custody.len() > MAX_CUSTODY {
+        return Err(VerifyError::Malformed(format!(
+            "more than {MAX_CUSTODY} custody entries"
+        )));
+    }
+    let mut state: HashMap<[u8; 32], State> = HashMap::with_capacity(h.field_digests.len());
+    let mut prev: Option<&[u8]> = None;
+    for d in &h.field_digests {
+        let d32 = <[u8; 32]>::try_from(d.as_slice())
+            .map_err(|_| VerifyError::Malformed("a field digest is not 32 bytes".into()))?;
+        if prev.is_some_and(|p| p >= d.as_slice()) {
+            return Err(VerifyError::Malformed(
+                "field digests are not sorted and unique".into(),
+            ));
+        }
+        prev = Some(d);
+        state.insert(d32, State::Open(None));
+    }
+
+    let mut bodies = Vec::with_capacity(env.custody.len());
+    let mut hops = Vec::with_capacity(env.custody.len());
+    let mut attributions: HashMap<[u8; 32], (usize, String)> = HashMap::new();
+    let mut transforms: HashMap<[u8; 32], (usize, String, String)> = HashMap::new();
+    for (i, entry) in env.custody.iter().enumerate() {
+        let broken = |reason: String| VerifyError::BrokenCustodyChain { index: i, reason };
+        let body = wire::CustodyBody::decode(entry.body.as_slice())
+            .map_err(|e| broken(format!("body does not decode: {e}")))?;
+        if entry.signature.len() != 64 {
+            return Err(broken("signature is not 64 bytes".into()));
+        }
+        if body.chain_hash.as_slice() != chain_hash(env, i) {
+            return Err(broken(
+                "it does not sign the envelope that preceded it".into(),
+            ));
+        }
+        if let Some(p) = bodies.last().map(|b: &wire::CustodyBody| &b.to)
+            && *p != body.node
+        {
+            return Err(broken(format!(
+                "`{}` relayed it, but the previous hop sent it to `{p}`",
+                body.node
+            )));
+        }
+        for w in &body.withheld {
+            let d = <[u8; 32]>::try_from(w.digest.as_slice())
+                .map_err(|_| broken("a withheld digest is not 32 bytes".into()))?;
+            match state.get(&d) {
+                Some(State::Open(_)) => {
+                    state.insert(d, State::Withheld(i));
+                    attributions.insert(d, (i, w.rule_id.clone()));
+                }
+                _ => {
+                    return Err(broken(
+                        "it withholds a digest it never received in clear".into(),
+                    ));
+                }
+            }
+        }
+        for t in &body.transformations {
+            let bad = |reason: &str| VerifyError::InvalidTransformation {
+                index: i,
+                path: t.path.clone(),
+                reason: reason.to_owned(),
+            };
+            let old = <[u8; 32]>::try_from(t.replaces.as_slice())
+                .map_err(|_| bad("names a malformed digest"))?;
+            let new = <[u8; 32]>::try_from(t.new_digest.as_slice())
+                .map_err(|_| bad("has a malformed digest"))?;
+            match state.get(&old) {
+                Some(State::Open(_)) => {}
+                _ => return Err(bad("replaces a value its author never received in clear")),
+            }
+            if state.contains_key(&new) {
+                return Err(bad("reuses an existing digest"));
+            }
+            state.insert(old, State::Replaced(i));
+            state.insert(new, State::Open(Some(i)));
+            transforms.insert(new, (i, t.rule_id.clone(), t.method.clone()));
+        }
+        hops.push(CustodyHop {
+            node: body.node.clone(),
+            to: body.to.clone(),
+            at_ms: body.at_ms,
+            policy_version: body.policy_version.clone(),
+            withheld: body.withheld.len(),
+            transformed: body.transformations.len(),
+        });
+        bodies.push(body);
+    }
+
+    let mut fields = Vec::with_capacity(env.fields.len());
+    let mut disclosed: HashMap<[u8; 32], ()> = HashMap::with_capacity(env.fields.len());
+    for f in &env.fields {
+        let tampered = || VerifyError::TamperedField {
+            path: f.path.clone(),
+        };
+        if f.salt.len() != SALT_LEN {
+            return Err(tampered());
+        }
+        let d = digest(&f.salt, &f.path, &f.value);
+        let transformed = match state.get(&d) {
+            Some(State::Open(None)) => None,
+            Some(State::Open(Some(_))) => {
+                transforms.get(&d).map(|(i, rule, method)| TransformInfo {
+                    by: bodies[*i].node.clone(),
+                    rule_id: rule.clone(),
+                    method: method.clone(),
+                })
+            }
+            Some(State::Withheld(i) | State::Replaced(i)) => {
+                return Err(VerifyError::Widened {
+                    path: f.path.clone(),
+                    by: bodies[*i].node.clone(),
+                });
+            }
+            None => return Err(tampered()),
+        };
+        if disclosed.insert(d, ()).is_some() {
+            return Err(VerifyError::Malformed(format!(
+                "field `{}` is disclosed twice",
+                f.path
+            )));
+        }
+        let value: Value = serde_json::from_slice(&f.value).map_err(|_| tampered())?;
+        fields.push(VerifiedField {
+            path: f.path.clone(),
+            value,
+            transformed,
+        });
+    }
+
+    let mut withheld: Vec<WithheldField> = state
+        .iter()
+        .filter(|(d, s)| match s {
+            State::Open(_) => !disclosed.contains_key(*d),
+            State::Withheld(_) => true,
+            State::Replaced(_) => false,
+        })
+        .map(|(d, _)| {
+            let attr = attributions.get(d);
+            WithheldField {
+                digest: hex::encode(d),
+                by: attr.map(|(i, _)| bodies[*i].node.clone()),
+                rule_id: attr.map(|(_, r)| r.clone()),
+            }
+        })
+        .collect();
+    withheld.sort_by(|a, b| a.digest.cmp(&b.digest));
+
+    let view = VerifiedView {
+        header: header.clone(),
+        fields,
+        withheld,
+        custody: hops,
+        signatures_checked: false,
+    };
+    Ok(Parsed {
+        header,
+        bodies,
+        view,
+    })
+}
+
+/// Decodes and checks an envelope's structure and field commitments without checking any
+/// signature (for `tidewire envelope inspect`). Do not trust the result.
+pub fn inspect(env: &Envelope) -> Result<VerifiedView, VerifyError> {
+    parse(env).map(|p| p.view)
+}
+
+fn roster_key<'r>(
+    roster: &'r Roster,
+    node: &str,
+    key_id: &str,
+    at_ms: i64,
+) -> Result<&'r VerifyingKey, VerifyError> {
+    let entry = roster
+        .get(node)
+        .ok_or_else(|| VerifyError::UnknownOrigin(node.to_owned()))?;
+    let key = entry
+        .keys
+        .iter()
+        .find(|k| k.key_id == key_id)
+        .ok_or_else(|| VerifyError::UnknownKey {
+            node: node.to_owned(),
+            key_id: key_id.to_owned(),
+        })?;
+    if !key.valid_at(at_ms) {
+        return Err(VerifyError::KeyNotValid {
+            node: node.to_owned(),
+            key_id: key_id.to_owned(),
+            at: timefmt::format_ms(at_ms),
+            window: key.window(),
+        });
+    }
+    Ok(&key.key)
+}
+
+/// Verifies a whole envelope against the roster: the origin signature over the header bytes as
+/// received, every custody signature and its chaining, and every disclosed field's commitment.
+pub fn verify(env: &Envelope, roster: &Roster) -> Result<VerifiedView, VerifyError> {
+    let parsed = parse(env)?;
+    let origin = parsed.header.origin.as_str();
+    let origin_key = roster_key(
+        roster,
+        origin,
+        &parsed.header.key_id,
+        parsed.header.created_at_ms,
+    )?;
+    let mut keys = vec![*origin_key];
+    for (i, body) in parsed.bodies.iter().enumerate() {
+        let key =
+            roster_key(roster, &body.node, &body.key_id, body.at_ms).map_err(|e| match e {
+                VerifyError::UnknownOrigin(node) => VerifyError::UnknownRelay { index: i, node },
+                other => other,
+            })?;
+        keys.push(*key);
+    }
+    let mut messages: Vec<Vec<u8>> = Vec::with_capacity(keys.len());
+    messages.push([HEADER_DOMAIN, env.signed_header.as_slice()].concat());
+    for c in &env.custody {
+        messages.push([CUSTODY_DOMAIN, c.body.as_slice()].concat());
+    }
+    let mut sigs = Vec::with_capacity(keys.len());
+    sigs.push(
+        Signature::from_slice(&env.origin_signature)
+            .map_err(|_| VerifyError::BadOriginSignature(origin.to_owned()))?,
+    );
+    for (i, c) in env.custody.iter().enumerate() {
+        sigs.push(Signature::from_slice(&c.signature).map_err(|_| {
+            VerifyError::BadCustodySignature {
+                index: i,
+                node: parsed.bodies[i].node.clone(),
+            }
+        })?);
+    }
+    let batch_ok = if keys.len() == 1 {
+        keys[0].verify_strict(&messages[0], &sigs[0]).is_ok()
+    } else {
+        let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        ed25519_dalek::verify_batch(&refs, &sigs, &keys).is_ok()
+    };
+    if !batch_ok {
+        // Find the culprit one by one to report it precisely.
+        if keys[0].verify_strict(&messages[0], &sigs[0]).is_err() {
+            return Err(VerifyError::BadOriginSignature(origin.to_owned()));
+        }
+        for i in 1..keys.len() {
+            if keys[i].verify_strict(&messages[i], &sigs[i]).is_err() {
+                return Err(VerifyError::BadCustodySignature {
+                    index: i - 1,
+                    node: parsed.bodies[i - 1].node.clone(),
+                });
+            }
+        }
+        return Err(VerifyError::BadOriginSignature(origin.to_owned()));
+    }
+    let mut view = parsed.view;
+    view.signatures_checked = true;
+    Ok(view)
+}
+
+/// Decodes bytes and verifies them; the one entry point for untrusted input.
+pub fn verify_bytes(
+    bytes: &[u8],
+    roster: &Roster,
+) -> Result<(Envelope, VerifiedView), VerifyError> {
+    let env = decode(bytes)?;
+    let view = verify(&env, roster)?;
+    Ok((env, view))
+}
+
+/// Reads envelope bytes from a file with a clear error.
+pub fn read_file(path: &std::path::Path) -> Result<Envelope, CoreError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| CoreError::Decode(format!("cannot read {}: {e}", path.display())))?;
+    decode(&bytes).map_err(|e| CoreError::Decode(format!("{}: {e}", path.display())))
+}

@@ -1,0 +1,376 @@
+//! The field tree of a notification body, addressed by path (`persons[0].dob`).
+//!
+//! Only scalar leaves (strings, numbers, booleans, null) are committed and disclosed one by one;
+//! objects and arrays are structure, rebuilt from the paths on the receiving side.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde_json::{Map, Value};
+
+use crate::model::ParseError;
+
+/// The most fields a notification body may have.
+pub const MAX_FIELDS: usize = 1024;
+/// The deepest a field path may nest.
+pub const MAX_DEPTH: usize = 16;
+/// The largest canonical value of one field, in bytes.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// One step of a path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Segment {
+    /// An object key: letters, digits, `_` and `-`.
+    Key(String),
+    /// An array index.
+    Index(usize),
+}
+
+/// A field path such as `vessel.position.lat` or `persons[0].dob`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FieldPath(pub Vec<Segment>);
+
+fn valid_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 64
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, seg) in self.0.iter().enumerate() {
+            match seg {
+                Segment::Key(k) if i == 0 => f.write_str(k)?,
+                Segment::Key(k) => write!(f, ".{k}")?,
+                Segment::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A pattern step: a concrete step, `*` (any one key or index) or `[*]` (any index).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum PatSeg {
+    Key(String),
+    Index(usize),
+    AnyStep,
+    AnyIndex,
+}
+
+/// A path pattern (`persons[*].name`, `vessel.*`). A pattern matches a path when it matches the
+/// path's first steps: `vessel` selects `vessel.position.lat` too.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PathPattern {
+    text: String,
+    segs: Vec<PatSeg>,
+}
+
+impl PathPattern {
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether the pattern selects `path` (the path itself or something under it).
+    pub fn matches(&self, path: &FieldPath) -> bool {
+        if self.segs.len() > path.0.len() {
+            return false;
+        }
+        self.segs.iter().zip(&path.0).all(|(p, s)| match (p, s) {
+            (PatSeg::AnyStep, _) => true,
+            (PatSeg::AnyIndex, Segment::Index(_)) => true,
+            (PatSeg::Key(a), Segment::Key(b)) => a == b,
+            (PatSeg::Index(a), Segment::Index(b)) => a == b,
+            _ => false,
+        })
+    }
+
+    /// How many steps the pattern has, with wildcards counting less than names, so that a more
+    /// specific pattern wins when several match.
+    pub fn specificity(&self) -> u32 {
+        self.segs
+            .iter()
+            .map(|s| match s {
+                PatSeg::Key(_) | PatSeg::Index(_) => 4,
+                PatSeg::AnyIndex => 2,
+                PatSeg::AnyStep => 1,
+            })
+            .sum()
+    }
+}
+
+impl fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Splits `a.b[0][*].c` into raw steps; `allow_wild` admits `*` and `[*]`.
+fn split_steps(s: &str, allow_wild: bool) -> Result<Vec<PatSeg>, ParseError> {
+    let bad = |why: &str| {
+        ParseError(format!(
+            "`{s}` is not a field path: {why} (write e.g. `vessel.imo` or `persons[0].dob`)"
+        ))
+    };
+    if s.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    let mut out = Vec::new();
+    for (i, part) in s.split('.').enumerate() {
+        let (name, mut rest) = match part.find('[') {
+            Some(p) => (&part[..p], &part[p..]),
+            None => (part, ""),
+        };
+        if name.is_empty() {
+            if i == 0 && !rest.is_empty() {
+                return Err(bad("it must start with a field name"));
+            }
+            return Err(bad("a step between dots is empty"));
+        }
+        if name == "*" {
+            if !allow_wild {
+                return Err(bad("`*` is only allowed in patterns"));
+            }
+            out.push(PatSeg::AnyStep);
+        } else if valid_key(name) {
+            out.push(PatSeg::Key(name.to_owned()));
+        } else {
+            return Err(bad("names use letters, digits, `_` and `-`"));
+        }
+        while !rest.is_empty() {
+            let close = rest.find(']').ok_or_else(|| bad("a `[` is not closed"))?;
+            let inner = &rest[1..close];
+            if inner == "*" {
+                if !allow_wild {
+                    return Err(bad("`[*]` is only allowed in patterns"));
+                }
+                out.push(PatSeg::AnyIndex);
+            } else {
+                let n: usize = inner
+                    .parse()
+                    .map_err(|_| bad("an index must be a number"))?;
+                out.push(PatSeg::Index(n));
+            }
+            rest = &rest[close + 1..];
+            if !rest.is_empty() && !rest.starts_with('[') {
+                return Err(bad("`]` must be followed by `.`, `[` or the end"));
+            }
+        }
+    }
+    if out.len() > MAX_DEPTH {
+        return Err(bad("it nests too deep"));
+    }
+    Ok(out)
+}
+
+impl FromStr for FieldPath {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let steps = split_steps(s, false)?
+            .into_iter()
+            .map(|p| match p {
+                PatSeg::Key(k) => Segment::Key(k),
+                PatSeg::Index(n) => Segment::Index(n),
+                PatSeg::AnyStep | PatSeg::AnyIndex => unreachable!("wildcards refused above"),
+            })
+            .collect();
+        Ok(FieldPath(steps))
+    }
+}
+
+impl FromStr for PathPattern {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        Ok(PathPattern {
+            text: s.to_owned(),
+            segs: split_steps(s, true)?,
+        })
+    }
+}
+
+/// One scalar leaf of the body: its path and canonical JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaf {
+    /// Where it sits.
+    pub path: FieldPath,
+    /// Canonical JSON text of the scalar (`"MV Example"`, `5.61`, `true`).
+    pub value: Vec<u8>,
+}
+
+/// Canonical JSON text of a scalar: serde_json's compact form (shortest round-trip floats).
+pub fn canonical(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Flattens a body object into its scalar leaves, in document order. Errors name the path.
+pub fn flatten(body: &Map<String, Value>) -> Result<Vec<Leaf>, ParseError> {
+    let mut out = Vec::new();
+    let mut path = Vec::new();
+    walk_obj(body, &mut path, &mut out)?;
+    Ok(out)
+}
+
+fn walk(value: &Value, path: &mut Vec<Segment>, out: &mut Vec<Leaf>) -> Result<(), ParseError> {
+    if path.len() > MAX_DEPTH {
+        return Err(ParseError(format!(
+            "fields.{}: nests deeper than {MAX_DEPTH} levels",
+            FieldPath(path.clone())
+        )));
+    }
+    match value {
+        Value::Object(map) => walk_obj(map, path, out),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                path.push(Segment::Index(i));
+                walk(item, path, out)?;
+                path.pop();
+            }
+            Ok(())
+        }
+        scalar => {
+            let value = canonical(scalar);
+            let p = FieldPath(path.clone());
+            if value.len() > MAX_VALUE_BYTES {
+                return Err(ParseError(format!(
+                    "fields.{p}: value is {} bytes; the limit is {MAX_VALUE_BYTES}",
+                    value.len()
+                )));
+            }
+            if out.len() >= MAX_FIELDS {
+                return Err(ParseError(format!(
+                    "fields: more than {MAX_FIELDS} fields; split the notification"
+                )));
+            }
+            out.push(Leaf { path: p, value });
+            Ok(())
+        }
+    }
+}
+
+fn walk_obj(
+    map: &Map<String, Value>,
+    path: &mut Vec<Segment>,
+    out: &mut Vec<Leaf>,
+) -> Result<(), ParseError> {
+    for (k, v) in map {
+        if !valid_key(k) {
+            let mut p = path.clone();
+            p.push(Segment::Key(k.clone()));
+            return Err(ParseError(format!(
+                "fields: the name `{k}` (under `{}`) may only use letters, digits, `_` and `-`",
+                FieldPath(path.clone())
+            )));
+        }
+        path.push(Segment::Key(k.clone()));
+        walk(v, path, out)?;
+        path.pop();
+    }
+    Ok(())
+}
+
+/// Rebuilds a JSON object from leaves. Array positions not present (withheld) become `null`
+/// so that indices keep their meaning; a conflicting shape is reported, not guessed.
+pub fn unflatten<'a>(
+    leaves: impl IntoIterator<Item = (&'a FieldPath, Value)>,
+) -> Result<Value, ParseError> {
+    let mut root = Value::Object(Map::new());
+    for (path, value) in leaves {
+        insert(&mut root, &path.0, value)
+            .map_err(|why| ParseError(format!("field `{path}`: {why}")))?;
+    }
+    Ok(root)
+}
+
+fn insert(node: &mut Value, path: &[Segment], value: Value) -> Result<(), &'static str> {
+    let Some((first, rest)) = path.split_first() else {
+        *node = value;
+        return Ok(());
+    };
+    match first {
+        Segment::Key(k) => {
+            if node.is_null() {
+                *node = Value::Object(Map::new());
+            }
+            let map = node
+                .as_object_mut()
+                .ok_or("conflicts with an array or value")?;
+            let child = map.entry(k.clone()).or_insert(Value::Null);
+            insert(child, rest, value)
+        }
+        Segment::Index(i) => {
+            if node.is_null() {
+                *node = Value::Array(Vec::new());
+            }
+            let arr = node
+                .as_array_mut()
+                .ok_or("conflicts with an object or value")?;
+            if *i > MAX_FIELDS {
+                return Err("index out of range");
+            }
+            while arr.len() <= *i {
+                arr.push(Value::Null);
+            }
+            insert(&mut arr[*i], rest, value)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn paths_round_trip() {
+        for s in ["vessel.imo", "persons[0].dob", "a[1][2].b", "narrative"] {
+            assert_eq!(s.parse::<FieldPath>().unwrap().to_string(), s);
+        }
+        assert!("persons[*].name".parse::<FieldPath>().is_err());
+        assert!("a..b".parse::<FieldPath>().is_err());
+        assert!("a[x]".parse::<FieldPath>().is_err());
+        assert!("[0]".parse::<FieldPath>().is_err());
+    }
+
+    #[test]
+    fn patterns_select_subtrees_and_wildcards() {
+        let p = |s: &str| s.parse::<PathPattern>().unwrap();
+        let f = |s: &str| s.parse::<FieldPath>().unwrap();
+        assert!(p("persons[*].name").matches(&f("persons[3].name")));
+        assert!(!p("persons[*].name").matches(&f("persons[3].dob")));
+        assert!(p("vessel.*").matches(&f("vessel.position.lat")));
+        assert!(p("vessel").matches(&f("vessel.imo")));
+        assert!(!p("vessel.imo").matches(&f("vessel")));
+        assert!(p("*").matches(&f("narrative")));
+        assert!(p("vessel.imo").specificity() > p("vessel.*").specificity());
+    }
+
+    #[test]
+    fn flatten_and_unflatten_agree() {
+        let body = json!({
+            "vessel": {"name": "MV Example", "position": {"lat": 5.61, "lon": -0.19}},
+            "persons": [{"name": "J. Doe", "dob": "1979-03-02"}],
+            "narrative": "x"
+        });
+        let leaves = flatten(body.as_object().unwrap()).unwrap();
+        assert_eq!(leaves.len(), 6);
+        let back = unflatten(
+            leaves
+                .iter()
+                .map(|l| (&l.path, serde_json::from_slice(&l.value).unwrap())),
+        )
+        .unwrap();
+        assert_eq!(back, body);
+    }
+
+    #[test]
+    fn flatten_names_bad_keys() {
+        let body = json!({"vessel": {"bad key": 1}});
+        let err = flatten(body.as_object().unwrap()).unwrap_err();
+        assert!(
+            err.0.contains("bad key") && err.0.contains("vessel"),
+            "{err}"
+        );
+    }
+}
