@@ -1,0 +1,115 @@
+//! Durable storage for a node, behind the [`Store`] trait so that no sled type leaks out.
+//!
+//! The store is a set of key spaces ([`Space`]) in one ordered key-value map. [`Store::apply`]
+//! applies a batch of operations atomically across spaces; [`Store::sync`] makes everything
+//! applied so far durable (fsync'd). [`Committer`] groups concurrent batches so that many writers
+//! share one fsync (group commit).
+#![forbid(unsafe_code)]
+
+mod commit;
+mod mem;
+mod sled_store;
+
+pub use commit::Committer;
+pub use mem::MemStore;
+pub use sled_store::SledStore;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The underlying database failed.
+    #[error("store i/o failed: {0}")]
+    Io(String),
+    /// The store was opened by another process or is unreadable.
+    #[error("cannot open store at {path}: {reason}")]
+    Open {
+        /// The data directory.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The committer has stopped (shutdown).
+    #[error("store is shutting down")]
+    Closed,
+}
+
+/// The logical key spaces of a node's store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Space {
+    /// Notification id → stored envelope and metadata.
+    Notifications = 1,
+    /// Notification id → delivery state (the seen-set).
+    Seen = 2,
+    /// peer ‖ seq → outbox item.
+    Outbox = 3,
+    /// feed seq → local feed item.
+    Feed = 4,
+    /// ledger seq → ledger entry.
+    Ledger = 5,
+    /// Node metadata (sequence counters, policy, link-state).
+    Meta = 6,
+    /// Publisher idempotency key → notification id.
+    Idempotency = 7,
+    /// Consent requests.
+    Consent = 8,
+    /// Users (client identities) and their clearance.
+    Users = 9,
+    /// Durable subscription cursors.
+    Cursors = 10,
+    /// Notifications held for consent.
+    Held = 11,
+}
+
+/// One write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Insert or replace.
+    Put {
+        /// Key space.
+        space: Space,
+        /// Key within the space.
+        key: Vec<u8>,
+        /// Value.
+        value: Vec<u8>,
+    },
+    /// Remove.
+    Delete {
+        /// Key space.
+        space: Space,
+        /// Key within the space.
+        key: Vec<u8>,
+    },
+}
+
+impl Op {
+    /// A put.
+    pub fn put(space: Space, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Op {
+        Op::Put { space, key: key.into(), value: value.into() }
+    }
+
+    /// A delete.
+    pub fn delete(space: Space, key: impl Into<Vec<u8>>) -> Op {
+        Op::Delete { space, key: key.into() }
+    }
+}
+
+/// A key-value pair read from the store.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// What a node needs from durable storage.
+pub trait Store: Send + Sync + 'static {
+    /// Reads one value.
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Reads up to `limit` entries of `space` whose keys start with `prefix` and are `>= from`
+    /// (`from` includes the prefix), in key order.
+    fn scan(&self, space: Space, prefix: &[u8], from: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError>;
+    /// The entry with the greatest key starting with `prefix`.
+    fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<Entry>, StoreError>;
+    /// How many entries start with `prefix`.
+    fn count(&self, space: Space, prefix: &[u8]) -> Result<u64, StoreError>;
+    /// Applies all operations atomically (all or none survive a crash), not yet durable.
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError>;
+    /// Makes everything applied so far durable: on return it is on stable storage.
+    fn sync(&self) -> Result<(), StoreError>;
+}
