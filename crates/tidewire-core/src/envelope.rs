@@ -415,13 +415,17 @@ enum State {
     Replaced(usize),
 }
 
-struct Parsed {
+/// The signed parts of an envelope, decoded but not yet trusted: enough to find the signers' keys.
+/// [`verify`] checks every signature over them before [`parse`] interprets any commitment, so
+/// that a failure names what was altered (not a consequence of the alteration) and nothing an
+/// unauthenticated custody entry claims is reported as a relay's act.
+struct Parts {
+    h: wire::SignedHeader,
     header: Header,
     bodies: Vec<wire::CustodyBody>,
-    view: VerifiedView,
 }
 
-fn parse(env: &Envelope) -> Result<Parsed, VerifyError> {
+fn decode_parts(env: &Envelope) -> Result<Parts, VerifyError> {
     let h = wire::SignedHeader::decode(env.signed_header.as_slice())
         .map_err(|e| VerifyError::Malformed(format!("signed header: {e}")))?;
     let header = Header::from_wire(&h)?;
@@ -435,6 +439,21 @@ fn parse(env: &Envelope) -> Result<Parsed, VerifyError> {
             "more than {MAX_CUSTODY} custody entries"
         )));
     }
+    let mut bodies = Vec::with_capacity(env.custody.len());
+    for (i, entry) in env.custody.iter().enumerate() {
+        let broken = |reason: String| VerifyError::BrokenCustodyChain { index: i, reason };
+        let body = wire::CustodyBody::decode(entry.body.as_slice())
+            .map_err(|e| broken(format!("body does not decode: {e}")))?;
+        if entry.signature.len() != 64 {
+            return Err(broken("signature is not 64 bytes".into()));
+        }
+        bodies.push(body);
+    }
+    Ok(Parts { h, header, bodies })
+}
+
+fn parse(env: &Envelope, parts: Parts) -> Result<VerifiedView, VerifyError> {
+    let Parts { h, header, bodies } = parts;
     let mut state: HashMap<[u8; 32], State> = HashMap::with_capacity(h.field_digests.len());
     let mut prev: Option<&[u8]> = None;
     for d in &h.field_digests {
@@ -449,23 +468,17 @@ fn parse(env: &Envelope) -> Result<Parsed, VerifyError> {
         state.insert(d32, State::Open(None));
     }
 
-    let mut bodies = Vec::with_capacity(env.custody.len());
     let mut hops = Vec::with_capacity(env.custody.len());
     let mut attributions: HashMap<[u8; 32], (usize, String)> = HashMap::new();
     let mut transforms: HashMap<[u8; 32], (usize, String, String)> = HashMap::new();
-    for (i, entry) in env.custody.iter().enumerate() {
+    for (i, body) in bodies.iter().enumerate() {
         let broken = |reason: String| VerifyError::BrokenCustodyChain { index: i, reason };
-        let body = wire::CustodyBody::decode(entry.body.as_slice())
-            .map_err(|e| broken(format!("body does not decode: {e}")))?;
-        if entry.signature.len() != 64 {
-            return Err(broken("signature is not 64 bytes".into()));
-        }
         if body.chain_hash.as_slice() != chain_hash(env, i) {
             return Err(broken(
                 "it does not sign the envelope that preceded it".into(),
             ));
         }
-        if let Some(p) = bodies.last().map(|b: &wire::CustodyBody| &b.to)
+        if let Some(p) = i.checked_sub(1).map(|j| &bodies[j].to)
             && *p != body.node
         {
             return Err(broken(format!(
@@ -517,7 +530,6 @@ fn parse(env: &Envelope) -> Result<Parsed, VerifyError> {
             withheld: body.withheld.len(),
             transformed: body.transformations.len(),
         });
-        bodies.push(body);
     }
 
     let mut fields = Vec::with_capacity(env.fields.len());
@@ -579,24 +591,19 @@ fn parse(env: &Envelope) -> Result<Parsed, VerifyError> {
         .collect();
     withheld.sort_by(|a, b| a.digest.cmp(&b.digest));
 
-    let view = VerifiedView {
-        header: header.clone(),
+    Ok(VerifiedView {
+        header,
         fields,
         withheld,
         custody: hops,
         signatures_checked: false,
-    };
-    Ok(Parsed {
-        header,
-        bodies,
-        view,
     })
 }
 
 /// Decodes and checks an envelope's structure and field commitments without checking any
 /// signature (for `tidewire envelope inspect`). Do not trust the result.
 pub fn inspect(env: &Envelope) -> Result<VerifiedView, VerifyError> {
-    parse(env).map(|p| p.view)
+    parse(env, decode_parts(env)?)
 }
 
 fn roster_key<'r>(
@@ -629,17 +636,19 @@ fn roster_key<'r>(
 
 /// Verifies a whole envelope against the roster: the origin signature over the header bytes as
 /// received, every custody signature and its chaining, and every disclosed field's commitment.
+/// Signatures are checked first: nothing the header or a custody entry says is acted on before it
+/// is known to be signed.
 pub fn verify(env: &Envelope, roster: &Roster) -> Result<VerifiedView, VerifyError> {
-    let parsed = parse(env)?;
-    let origin = parsed.header.origin.as_str();
+    let parts = decode_parts(env)?;
+    let origin = parts.header.origin.as_str();
     let origin_key = roster_key(
         roster,
         origin,
-        &parsed.header.key_id,
-        parsed.header.created_at_ms,
+        &parts.header.key_id,
+        parts.header.created_at_ms,
     )?;
     let mut keys = vec![*origin_key];
-    for (i, body) in parsed.bodies.iter().enumerate() {
+    for (i, body) in parts.bodies.iter().enumerate() {
         let key =
             roster_key(roster, &body.node, &body.key_id, body.at_ms).map_err(|e| match e {
                 VerifyError::UnknownOrigin(node) => VerifyError::UnknownRelay { index: i, node },
@@ -661,7 +670,7 @@ pub fn verify(env: &Envelope, roster: &Roster) -> Result<VerifiedView, VerifyErr
         sigs.push(Signature::from_slice(&c.signature).map_err(|_| {
             VerifyError::BadCustodySignature {
                 index: i,
-                node: parsed.bodies[i].node.clone(),
+                node: parts.bodies[i].node.clone(),
             }
         })?);
     }
@@ -680,13 +689,13 @@ pub fn verify(env: &Envelope, roster: &Roster) -> Result<VerifiedView, VerifyErr
             if keys[i].verify_strict(&messages[i], &sigs[i]).is_err() {
                 return Err(VerifyError::BadCustodySignature {
                     index: i - 1,
-                    node: parsed.bodies[i - 1].node.clone(),
+                    node: parts.bodies[i - 1].node.clone(),
                 });
             }
         }
         return Err(VerifyError::BadOriginSignature(origin.to_owned()));
     }
-    let mut view = parsed.view;
+    let mut view = parse(env, parts)?;
     view.signatures_checked = true;
     Ok(view)
 }

@@ -167,6 +167,16 @@ impl RosterKey {
             && self.not_after_ms.is_none_or(|t| at_ms <= t)
     }
 
+    /// Verifies an ed25519 signature over `domain ‖ bytes` with this key.
+    pub fn verify(&self, domain: &[u8], bytes: &[u8], signature: &[u8]) -> bool {
+        let Ok(sig) = ed25519_dalek::Signature::from_slice(signature) else {
+            return false;
+        };
+        self.key
+            .verify_strict(&[domain, bytes].concat(), &sig)
+            .is_ok()
+    }
+
     /// The window as text.
     pub fn window(&self) -> String {
         let f = |t: Option<i64>| t.map(timefmt::format_ms).unwrap_or_else(|| "…".into());

@@ -13,6 +13,10 @@ use crate::{Op, Store, StoreError};
 
 type Job = (Vec<Op>, oneshot::Sender<Result<(), String>>);
 
+/// A submitted batch, to await with [`Committer::wait`].
+#[derive(Debug)]
+pub struct Receipt(oneshot::Receiver<Result<(), String>>);
+
 /// The group-commit writer of one store.
 #[derive(Clone)]
 pub struct Committer {
@@ -61,12 +65,28 @@ impl Committer {
 
     /// Applies `ops` atomically and returns once they are durable.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
-        if ops.is_empty() {
-            return Ok(());
-        }
+        Self::wait(self.submit(ops)).await
+    }
+
+    /// Queues `ops` now (batches are applied in submission order) and returns the receipt to
+    /// await with [`Committer::wait`].
+    pub fn submit(&self, ops: Vec<Op>) -> Receipt {
         let (tx, rx) = oneshot::channel();
-        self.tx.send((ops, tx)).map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?.map_err(StoreError::Io)
+        if ops.is_empty() {
+            let _ = tx.send(Ok(()));
+        } else if let Err(mpsc::SendError((_, tx))) = self.tx.send((ops, tx)) {
+            let _ = tx.send(Err(StoreError::Closed.to_string()));
+        }
+        Receipt(rx)
+    }
+
+    /// Waits until a submitted batch is durable.
+    pub async fn wait(receipt: Receipt) -> Result<(), StoreError> {
+        receipt
+            .0
+            .await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(StoreError::Io)
     }
 }
 
@@ -84,7 +104,8 @@ mod tests {
         for i in 0u32..200 {
             let c = c.clone();
             tasks.push(tokio::spawn(async move {
-                c.commit(vec![Op::put(Space::Feed, i.to_be_bytes(), b"x".to_vec())]).await
+                c.commit(vec![Op::put(Space::Feed, i.to_be_bytes(), b"x".to_vec())])
+                    .await
             }));
         }
         for t in tasks {
@@ -120,7 +141,11 @@ mod tests {
     #[test]
     fn mem_store_matches_sled_semantics() {
         let m = crate::MemStore::default();
-        m.apply(&[Op::put(Space::Feed, vec![1], vec![1]), Op::put(Space::Feed, vec![2], vec![2])]).unwrap();
+        m.apply(&[
+            Op::put(Space::Feed, vec![1], vec![1]),
+            Op::put(Space::Feed, vec![2], vec![2]),
+        ])
+        .unwrap();
         assert_eq!(m.scan(Space::Feed, b"", &[2], 10).unwrap().len(), 1);
         assert_eq!(m.last(Space::Feed, b"").unwrap().unwrap().0, vec![2]);
         m.apply(&[Op::delete(Space::Feed, vec![1])]).unwrap();

@@ -10,7 +10,7 @@ mod commit;
 mod mem;
 mod sled_store;
 
-pub use commit::Committer;
+pub use commit::{Committer, Receipt};
 pub use mem::MemStore;
 pub use sled_store::SledStore;
 
@@ -85,12 +85,19 @@ pub enum Op {
 impl Op {
     /// A put.
     pub fn put(space: Space, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Op {
-        Op::Put { space, key: key.into(), value: value.into() }
+        Op::Put {
+            space,
+            key: key.into(),
+            value: value.into(),
+        }
     }
 
     /// A delete.
     pub fn delete(space: Space, key: impl Into<Vec<u8>>) -> Op {
-        Op::Delete { space, key: key.into() }
+        Op::Delete {
+            space,
+            key: key.into(),
+        }
     }
 }
 
@@ -103,7 +110,13 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Reads up to `limit` entries of `space` whose keys start with `prefix` and are `>= from`
     /// (`from` includes the prefix), in key order.
-    fn scan(&self, space: Space, prefix: &[u8], from: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError>;
+    fn scan(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError>;
     /// The entry with the greatest key starting with `prefix`.
     fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<Entry>, StoreError>;
     /// How many entries start with `prefix`.

@@ -5,15 +5,19 @@ use std::sync::Mutex;
 
 use crate::{Entry, Op, Space, Store, StoreError};
 
+type Map = BTreeMap<(Space, Vec<u8>), Vec<u8>>;
+
 /// A store that lives in memory.
 #[derive(Debug, Default)]
 pub struct MemStore {
-    map: Mutex<BTreeMap<(Space, Vec<u8>), Vec<u8>>>,
+    map: Mutex<Map>,
 }
 
 impl MemStore {
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<(Space, Vec<u8>), Vec<u8>>>, StoreError> {
-        self.map.lock().map_err(|_| StoreError::Io("memory store lock poisoned".into()))
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Map>, StoreError> {
+        self.map
+            .lock()
+            .map_err(|_| StoreError::Io("memory store lock poisoned".into()))
     }
 }
 
@@ -22,7 +26,13 @@ impl Store for MemStore {
         Ok(self.lock()?.get(&(space, key.to_vec())).cloned())
     }
 
-    fn scan(&self, space: Space, prefix: &[u8], from: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+    fn scan(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
         let map = self.lock()?;
         Ok(map
             .range((space, from.max(prefix).to_vec())..)

@@ -39,39 +39,61 @@ fn full_key(space: Space, key: &[u8]) -> Vec<u8> {
 impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let open_err = |reason: String| StoreError::Open { path: dir.display().to_string(), reason };
+        let open_err = |reason: String| StoreError::Open {
+            path: dir.display().to_string(),
+            reason,
+        };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(64 * 1024 * 1024)
             .flush_every_ms(Some(1000))
             .open()
-            .map_err(|e| {
-                open_err(format!("{e} (is another node using this data directory?)"))
-            })?;
-        let tree = db.open_tree("tidewire").map_err(|e| open_err(e.to_string()))?;
-        let store = SledStore { db, tree, files: Mutex::new(Vec::new()), dir: dir.to_owned() };
+            .map_err(|e| open_err(format!("{e} (is another node using this data directory?)")))?;
+        let tree = db
+            .open_tree("tidewire")
+            .map_err(|e| open_err(e.to_string()))?;
+        let store = SledStore {
+            db,
+            tree,
+            files: Mutex::new(Vec::new()),
+            dir: dir.to_owned(),
+        };
         store.refresh_files()?;
         Ok(store)
     }
 
     /// Opens the handles that [`Store::sync`] fsyncs.
     fn refresh_files(&self) -> Result<(), StoreError> {
-        let mut files = Vec::new();
         // sled creates its `db` file on open; the directory handle covers new snapshot files.
-        files.push(File::open(self.dir.join("db")).map_err(io)?);
-        files.push(File::open(&self.dir).map_err(io)?);
-        *self.files.lock().map_err(|_| StoreError::Io("file handle lock poisoned".into()))? = files;
+        let files = vec![
+            File::open(self.dir.join("db")).map_err(io)?,
+            File::open(&self.dir).map_err(io)?,
+        ];
+        *self
+            .files
+            .lock()
+            .map_err(|_| StoreError::Io("file handle lock poisoned".into()))? = files;
         Ok(())
     }
 }
 
 impl Store for SledStore {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(full_key(space, key)).map_err(io)?.map(|v| v.to_vec()))
+        Ok(self
+            .tree
+            .get(full_key(space, key))
+            .map_err(io)?
+            .map(|v| v.to_vec()))
     }
 
-    fn scan(&self, space: Space, prefix: &[u8], from: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+    fn scan(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
         let p = full_key(space, prefix);
         let start = full_key(space, from.max(prefix));
         let mut out = Vec::new();
@@ -104,7 +126,9 @@ impl Store for SledStore {
         let mut batch = sled::Batch::default();
         for op in ops {
             match op {
-                Op::Put { space, key, value } => batch.insert(full_key(*space, key), value.as_slice()),
+                Op::Put { space, key, value } => {
+                    batch.insert(full_key(*space, key), value.as_slice())
+                }
                 Op::Delete { space, key } => batch.remove(full_key(*space, key)),
             }
         }
@@ -113,7 +137,10 @@ impl Store for SledStore {
 
     fn sync(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(io)?;
-        let files = self.files.lock().map_err(|_| StoreError::Io("file handle lock poisoned".into()))?;
+        let files = self
+            .files
+            .lock()
+            .map_err(|_| StoreError::Io("file handle lock poisoned".into()))?;
         for f in files.iter() {
             f.sync_all().map_err(io)?;
         }

@@ -1,0 +1,594 @@
+//! Links to direct peers: one bidirectional stream per peer carrying transfers, acks and
+//! link-state. The node with the smaller id dials (with capped exponential backoff and jitter);
+//! the other accepts. Both ends then run the same [`run_session`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use prost::Message;
+use tidewire_core::NodeId;
+use tidewire_core::timefmt;
+use tidewire_proto::v1 as pb;
+use tidewire_proto::v1::link_frame::Frame;
+use tidewire_store::{Op, Space};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::ledger::LedgerEntry;
+use crate::node::{Node, OutboxItem, Received};
+use crate::routing::Announcement;
+
+/// Signing domain of link-state announcements.
+pub const LINK_STATE_DOMAIN: &[u8] = b"tidewire/v1/link-state\0";
+
+/// How many transfers one receive batch handles before acknowledging.
+const RECV_BATCH: usize = 512;
+/// How many outbox entries one send round reads per destination.
+const SEND_BATCH: usize = 256;
+
+/// A running session, so a newer one can replace it and floods can reach it.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    id: u64,
+    /// Frames to send to the peer.
+    pub tx: mpsc::Sender<pb::LinkFrame>,
+    cancel: CancellationToken,
+}
+
+/// Live sessions by peer.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    map: std::sync::Mutex<HashMap<NodeId, SessionHandle>>,
+    next: AtomicU64,
+}
+
+impl Sessions {
+    fn register(
+        &self,
+        peer: &NodeId,
+        tx: mpsc::Sender<pb::LinkFrame>,
+        cancel: CancellationToken,
+    ) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let old = self
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer.clone(), SessionHandle { id, tx, cancel });
+        if let Some(old) = old {
+            old.cancel.cancel();
+        }
+        id
+    }
+
+    fn deregister(&self, peer: &NodeId, id: u64) -> bool {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(peer).is_some_and(|h| h.id == id) {
+            map.remove(peer);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Senders of every live session except `except`.
+    pub fn others(&self, except: Option<&NodeId>) -> Vec<(NodeId, mpsc::Sender<pb::LinkFrame>)> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(k, _)| Some(*k) != except)
+            .map(|(k, h)| (k.clone(), h.tx.clone()))
+            .collect()
+    }
+}
+
+/// Builds and signs this node's current link-state announcement.
+pub fn own_link_state(node: &Node) -> pb::LinkState {
+    let seq = node.ls_seq.fetch_add(1, Ordering::SeqCst) + 1;
+    let neighbours = node
+        .routing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .live()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    let body = pb::LinkStateBody {
+        node: node.id().to_string(),
+        seq,
+        at_ms: timefmt::now_ms(),
+        neighbours,
+        interests: node.interests(),
+        key_id: node.key().key_id().to_owned(),
+    }
+    .encode_to_vec();
+    let signature = node.key().sign(LINK_STATE_DOMAIN, &body).to_vec();
+    pb::LinkState {
+        body: body.into(),
+        signature: signature.into(),
+    }
+}
+
+/// Sends this node's announcement to every live session.
+pub fn announce(node: &Node) {
+    let ls = own_link_state(node);
+    for (_, tx) in node.sessions.others(None) {
+        let _ = tx.try_send(pb::LinkFrame {
+            frame: Some(Frame::LinkState(ls.clone())),
+        });
+    }
+}
+
+/// Verifies and learns an announcement; floods it on if it was new.
+fn learn_link_state(node: &Node, from: &NodeId, ls: pb::LinkState) {
+    let Ok(body) = pb::LinkStateBody::decode(ls.body.as_ref()) else {
+        node.counters.refuse("bad_link_state");
+        return;
+    };
+    let Ok(origin) = body.node.parse::<NodeId>() else {
+        return;
+    };
+    let Some(entry) = node.roster.get(origin.as_str()) else {
+        node.counters.refuse("bad_link_state");
+        return;
+    };
+    let verified = entry
+        .keys
+        .iter()
+        .find(|k| k.key_id == body.key_id)
+        .is_some_and(|k| k.verify(LINK_STATE_DOMAIN, &ls.body, &ls.signature));
+    if !verified {
+        node.counters.refuse("bad_link_state");
+        tracing::warn!(peer = %from, node = %origin, "link-state announcement refused: bad signature");
+        return;
+    }
+    let a = Announcement {
+        seq: body.seq,
+        neighbours: body
+            .neighbours
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect(),
+        interests: body
+            .interests
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+        frame: ls.clone(),
+    };
+    let new = node
+        .routing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .learn(origin, a);
+    if new {
+        for (_, tx) in node.sessions.others(Some(from)) {
+            let _ = tx.try_send(pb::LinkFrame {
+                frame: Some(Frame::LinkState(ls.clone())),
+            });
+        }
+        node.bump_outbox();
+    }
+}
+
+fn set_link(node: &Node, peer: &NodeId, up: bool, error: Option<String>) {
+    {
+        let mut links = node.links.lock().unwrap_or_else(|p| p.into_inner());
+        let l = links.entry(peer.clone()).or_default();
+        l.up = up;
+        if let Some(e) = error {
+            l.last_error = e;
+        }
+    }
+    let changed = node
+        .routing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .set_live(peer, up);
+    if changed {
+        announce(node);
+        node.bump_outbox();
+    }
+}
+
+struct Inflight {
+    key: Vec<u8>,
+    entry: LedgerEntry,
+}
+
+/// Runs one established session until the stream ends, fails or `cancel` fires.
+pub async fn run_session<S>(
+    node: Arc<Node>,
+    peer: NodeId,
+    mut incoming: S,
+    out: mpsc::Sender<pb::LinkFrame>,
+    cancel: CancellationToken,
+) where
+    S: Stream<Item = Result<pb::LinkFrame, tonic::Status>> + Unpin + Send,
+{
+    let session_cancel = cancel.child_token();
+    let sid = node
+        .sessions
+        .register(&peer, out.clone(), session_cancel.clone());
+    tracing::info!(peer = %peer, "link up");
+    set_link(&node, &peer, true, None);
+    // Give the new neighbour everything we know about the federation.
+    let _ = out
+        .send(pb::LinkFrame {
+            frame: Some(Frame::LinkState(own_link_state(&node))),
+        })
+        .await;
+    let known: Vec<pb::LinkState> = node
+        .routing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .announcements()
+        .map(|a| a.frame.clone())
+        .collect();
+    for ls in known {
+        let _ = out
+            .send(pb::LinkFrame {
+                frame: Some(Frame::LinkState(ls)),
+            })
+            .await;
+    }
+
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<pb::Ack>();
+    let sender = node.tracker.spawn(
+        send_loop(
+            node.clone(),
+            peer.clone(),
+            out.clone(),
+            ack_rx,
+            session_cancel.clone(),
+        )
+        .instrument(tracing::info_span!("link-send", peer = %peer)),
+    );
+
+    let mut error = None;
+    let mut chunks = (&mut incoming).ready_chunks(RECV_BATCH);
+    loop {
+        let chunk = tokio::select! {
+            _ = session_cancel.cancelled() => break,
+            c = chunks.next() => c,
+        };
+        let Some(chunk) = chunk else {
+            error = Some("peer closed the link".to_owned());
+            break;
+        };
+        let mut transfers = Vec::new();
+        let mut failed = None;
+        for f in chunk {
+            match f {
+                Ok(pb::LinkFrame {
+                    frame: Some(Frame::Transfer(t)),
+                }) => transfers.push(t),
+                Ok(pb::LinkFrame {
+                    frame: Some(Frame::Ack(a)),
+                }) => {
+                    let _ = ack_tx.send(a);
+                }
+                Ok(pb::LinkFrame {
+                    frame: Some(Frame::LinkState(ls)),
+                }) => learn_link_state(&node, &peer, ls),
+                Ok(pb::LinkFrame {
+                    frame: Some(Frame::Routed(r)),
+                }) => node.on_routed(&peer, r).await,
+                Ok(_) => {}
+                Err(e) => {
+                    failed = Some(crate::tls::error_chain(&e));
+                    break;
+                }
+            }
+        }
+        if !transfers.is_empty() {
+            let seqs: Vec<u64> = transfers.iter().map(|t| t.seq).collect();
+            match node.ingest(&peer, transfers).await {
+                Ok(results) => {
+                    let refused = results
+                        .iter()
+                        .zip(&seqs)
+                        .filter_map(|(r, s)| match r {
+                            Received::Refused(reason, detail) => Some(pb::Refusal {
+                                seq: *s,
+                                reason: reason.clone(),
+                                detail: detail.clone(),
+                            }),
+                            Received::Accepted => None,
+                        })
+                        .collect();
+                    let up_to = seqs.iter().copied().max().unwrap_or(0);
+                    if out
+                        .send(pb::LinkFrame {
+                            frame: Some(Frame::Ack(pb::Ack { up_to, refused })),
+                        })
+                        .await
+                        .is_err()
+                    {
+                        error = Some("link closed while acknowledging".into());
+                        break;
+                    }
+                }
+                Err(e) => {
+                    // Not durable: do not acknowledge; the peer resends after reconnecting.
+                    tracing::error!(peer = %peer, error = %e, "ingest failed; dropping the link so the peer resends");
+                    error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if let Some(f) = failed {
+            error = Some(f);
+            break;
+        }
+    }
+    session_cancel.cancel();
+    let _ = sender.await;
+    if node.sessions.deregister(&peer, sid) {
+        tracing::info!(peer = %peer, reason = error.as_deref().unwrap_or("shutdown"), "link down");
+        set_link(&node, &peer, false, error);
+    }
+}
+
+async fn send_loop(
+    node: Arc<Node>,
+    peer: NodeId,
+    out: mpsc::Sender<pb::LinkFrame>,
+    mut acks: mpsc::UnboundedReceiver<pb::Ack>,
+    cancel: CancellationToken,
+) {
+    let mut changed = node.outbox_changed.subscribe();
+    let mut inflight: BTreeMap<u64, Inflight> = BTreeMap::new();
+    let mut cursors: HashMap<NodeId, Vec<u8>> = HashMap::new();
+    let mut seq = 0u64;
+    let window = node.cfg.limits.link_window;
+    let roster: Vec<NodeId> = node
+        .roster
+        .nodes()
+        .map(|n| n.id.clone())
+        .filter(|n| n != node.id())
+        .collect();
+    loop {
+        changed.borrow_and_update();
+        let mut sent = 0usize;
+        let mut resolved_ops = Vec::new();
+        let mut resolved_entries = Vec::new();
+        let dests: Vec<NodeId> = {
+            let r = node.routing.lock().unwrap_or_else(|p| p.into_inner());
+            roster
+                .iter()
+                .filter(|d| r.next_hop(d) == Some(&peer))
+                .cloned()
+                .collect()
+        };
+        for dest in &dests {
+            if inflight.len() >= window {
+                break;
+            }
+            let mut prefix = dest.as_str().as_bytes().to_vec();
+            prefix.push(0);
+            let from = match cursors.get(dest) {
+                Some(c) => {
+                    let mut f = c.clone();
+                    f.push(0);
+                    f
+                }
+                None => prefix.clone(),
+            };
+            let room = (window - inflight.len()).min(SEND_BATCH);
+            let items = match node.store.scan(Space::Outbox, &prefix, &from, room) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::error!(error = %e, "outbox read failed");
+                    break;
+                }
+            };
+            for (key, value) in items {
+                cursors.insert(dest.clone(), key.clone());
+                let Some(item) = OutboxItem::decode(&value) else {
+                    resolved_ops.push(Op::delete(Space::Outbox, key));
+                    continue;
+                };
+                match node.prepare_egress(&peer, dest, &item) {
+                    Ok(p) => {
+                        seq += 1;
+                        let frame = pb::LinkFrame {
+                            frame: Some(Frame::Transfer(pb::Transfer {
+                                seq,
+                                envelope: p.bytes.into(),
+                                destinations: vec![dest.to_string()],
+                                hops_left: item.hops_left,
+                            })),
+                        };
+                        inflight.insert(
+                            seq,
+                            Inflight {
+                                key,
+                                entry: p.entry,
+                            },
+                        );
+                        if out.send(frame).await.is_err() {
+                            return;
+                        }
+                        sent += 1;
+                    }
+                    Err(skipped) => {
+                        resolved_ops.push(Op::delete(Space::Outbox, key));
+                        resolved_entries.extend(skipped.entry.map(|e| *e));
+                    }
+                }
+            }
+        }
+        if !resolved_ops.is_empty() {
+            let n = node.clone();
+            node.tracker.spawn(async move {
+                if let Err(e) = n.commit(resolved_ops, resolved_entries).await {
+                    tracing::error!(error = %e, "could not record skipped transfers");
+                }
+            });
+        }
+        if sent > 0 && inflight.len() < window {
+            continue;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = changed.changed() => if r.is_err() { return },
+            a = acks.recv() => match a {
+                Some(ack) => complete(&node, &peer, &mut inflight, ack),
+                None => return,
+            },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        while let Ok(ack) = acks.try_recv() {
+            complete(&node, &peer, &mut inflight, ack);
+        }
+    }
+}
+
+/// Resolves acknowledged transfers: the outbox entry goes and the disclosure is recorded.
+fn complete(node: &Arc<Node>, peer: &NodeId, inflight: &mut BTreeMap<u64, Inflight>, ack: pb::Ack) {
+    let rest = inflight.split_off(&(ack.up_to + 1));
+    let done = std::mem::replace(inflight, rest);
+    if done.is_empty() {
+        return;
+    }
+    let refused: HashMap<u64, &pb::Refusal> = ack.refused.iter().map(|r| (r.seq, r)).collect();
+    let mut ops = Vec::with_capacity(done.len());
+    let mut entries = Vec::with_capacity(done.len());
+    let mut forwarded = 0u64;
+    for (seq, f) in done {
+        ops.push(Op::delete(Space::Outbox, f.key));
+        let mut e = f.entry;
+        if let Some(r) = refused.get(&seq) {
+            tracing::warn!(peer = %peer, reason = %r.reason, detail = %r.detail, "peer refused a transfer");
+            node.counters.refuse(&format!("peer_refused_{}", r.reason));
+            e.event = "transfer_refused".into();
+            e.detail["refused"] = serde_json::json!({"reason": r.reason, "detail": r.detail});
+        } else {
+            forwarded += 1;
+        }
+        entries.push(e);
+    }
+    node.counters
+        .forwarded
+        .fetch_add(forwarded, Ordering::Relaxed);
+    let n = node.clone();
+    node.tracker.spawn(async move {
+        if let Err(e) = n.commit(ops, entries).await {
+            tracing::error!(error = %e, "could not record acknowledged transfers");
+        }
+    });
+}
+
+/// Keeps a dialed link up: connect, run the session, back off (capped, jittered) and retry.
+pub async fn dial_loop(node: Arc<Node>, peer: NodeId, url: String, cancel: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    let max = Duration::from_secs(5);
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        match connect(&node, &peer, &url).await {
+            Ok((inbound, out)) => {
+                backoff = Duration::from_millis(100);
+                run_session(node.clone(), peer.clone(), inbound, out, cancel.clone()).await;
+            }
+            Err(e) => {
+                tracing::debug!(peer = %peer, url = %url, error = %e, "link dial failed");
+                let mut links = node.links.lock().unwrap_or_else(|p| p.into_inner());
+                links.entry(peer.clone()).or_default().last_error = e;
+            }
+        }
+        let jitter = 0.8 + rand::random::<f64>() * 0.4;
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+        }
+        backoff = (backoff * 2).min(max);
+    }
+}
+
+type Inbound = tonic::Streaming<pb::LinkFrame>;
+
+async fn connect(
+    node: &Arc<Node>,
+    peer: &NodeId,
+    url: &str,
+) -> Result<(Inbound, mpsc::Sender<pb::LinkFrame>), String> {
+    let endpoint = node
+        .tls
+        .endpoint(url, &crate::tls::node_dns_name(peer.as_str()))
+        .map_err(|e| e.to_string())?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| crate::tls::error_chain(&e))?;
+    let max = node.cfg.limits.max_message_bytes;
+    let mut client = pb::federation_client::FederationClient::new(channel)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let (tx, rx) = mpsc::channel(1024);
+    tx.send(pb::LinkFrame {
+        frame: Some(Frame::Hello(pb::Hello {
+            node: node.id().to_string(),
+            protocol: 1,
+        })),
+    })
+    .await
+    .map_err(|_| "link closed".to_owned())?;
+    let mut inbound = client
+        .link(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    match inbound.message().await {
+        Ok(Some(pb::LinkFrame {
+            frame: Some(Frame::Hello(h)),
+        })) if h.node == peer.as_str() => Ok((inbound, tx)),
+        Ok(Some(pb::LinkFrame {
+            frame: Some(Frame::Hello(h)),
+        })) => Err(format!("dialed `{peer}` but `{}` answered", h.node)),
+        Ok(_) => Err("peer did not say hello".into()),
+        Err(s) => Err(format!("{}: {}", s.code(), crate::tls::error_chain(&s))),
+    }
+}
+
+/// Drops outbox entries whose content is gone or expired, and purges expired content.
+pub async fn purge_expired(node: &Arc<Node>) -> Result<u64, crate::error::NodeError> {
+    let now = timefmt::now_ms();
+    let mut ops = Vec::new();
+    let mut entries = Vec::new();
+    let mut from = Vec::new();
+    loop {
+        let batch = node.store.scan(Space::Notifications, b"", &from, 1024)?;
+        if batch.is_empty() {
+            break;
+        }
+        for (k, v) in &batch {
+            if let Some((meta, _)) = crate::node::decode_stored(v)
+                && meta.expires_at_ms != 0
+                && meta.expires_at_ms <= now
+            {
+                ops.push(Op::delete(Space::Notifications, k.clone()));
+                let mut e = LedgerEntry::new("expired");
+                e.notification = hex::encode(&k[..16.min(k.len())]);
+                entries.push(e);
+            }
+        }
+        from = batch
+            .last()
+            .map(|(k, _)| [k.as_slice(), &[0]].concat())
+            .unwrap_or_default();
+    }
+    let n = ops.len() as u64;
+    if n > 0 {
+        node.commit(ops, entries).await?;
+        node.bump_outbox();
+    }
+    Ok(n)
+}

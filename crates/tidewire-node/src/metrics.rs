@@ -1,0 +1,65 @@
+//! Prometheus text exposition on a separate port, from the node's own counters.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::Node;
+
+/// Renders the counters in the Prometheus text format.
+pub fn render(node: &Node) -> String {
+    let (counters, refused) = node.counters.snapshot();
+    let mut out = String::new();
+    let id = node.id();
+    for (name, v) in counters {
+        if name == "refused" {
+            continue;
+        }
+        out.push_str(&format!(
+            "# TYPE tidewire_{name}_total counter\ntidewire_{name}_total{{node=\"{id}\"}} {v}\n"
+        ));
+    }
+    out.push_str("# TYPE tidewire_refused_total counter\n");
+    for (reason, v) in refused {
+        out.push_str(&format!(
+            "tidewire_refused_total{{node=\"{id}\",reason=\"{reason}\"}} {v}\n"
+        ));
+    }
+    out.push_str("# TYPE tidewire_link_up gauge\n");
+    for (peer, l) in node.links.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        out.push_str(&format!(
+            "tidewire_link_up{{node=\"{id}\",peer=\"{peer}\"}} {}\n",
+            u8::from(l.up)
+        ));
+    }
+    out.push_str(&format!(
+        "# TYPE tidewire_uptime_seconds gauge\ntidewire_uptime_seconds{{node=\"{id}\"}} {}\n",
+        node.uptime_s()
+    ));
+    out
+}
+
+/// Answers every HTTP request on `listener` with the metrics page.
+pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((mut sock, _)) = accepted else {
+            continue;
+        };
+        let body = render(&node);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = sock.read(&mut buf).await;
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}

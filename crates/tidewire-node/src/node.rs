@@ -1,0 +1,1061 @@
+//! The node's shared state and its three paths: publish (origin), ingest (from a peer) and the
+//! one egress path ([`Node::prepare_egress`]) that every byte leaving the node goes through.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tidewire_core::envelope::{self, Header, Hop, Substitution};
+use tidewire_core::keys::{Roster, SigningKey};
+use tidewire_core::model::NodeId;
+use tidewire_core::{Notification, NotificationId, VerifiedView, timefmt};
+use tidewire_policy::{Decision, FieldAction, Party, Policy};
+use tidewire_proto::v1 as pb;
+use tidewire_store::{Committer, Op, Space, Store};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::ledger::{self, LedgerEntry};
+use crate::routing::Routing;
+use crate::tls::TlsMaterial;
+use crate::users::Users;
+
+/// Monotonic counters, shown by `tidewire status` and on the metrics port.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Notifications published here.
+    pub published: AtomicU64,
+    /// Envelopes received from peers.
+    pub received: AtomicU64,
+    /// Envelopes that verified.
+    pub verified: AtomicU64,
+    /// Envelopes handed to a peer and acknowledged.
+    pub forwarded: AtomicU64,
+    /// Notifications delivered into the local feed.
+    pub delivered: AtomicU64,
+    /// Duplicates dropped by the seen-set.
+    pub duplicates: AtomicU64,
+    /// Copies the policy denied.
+    pub denied: AtomicU64,
+    /// Fields withheld on egress.
+    pub withheld_fields: AtomicU64,
+    /// Expired notifications dropped.
+    pub expired: AtomicU64,
+    /// Refusals by reason.
+    pub refused: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Counters {
+    /// Counts a refusal.
+    pub fn refuse(&self, reason: &str) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason.to_owned())
+            .or_default() += 1;
+    }
+
+    /// Every counter by name.
+    pub fn snapshot(&self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut m = BTreeMap::new();
+        m.insert("published".into(), l(&self.published));
+        m.insert("received".into(), l(&self.received));
+        m.insert("verified".into(), l(&self.verified));
+        m.insert("forwarded".into(), l(&self.forwarded));
+        m.insert("delivered".into(), l(&self.delivered));
+        m.insert("duplicates".into(), l(&self.duplicates));
+        m.insert("denied".into(), l(&self.denied));
+        m.insert("withheld_fields".into(), l(&self.withheld_fields));
+        m.insert("expired".into(), l(&self.expired));
+        let refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        m.insert("refused".into(), refused.values().sum());
+        (m, refused)
+    }
+}
+
+/// What is kept with a stored envelope.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredMeta {
+    /// Origin node.
+    pub origin: String,
+    /// Kind.
+    pub kind: String,
+    /// Case reference.
+    pub case_ref: String,
+    /// Routes.
+    pub routes: Vec<String>,
+    /// Created (Unix ms).
+    pub created_at_ms: i64,
+    /// Expires (Unix ms), 0 = never.
+    pub expires_at_ms: i64,
+    /// The peer it came from; empty when published here.
+    pub from: String,
+    /// When it arrived.
+    pub received_at_ms: i64,
+}
+
+/// Encodes a stored notification: `u32 meta length ‖ meta JSON ‖ envelope bytes`.
+pub fn encode_stored(meta: &StoredMeta, envelope: &[u8]) -> Vec<u8> {
+    let m = serde_json::to_vec(meta).unwrap_or_default();
+    let mut out = Vec::with_capacity(4 + m.len() + envelope.len());
+    out.extend_from_slice(&(m.len() as u32).to_be_bytes());
+    out.extend_from_slice(&m);
+    out.extend_from_slice(envelope);
+    out
+}
+
+/// Decodes a stored notification.
+pub fn decode_stored(v: &[u8]) -> Option<(StoredMeta, &[u8])> {
+    let len = u32::from_be_bytes(v.get(..4)?.try_into().ok()?) as usize;
+    let meta = serde_json::from_slice(v.get(4..4 + len)?).ok()?;
+    Some((meta, v.get(4 + len..)?))
+}
+
+/// Store key of a held envelope copy: the id and the node it is held for.
+pub fn note_key(id: &NotificationId, holder: &NodeId) -> Vec<u8> {
+    let mut k = id.0.to_vec();
+    k.extend_from_slice(holder.as_str().as_bytes());
+    k
+}
+
+/// Seen-set key for forwarding responsibility towards `dest`.
+fn seen_fwd_key(id: &NotificationId, dest: &NodeId) -> Vec<u8> {
+    let mut k = id.0.to_vec();
+    k.push(0);
+    k.extend_from_slice(dest.as_str().as_bytes());
+    k
+}
+
+/// Outbox key: `dest ‖ 0 ‖ seq`.
+pub fn outbox_key(dest: &NodeId, seq: u64) -> Vec<u8> {
+    let mut k = dest.as_str().as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// An outbox item: which copy to send and with what hop budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxItem {
+    /// The notification.
+    pub id: NotificationId,
+    /// Remaining hops after the next one.
+    pub hops_left: u32,
+    /// Whose copy to send (`note_key(id, holder)`).
+    pub holder: NodeId,
+}
+
+impl OutboxItem {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = self.id.0.to_vec();
+        v.extend_from_slice(&self.hops_left.to_be_bytes());
+        v.extend_from_slice(self.holder.as_str().as_bytes());
+        v
+    }
+
+    /// Decodes an outbox value.
+    pub fn decode(v: &[u8]) -> Option<OutboxItem> {
+        Some(OutboxItem {
+            id: NotificationId::from_slice(v.get(..16)?).ok()?,
+            hops_left: u32::from_be_bytes(v.get(16..20)?.try_into().ok()?),
+            holder: std::str::from_utf8(v.get(20..)?).ok()?.parse().ok()?,
+        })
+    }
+}
+
+/// A copy ready to go to a peer, with its ledger record (written when the peer acknowledges).
+#[derive(Debug)]
+pub struct Prepared {
+    /// Encoded envelope after policy and custody.
+    pub bytes: Vec<u8>,
+    /// The `transfer` ledger entry.
+    pub entry: LedgerEntry,
+}
+
+/// Why an outbox item was not sent; it is resolved (removed) with this ledger entry.
+#[derive(Debug)]
+pub struct Skipped {
+    /// The ledger entry recording why.
+    pub entry: Option<Box<LedgerEntry>>,
+}
+
+/// The outcome of one incoming transfer.
+#[derive(Debug, Clone)]
+pub enum Received {
+    /// Stored (or a duplicate), acknowledged.
+    Accepted,
+    /// Refused with a reason label and detail; acknowledged so it is not resent.
+    Refused(String, String),
+}
+
+/// A consent request as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsentRecord {
+    /// Request id.
+    pub id: String,
+    /// Notification id.
+    pub notification: String,
+    /// The relay asking.
+    pub requester: String,
+    /// The destination outside the audience.
+    pub destination: String,
+    /// pending, granted, refused.
+    pub state: String,
+    /// Kind.
+    pub kind: String,
+    /// Case reference.
+    pub case_ref: String,
+    /// When asked.
+    pub at_ms: i64,
+}
+
+impl ConsentRecord {
+    fn to_pb(&self) -> pb::ConsentItem {
+        pb::ConsentItem {
+            id: self.id.clone(),
+            notification: self.notification.clone(),
+            requester: self.requester.clone(),
+            destination: self.destination.clone(),
+            state: self.state.clone(),
+            kind: self.kind.clone(),
+            case_ref: self.case_ref.clone(),
+            at_ms: self.at_ms,
+        }
+    }
+}
+
+/// Shared state of a running node.
+pub struct Node {
+    /// Configuration.
+    pub cfg: NodeConfig,
+    /// This node as a policy party.
+    pub me: Party,
+    key: SigningKey,
+    /// The federation roster.
+    pub roster: Roster,
+    /// TLS material.
+    pub tls: TlsMaterial,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    committer: Committer,
+    policy: RwLock<Option<(Arc<Policy>, String)>>,
+    /// Routing view.
+    pub routing: Mutex<Routing>,
+    /// Link state per configured or connected peer.
+    pub links: Mutex<BTreeMap<NodeId, LinkInfo>>,
+    /// Bumped when outboxes gain items or routes change.
+    pub outbox_changed: watch::Sender<u64>,
+    /// Bumped when the local feed grows.
+    pub feed_changed: watch::Sender<u64>,
+    /// Counters.
+    pub counters: Counters,
+    origin_seq: AtomicU64,
+    outbox_seq: AtomicU64,
+    /// Next local feed sequence number.
+    pub feed_seq: AtomicU64,
+    ledger: Mutex<ledger::Head>,
+    /// Last link-state sequence number announced.
+    pub ls_seq: AtomicU64,
+    started: Instant,
+    /// Root of the shutdown tree.
+    pub shutdown: CancellationToken,
+    /// Every spawned task.
+    pub tracker: TaskTracker,
+    /// The user table.
+    pub users: Users,
+    publish_bucket: Mutex<(Instant, f64)>,
+    /// Live link sessions.
+    pub sessions: crate::link::Sessions,
+}
+
+/// One link's state, for status.
+#[derive(Debug, Clone, Default)]
+pub struct LinkInfo {
+    /// Connected now.
+    pub up: bool,
+    /// Last error.
+    pub last_error: String,
+    /// Configured URL (empty for links the peer dials).
+    pub url: String,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.me.node)
+            .finish_non_exhaustive()
+    }
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b.try_into().unwrap_or([0; 8]))
+}
+
+impl Node {
+    /// Opens the store and loads keys, roster, policy and users.
+    pub fn open(
+        cfg: NodeConfig,
+        store: Arc<dyn Store>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Node>, NodeError> {
+        let key = SigningKey::load(&cfg.signing_key)?;
+        let roster = Roster::load(&cfg.roster)?;
+        let entry = roster.get(cfg.id.as_str()).ok_or_else(|| {
+            NodeError::Config(format!(
+                "{}: node `{}` is not in the roster; add it with `tidewire keys generate`",
+                cfg.roster.display(),
+                cfg.id
+            ))
+        })?;
+        if !entry.keys.iter().any(|k| k.key_id == key.key_id()) {
+            return Err(NodeError::Config(format!(
+                "{}: the signing key {} is not one of node `{}`'s keys in the roster {}",
+                cfg.signing_key.display(),
+                key.key_id(),
+                cfg.id,
+                cfg.roster.display()
+            )));
+        }
+        let tls = TlsMaterial::load(&cfg.tls_ca, &cfg.tls_cert, &cfg.tls_key)?;
+        let policy = match &cfg.policy {
+            Some(p) => {
+                let pol = Policy::load(p).map_err(|e| NodeError::Config(e.to_string()))?;
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                Some((Arc::new(pol), text))
+            }
+            None => {
+                tracing::warn!("no policy configured: every egress is denied (default deny)");
+                None
+            }
+        };
+        let users = Users::open(cfg.users.clone())?;
+        let meta_u64 = |k: &str| -> Result<u64, NodeError> {
+            Ok(store
+                .get(Space::Meta, k.as_bytes())?
+                .map(|v| be_u64(&v))
+                .unwrap_or(0))
+        };
+        let origin_seq = meta_u64("origin_seq")?;
+        let feed_seq = store
+            .last(Space::Feed, b"")?
+            .map(|(k, _)| be_u64(&k))
+            .unwrap_or(0);
+        let mut outbox_seq = 0;
+        for (k, _) in store.scan(Space::Outbox, b"", b"", usize::MAX)? {
+            outbox_seq = outbox_seq.max(be_u64(&k[k.len().saturating_sub(8)..]));
+        }
+        let head = ledger::Head::load(store.as_ref())?;
+        let committer = Committer::start(store.clone());
+        let me = Party::peer(cfg.id.clone(), cfg.country, cfg.org.clone());
+        let mut links = BTreeMap::new();
+        for (peer, url) in &cfg.links {
+            links.insert(
+                peer.clone(),
+                LinkInfo {
+                    url: url.clone(),
+                    ..Default::default()
+                },
+            );
+        }
+        Ok(Arc::new(Node {
+            routing: Mutex::new(Routing::new(cfg.id.clone())),
+            me,
+            key,
+            roster,
+            tls,
+            store,
+            committer,
+            policy: RwLock::new(policy),
+            links: Mutex::new(links),
+            outbox_changed: watch::channel(0).0,
+            feed_changed: watch::channel(0).0,
+            counters: Counters::default(),
+            origin_seq: AtomicU64::new(origin_seq),
+            outbox_seq: AtomicU64::new(outbox_seq),
+            feed_seq: AtomicU64::new(feed_seq),
+            ledger: Mutex::new(head),
+            ls_seq: AtomicU64::new(timefmt::now_ms() as u64),
+            started: Instant::now(),
+            shutdown,
+            tracker: TaskTracker::new(),
+            users,
+            publish_bucket: Mutex::new((Instant::now(), 0.0)),
+            sessions: crate::link::Sessions::default(),
+            cfg,
+        }))
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.me.node
+    }
+
+    /// The signing key.
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// Seconds since start.
+    pub fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// The policy in force and its text.
+    pub fn policy(&self) -> Option<(Arc<Policy>, String)> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the policy atomically and records it on the ledger.
+    pub async fn apply_policy(&self, text: &str, by: &str) -> Result<Arc<Policy>, NodeError> {
+        let pol = Arc::new(Policy::parse(text).map_err(|e| {
+            NodeError::Invalid(format!("policy refused, the old one stays in force: {e}"))
+        })?);
+        let mut e = LedgerEntry::new("policy_applied");
+        e.policy_version = pol.content_hash().to_owned();
+        e.destination = by.to_owned();
+        e.detail = serde_json::json!({"version": pol.version()});
+        // Swap first so that no transfer after the ledger record uses the old policy.
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) =
+            Some((pol.clone(), text.to_owned()));
+        self.commit(Vec::new(), vec![e]).await?;
+        tracing::info!(
+            version = pol.version(),
+            hash = pol.content_hash(),
+            "policy applied"
+        );
+        self.bump_outbox();
+        Ok(pol)
+    }
+
+    /// Commits `ops` plus ledger entries, durably, keeping the ledger chain in order.
+    pub async fn commit(
+        &self,
+        mut ops: Vec<Op>,
+        entries: Vec<LedgerEntry>,
+    ) -> Result<(), NodeError> {
+        let rx = {
+            let mut head = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            for e in entries {
+                ops.push(head.append(e));
+            }
+            self.committer.submit(ops)
+        };
+        Committer::wait(rx).await?;
+        Ok(())
+    }
+
+    /// Wakes every link sender.
+    pub fn bump_outbox(&self) {
+        self.outbox_changed.send_modify(|v| *v += 1);
+    }
+
+    /// The roster nodes an audience covers, other than this node.
+    pub fn audience_nodes(&self, header: &Header) -> BTreeSet<NodeId> {
+        self.roster
+            .nodes()
+            .filter(|n| n.id != self.me.node)
+            .filter(|n| {
+                header
+                    .audience
+                    .iter()
+                    .any(|a| a.covers(&n.id, n.country, &n.org))
+            })
+            .map(|n| n.id.clone())
+            .collect()
+    }
+
+    /// Whether this node is in the audience.
+    pub fn in_audience(&self, header: &Header) -> bool {
+        header
+            .audience
+            .iter()
+            .any(|a| a.covers(&self.me.node, self.me.country, &self.me.org))
+    }
+
+    fn party(&self, node: &NodeId) -> Option<Party> {
+        self.roster.get(node.as_str()).map(Party::from_roster)
+    }
+
+    fn take_publish_token(&self) -> bool {
+        let rate = self.cfg.limits.publish_rate_per_s as f64;
+        let mut b = self
+            .publish_bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let tokens = (b.1 + now.duration_since(b.0).as_secs_f64() * rate).min(rate.max(1.0));
+        if tokens < 1.0 {
+            *b = (now, tokens);
+            return false;
+        }
+        *b = (now, tokens - 1.0);
+        true
+    }
+
+    /// Publishes a notification as origin: validate, seal, store durably, queue for every
+    /// destination in its audience. Returns (id, origin seq, duplicate).
+    pub async fn publish(
+        &self,
+        json: &str,
+        idempotency_key: &str,
+        by: &str,
+    ) -> Result<(NotificationId, u64, bool), NodeError> {
+        if idempotency_key.len() > 256 {
+            return Err(NodeError::Invalid(
+                "idempotency key is longer than 256 bytes".into(),
+            ));
+        }
+        if !idempotency_key.is_empty()
+            && let Some(v) = self
+                .store
+                .get(Space::Idempotency, idempotency_key.as_bytes())?
+        {
+            let id = NotificationId::from_slice(&v[..16])
+                .map_err(|e| NodeError::Internal(e.to_string()))?;
+            return Ok((id, be_u64(&v[16..24]), true));
+        }
+        if !self.take_publish_token() {
+            return Err(NodeError::RateLimited(format!(
+                "publish rate limit of {}/s reached; retry with the same idempotency key",
+                self.cfg.limits.publish_rate_per_s
+            )));
+        }
+        let n = Notification::from_json(json.as_bytes())?;
+        let id = NotificationId::random();
+        let seq = self.origin_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let now = timefmt::now_ms();
+        let env = envelope::seal(&n, self.id(), &self.key, id, seq, now);
+        let bytes = envelope::encode(&env);
+        let header = envelope::inspect(&env)
+            .map_err(|e| NodeError::Internal(e.to_string()))?
+            .header;
+        let meta = StoredMeta {
+            origin: self.id().to_string(),
+            kind: n.kind.to_string(),
+            case_ref: n.case_ref.clone(),
+            routes: n.routes.iter().map(|r| r.to_string()).collect(),
+            created_at_ms: now,
+            expires_at_ms: n.expires_at_ms.unwrap_or(0),
+            from: String::new(),
+            received_at_ms: now,
+        };
+        let mut ops = vec![
+            Op::put(
+                Space::Notifications,
+                note_key(&id, self.id()),
+                encode_stored(&meta, &bytes),
+            ),
+            Op::put(Space::Seen, id.0.to_vec(), Vec::new()),
+            Op::put(
+                Space::Meta,
+                b"origin_seq".to_vec(),
+                seq.to_be_bytes().to_vec(),
+            ),
+        ];
+        if !idempotency_key.is_empty() {
+            let mut v = id.0.to_vec();
+            v.extend_from_slice(&seq.to_be_bytes());
+            ops.push(Op::put(
+                Space::Idempotency,
+                idempotency_key.as_bytes().to_vec(),
+                v,
+            ));
+        }
+        let feed = self.feed_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        ops.push(Op::put(
+            Space::Feed,
+            feed.to_be_bytes().to_vec(),
+            note_key(&id, self.id()),
+        ));
+        let dests = self.audience_nodes(&header);
+        for d in &dests {
+            let item = OutboxItem {
+                id,
+                hops_left: self.cfg.limits.hop_budget,
+                holder: self.id().clone(),
+            };
+            let oseq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
+            ops.push(Op::put(Space::Outbox, outbox_key(d, oseq), item.encode()));
+            ops.push(Op::put(Space::Seen, seen_fwd_key(&id, d), Vec::new()));
+        }
+        let mut e = LedgerEntry::new("published");
+        e.notification = id.to_string();
+        e.destination = by.to_owned();
+        e.detail = serde_json::json!({
+            "kind": n.kind.as_str(), "case_ref": n.case_ref, "seq": seq,
+            "destinations": dests.iter().map(|d| d.as_str()).collect::<Vec<_>>(),
+        });
+        self.commit(ops, vec![e]).await?;
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(id = %id, kind = %n.kind, destinations = dests.len(), "published");
+        self.feed_changed.send_modify(|v| *v += 1);
+        if !dests.is_empty() {
+            self.bump_outbox();
+        }
+        Ok((id, seq, false))
+    }
+
+    /// Verifies and durably stores a batch of transfers from `peer`. Returns one outcome per
+    /// transfer, in order; the caller acknowledges them all after this returns.
+    pub async fn ingest(
+        &self,
+        peer: &NodeId,
+        transfers: Vec<pb::Transfer>,
+    ) -> Result<Vec<Received>, NodeError> {
+        let now = timefmt::now_ms();
+        let mut ops = Vec::new();
+        let mut entries = Vec::new();
+        let mut out = Vec::with_capacity(transfers.len());
+        let mut batch_seen: HashMap<Vec<u8>, ()> = HashMap::new();
+        let mut delivered = 0u64;
+        let mut queued = false;
+        for t in transfers {
+            self.counters.received.fetch_add(1, Ordering::Relaxed);
+            let refuse = |label: &str, detail: String, entries: &mut Vec<LedgerEntry>| {
+                self.counters.refuse(label);
+                tracing::warn!(peer = %peer, reason = label, detail = %detail, "envelope refused");
+                let mut e = LedgerEntry::new("refused");
+                e.destination = format!("node:{peer}");
+                e.detail = serde_json::json!({"reason": label, "detail": detail});
+                entries.push(e);
+                Received::Refused(label.to_owned(), detail)
+            };
+            if t.envelope.len() > self.cfg.limits.max_message_bytes {
+                out.push(refuse(
+                    "too_large",
+                    format!("{} bytes", t.envelope.len()),
+                    &mut entries,
+                ));
+                continue;
+            }
+            let (_, view) = match envelope::verify_bytes(&t.envelope, &self.roster) {
+                Ok(v) => v,
+                Err(e) => {
+                    out.push(refuse(e.label(), e.to_string(), &mut entries));
+                    continue;
+                }
+            };
+            let last = view.custody.last();
+            if last.is_none_or(|c| c.node != peer.as_str() || c.to != self.id().as_str()) {
+                out.push(refuse(
+                    "broken_custody",
+                    format!(
+                        "the last custody entry must be `{peer}` handing to `{}`",
+                        self.id()
+                    ),
+                    &mut entries,
+                ));
+                continue;
+            }
+            self.counters.verified.fetch_add(1, Ordering::Relaxed);
+            let h = &view.header;
+            if h.expired(now) {
+                self.counters.expired.fetch_add(1, Ordering::Relaxed);
+                out.push(Received::Accepted);
+                continue;
+            }
+            let audience = self.audience_nodes(h);
+            let mut requested: BTreeSet<NodeId> = BTreeSet::new();
+            for d in &t.destinations {
+                match d.parse::<NodeId>() {
+                    Ok(d) if d == *self.id() && self.in_audience(h) => {
+                        requested.insert(d);
+                    }
+                    Ok(d) if audience.contains(&d) => {
+                        requested.insert(d);
+                    }
+                    _ => {}
+                }
+            }
+            let meta = StoredMeta {
+                origin: h.origin.to_string(),
+                kind: h.kind.to_string(),
+                case_ref: h.case_ref.clone(),
+                routes: h.routes.iter().map(|r| r.to_string()).collect(),
+                created_at_ms: h.created_at_ms,
+                expires_at_ms: h.expires_at_ms.unwrap_or(0),
+                from: peer.to_string(),
+                received_at_ms: now,
+            };
+            for d in requested {
+                if d == *self.id() {
+                    let seen = h.id.0.to_vec();
+                    if batch_seen.contains_key(&seen)
+                        || self.store.get(Space::Seen, &seen)?.is_some()
+                    {
+                        self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    batch_seen.insert(seen.clone(), ());
+                    ops.push(Op::put(
+                        Space::Notifications,
+                        note_key(&h.id, &d),
+                        encode_stored(&meta, &t.envelope),
+                    ));
+                    ops.push(Op::put(Space::Seen, seen, Vec::new()));
+                    let feed = self.feed_seq.fetch_add(1, Ordering::SeqCst) + 1;
+                    ops.push(Op::put(
+                        Space::Feed,
+                        feed.to_be_bytes().to_vec(),
+                        note_key(&h.id, &d),
+                    ));
+                    if h.kind == tidewire_core::Kind::Recall
+                        && let Some(target) = h.recalls
+                    {
+                        ops.extend(self.recall_ops(&target, &h.origin, &mut entries)?);
+                    }
+                    let mut e = LedgerEntry::new("received");
+                    e.notification = h.id.to_string();
+                    e.destination = format!("node:{peer}");
+                    e.detail = serde_json::json!({
+                        "origin": h.origin.as_str(),
+                        "path": view.path(),
+                        "withheld": view.withheld.len(),
+                    });
+                    entries.push(e);
+                    delivered += 1;
+                } else {
+                    let seen = seen_fwd_key(&h.id, &d);
+                    if batch_seen.contains_key(&seen)
+                        || self.store.get(Space::Seen, &seen)?.is_some()
+                    {
+                        self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    if t.hops_left == 0 {
+                        self.counters.refuse("hop_budget");
+                        continue;
+                    }
+                    batch_seen.insert(seen.clone(), ());
+                    ops.push(Op::put(
+                        Space::Notifications,
+                        note_key(&h.id, &d),
+                        encode_stored(&meta, &t.envelope),
+                    ));
+                    ops.push(Op::put(Space::Seen, seen, Vec::new()));
+                    let item = OutboxItem {
+                        id: h.id,
+                        hops_left: t.hops_left - 1,
+                        holder: d.clone(),
+                    };
+                    let oseq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
+                    ops.push(Op::put(Space::Outbox, outbox_key(&d, oseq), item.encode()));
+                    queued = true;
+                }
+            }
+            out.push(Received::Accepted);
+        }
+        self.commit(ops, entries).await?;
+        if delivered > 0 {
+            self.counters
+                .delivered
+                .fetch_add(delivered, Ordering::Relaxed);
+            self.feed_changed.send_modify(|v| *v += 1);
+        }
+        if queued {
+            self.bump_outbox();
+        }
+        Ok(out)
+    }
+
+    /// Deletes every copy of `target` held here if `origin` wrote it.
+    fn recall_ops(
+        &self,
+        target: &NotificationId,
+        origin: &NodeId,
+        entries: &mut Vec<LedgerEntry>,
+    ) -> Result<Vec<Op>, NodeError> {
+        let mut ops = Vec::new();
+        for (k, v) in self
+            .store
+            .scan(Space::Notifications, &target.0, &target.0, usize::MAX)?
+        {
+            if decode_stored(&v).is_some_and(|(m, _)| m.origin == origin.as_str()) {
+                ops.push(Op::delete(Space::Notifications, k));
+            }
+        }
+        if !ops.is_empty() {
+            let mut e = LedgerEntry::new("recalled");
+            e.notification = target.to_string();
+            e.destination = format!("node:{origin}");
+            entries.push(e);
+        }
+        Ok(ops)
+    }
+
+    /// THE egress path towards peers: applies this node's policy for the next hop and, when the
+    /// copy is for a node behind it, for that destination too (relays narrow, never widen), then
+    /// signs this node's custody entry. Nothing reaches a peer any other way.
+    pub fn prepare_egress(
+        &self,
+        peer: &NodeId,
+        dest: &NodeId,
+        item: &OutboxItem,
+    ) -> Result<Prepared, Skipped> {
+        let skip = |event: &str, rule: Option<String>, detail: serde_json::Value| {
+            let mut e = LedgerEntry::new(event);
+            e.notification = item.id.to_string();
+            e.destination = format!("node:{dest}");
+            e.rule = rule.unwrap_or_default();
+            e.detail = detail;
+            Skipped { entry: Some(Box::new(e)) }
+        };
+        let stored = match self
+            .store
+            .get(Space::Notifications, &note_key(&item.id, &item.holder))
+        {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                return Err(skip(
+                    "dropped",
+                    None,
+                    serde_json::json!({"reason": "content deleted (recalled or expired)"}),
+                ));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store read failed on egress");
+                return Err(Skipped { entry: None });
+            }
+        };
+        let Some((_, env_bytes)) = decode_stored(&stored) else {
+            return Err(skip(
+                "dropped",
+                None,
+                serde_json::json!({"reason": "stored copy is corrupt"}),
+            ));
+        };
+        let Ok(env) = envelope::decode(env_bytes) else {
+            return Err(skip(
+                "dropped",
+                None,
+                serde_json::json!({"reason": "stored copy is corrupt"}),
+            ));
+        };
+        let Ok(view) = envelope::inspect(&env) else {
+            return Err(skip(
+                "dropped",
+                None,
+                serde_json::json!({"reason": "stored copy is corrupt"}),
+            ));
+        };
+        let now = timefmt::now_ms();
+        if view.header.expired(now) {
+            self.counters.expired.fetch_add(1, Ordering::Relaxed);
+            return Err(skip(
+                "expired",
+                None,
+                serde_json::json!({"expires_at": view.header.expires_at_ms.map(timefmt::format_ms)}),
+            ));
+        }
+        let Some((policy, _)) = self.policy() else {
+            self.counters.denied.fetch_add(1, Ordering::Relaxed);
+            return Err(skip(
+                "denied",
+                None,
+                serde_json::json!({"reason": "no policy is configured (default deny)"}),
+            ));
+        };
+        let decision = match self.decide(&policy, &view, peer, dest) {
+            Ok(d) => d,
+            Err(reason) => {
+                self.counters.denied.fetch_add(1, Ordering::Relaxed);
+                return Err(skip("denied", None, serde_json::json!({"reason": reason})));
+            }
+        };
+        let (rule, fields) = match decision {
+            Decision::Deny { rule, reason } => {
+                self.counters.denied.fetch_add(1, Ordering::Relaxed);
+                let mut s = skip(
+                    "denied",
+                    rule,
+                    serde_json::json!({"reason": reason, "via": peer.as_str()}),
+                );
+                if let Some(e) = s.entry.as_mut() {
+                    e.policy_version = policy.content_hash().to_owned();
+                }
+                return Err(s);
+            }
+            Decision::Allow { rule, fields } => (rule, fields),
+        };
+        let mut withhold = Vec::new();
+        let mut substitute = Vec::new();
+        let mut withheld_paths = Vec::new();
+        let mut generalised = Vec::new();
+        for f in fields {
+            match f.action {
+                FieldAction::Clear => {}
+                FieldAction::Redact => {
+                    withheld_paths.push(serde_json::json!({"path": f.path, "rule": f.rule}));
+                    withhold.push((f.path, f.rule));
+                }
+                FieldAction::Generalise { method, value } => {
+                    generalised.push(
+                        serde_json::json!({"path": f.path, "rule": f.rule, "method": method}),
+                    );
+                    substitute.push(Substitution {
+                        path: f.path,
+                        value,
+                        rule_id: f.rule,
+                        method,
+                    });
+                }
+            }
+        }
+        self.counters
+            .withheld_fields
+            .fetch_add(withhold.len() as u64, Ordering::Relaxed);
+        let out = envelope::relay(
+            &env,
+            Hop {
+                node: self.id(),
+                key: &self.key,
+                to: peer,
+                at_ms: now,
+                policy_version: policy.content_hash(),
+                withhold,
+                substitute,
+            },
+        );
+        let mut e = LedgerEntry::new("transfer");
+        e.notification = item.id.to_string();
+        e.destination = format!("node:{dest}");
+        e.policy_version = policy.content_hash().to_owned();
+        e.rule = rule;
+        e.detail = serde_json::json!({
+            "via": peer.as_str(),
+            "origin": view.header.origin.as_str(),
+            "withheld": withheld_paths,
+            "generalised": generalised,
+        });
+        Ok(Prepared {
+            bytes: envelope::encode(&out),
+            entry: e,
+        })
+    }
+
+    /// The policy decision for a copy seen by `peer` and meant for `dest`.
+    fn decide(
+        &self,
+        policy: &Policy,
+        view: &VerifiedView,
+        peer: &NodeId,
+        dest: &NodeId,
+    ) -> Result<Decision, String> {
+        let origin = self
+            .party(&view.header.origin)
+            .ok_or_else(|| format!("origin `{}` is not in the roster", view.header.origin))?;
+        let to_peer = self
+            .party(peer)
+            .ok_or_else(|| format!("peer `{peer}` is not in the roster"))?;
+        let mut d = policy.evaluate(&view.header, &origin, &view.fields, &to_peer);
+        if dest != peer {
+            let to_dest = self
+                .party(dest)
+                .ok_or_else(|| format!("destination `{dest}` is not in the roster"))?;
+            d = d.intersect(policy.evaluate(&view.header, &origin, &view.fields, &to_dest));
+        }
+        Ok(d)
+    }
+
+    /// Backlog towards each destination.
+    pub fn backlog_by_dest(&self) -> BTreeMap<NodeId, u64> {
+        let mut out = BTreeMap::new();
+        if let Ok(items) = self.store.scan(Space::Outbox, b"", b"", usize::MAX) {
+            for (k, _) in items {
+                if let Some(pos) = k.iter().position(|b| *b == 0)
+                    && let Some(d) = std::str::from_utf8(&k[..pos])
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                {
+                    *out.entry(d).or_insert(0) += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// Route patterns this node's subscribers follow, aggregated for link-state announcements.
+    pub fn interests(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Handles a routed control message (consent requests and answers).
+    pub async fn on_routed(&self, from: &NodeId, routed: pb::Routed) {
+        tracing::debug!(peer = %from, bytes = routed.body.len(), "routed control message not handled by this build");
+        self.counters.refuse("unsupported_control");
+    }
+
+    /// Consent requests known to this node.
+    pub fn consent_items(&self) -> Result<Vec<pb::ConsentItem>, NodeError> {
+        let mut out = Vec::new();
+        for (_, v) in self.store.scan(Space::Consent, b"", b"", usize::MAX)? {
+            if let Ok(item) = serde_json::from_slice::<ConsentRecord>(&v) {
+                out.push(item.to_pb());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Grants or refuses a pending consent request.
+    pub async fn decide_consent(
+        &self,
+        id: &str,
+        grant: bool,
+        by: &str,
+    ) -> Result<pb::ConsentItem, NodeError> {
+        let v = self
+            .store
+            .get(Space::Consent, id.as_bytes())?
+            .ok_or_else(|| {
+                NodeError::NotFound(format!(
+                    "no consent request `{id}`; list them with `tidewire consent list`"
+                ))
+            })?;
+        let mut rec: ConsentRecord =
+            serde_json::from_slice(&v).map_err(|e| NodeError::Internal(e.to_string()))?;
+        if rec.state != "pending" {
+            return Err(NodeError::Invalid(format!(
+                "consent request `{id}` is already {}",
+                rec.state
+            )));
+        }
+        rec.state = if grant { "granted" } else { "refused" }.into();
+        let mut e = LedgerEntry::new(if grant {
+            "consent_granted"
+        } else {
+            "consent_refused"
+        });
+        e.notification = rec.notification.clone();
+        e.destination = rec.destination.clone();
+        e.detail = serde_json::json!({"requester": rec.requester, "by": by});
+        self.commit(
+            vec![Op::put(
+                Space::Consent,
+                id.as_bytes().to_vec(),
+                serde_json::to_vec(&rec).unwrap_or_default(),
+            )],
+            vec![e],
+        )
+        .await?;
+        Ok(rec.to_pb())
+    }
+
+    /// Destinations that have outbox items.
+    pub fn outbox_dests(&self) -> Vec<NodeId> {
+        self.backlog_by_dest().into_keys().collect()
+    }
+}

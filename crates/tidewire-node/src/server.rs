@@ -1,0 +1,173 @@
+//! Starting and stopping a node: one shutdown tree (root token, child tokens, a task tracker and
+//! a deadline on the drain), the gRPC server with health and reflection on one port, link
+//! dialers, the purge timer and the metrics endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidewire_proto::v1 as pb;
+use tidewire_store::{SledStore, Store};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::node::Node;
+use crate::services::{AdminService, FederationService, PublisherService};
+
+/// A started node.
+#[derive(Debug)]
+pub struct Running {
+    /// The node's state.
+    pub node: Arc<Node>,
+    /// The gRPC address it listens on.
+    pub addr: SocketAddr,
+    /// The metrics address, if any.
+    pub metrics_addr: Option<SocketAddr>,
+    server: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Running {
+    /// Stops the node: cancels everything, drains tasks (bounded), flushes the store.
+    pub async fn stop(self) {
+        self.node.shutdown.cancel();
+        self.wait().await;
+    }
+
+    /// Waits until the node has stopped (after its shutdown token fired).
+    pub async fn wait(self) {
+        let _ = self.server.await;
+        self.node.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.node.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not finish within the shutdown deadline");
+        }
+        if let Err(e) = self.node.store.sync() {
+            tracing::error!(error = %e, "final store sync failed");
+        }
+        tracing::info!("node stopped");
+    }
+}
+
+/// Starts a node from its configuration. It runs until `shutdown` is cancelled.
+pub async fn start(cfg: NodeConfig, shutdown: CancellationToken) -> Result<Running, NodeError> {
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&cfg.data_dir.join("store"))?);
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| NodeError::Config(format!("key `listen`: cannot bind {}: {e}", cfg.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+    let metrics_listener = match cfg.metrics_listen {
+        Some(a) => Some(TcpListener::bind(a).await.map_err(|e| {
+            NodeError::Config(format!("key `metrics_listen`: cannot bind {a}: {e}"))
+        })?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let node = Node::open(cfg, store, shutdown.clone())?;
+    let max = node.cfg.limits.max_message_bytes;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::federation_server::FederationServer<FederationService>>()
+        .await;
+    health
+        .set_serving::<pb::publisher_server::PublisherServer<PublisherService>>()
+        .await;
+    health
+        .set_serving::<pb::admin_server::AdminServer<AdminService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tidewire_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| NodeError::Internal(format!("reflection: {e}")))?;
+
+    let router = tonic::transport::Server::builder()
+        .tls_config(node.tls.server_config())
+        .map_err(|e| NodeError::Config(format!("tls: {}", crate::tls::error_chain(&e))))?
+        .http2_keepalive_interval(Some(Duration::from_secs(1)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(3)))
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            pb::federation_server::FederationServer::new(FederationService(node.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            pb::publisher_server::PublisherServer::new(PublisherService(node.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            pb::admin_server::AdminServer::new(AdminService(node.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::subscriber_server::SubscriberServer::new(crate::subscribe::SubscriberService(
+                node.clone(),
+            ))
+            .max_decoding_message_size(max),
+        );
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let stop = shutdown.clone();
+    let span = tracing::info_span!("server", node = %node.id(), addr = %addr);
+    let server = tokio::spawn(
+        async move {
+            router
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+                .map_err(|e| crate::tls::error_chain(&e))
+        }
+        .instrument(span),
+    );
+
+    for (peer, url) in node.cfg.links.clone() {
+        if node.id() < &peer {
+            let span = tracing::info_span!("link", peer = %peer, side = "dial");
+            node.tracker.spawn(
+                crate::link::dial_loop(node.clone(), peer, url, shutdown.child_token())
+                    .instrument(span),
+            );
+        }
+    }
+
+    let n = node.clone();
+    let stop = shutdown.child_token();
+    node.tracker.spawn(
+        async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                }
+                match crate::link::purge_expired(&n).await {
+                    Ok(0) => {}
+                    Ok(count) => tracing::info!(count, "purged expired notifications"),
+                    Err(e) => tracing::error!(error = %e, "purge failed"),
+                }
+            }
+        }
+        .instrument(tracing::info_span!("purge")),
+    );
+
+    if let Some(l) = metrics_listener {
+        let n = node.clone();
+        let stop = shutdown.child_token();
+        node.tracker
+            .spawn(crate::metrics::serve(n, l, stop).instrument(tracing::info_span!("metrics")));
+    }
+    tracing::info!(node = %node.id(), addr = %addr, "node started");
+    Ok(Running {
+        node,
+        addr,
+        metrics_addr,
+        server,
+    })
+}

@@ -1,0 +1,388 @@
+//! The gRPC services. Protobuf types stop here: requests are converted to core types at once, and
+//! every error goes through the one `From<NodeError> for tonic::Status`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use tidewire_core::NotificationId;
+use tidewire_proto::v1 as pb;
+use tidewire_proto::v1::link_frame::Frame;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::auth::{Caller, caller};
+use crate::error::NodeError;
+use crate::ledger;
+use crate::node::Node;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// `tidewire.v1.Federation`.
+#[derive(Debug, Clone)]
+pub struct FederationService(pub Arc<Node>);
+
+#[tonic::async_trait]
+impl pb::federation_server::Federation for FederationService {
+    type LinkStream = BoxStream<pb::LinkFrame>;
+
+    #[tracing::instrument(skip_all, fields(node = %self.0.id()))]
+    async fn link(
+        &self,
+        req: Request<Streaming<pb::LinkFrame>>,
+    ) -> Result<Response<Self::LinkStream>, Status> {
+        let node = self.0.clone();
+        let peer = match caller(&node, &req)? {
+            Caller::Node(n) => n,
+            Caller::User(u) => {
+                return Err(NodeError::PermissionDenied(format!(
+                    "client `{}` is not a federation node; only nodes may open links",
+                    u.name
+                ))
+                .into());
+            }
+        };
+        let mut inbound = req.into_inner();
+        let hello = match inbound.message().await? {
+            Some(pb::LinkFrame {
+                frame: Some(Frame::Hello(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first frame of a link must be a hello",
+                ));
+            }
+        };
+        if hello.node != peer.as_str() {
+            node.counters.refuse("impersonation");
+            tracing::warn!(claimed = %hello.node, certificate = %peer, "link refused: node claims another identity");
+            return Err(NodeError::PermissionDenied(format!(
+                "certificate belongs to `{peer}` but the hello claims `{}`",
+                hello.node
+            ))
+            .into());
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        tx.send(pb::LinkFrame {
+            frame: Some(Frame::Hello(pb::Hello {
+                node: node.id().to_string(),
+                protocol: 1,
+            })),
+        })
+        .await
+        .map_err(|_| Status::unavailable("link closed"))?;
+        let cancel = node.shutdown.child_token();
+        let n = node.clone();
+        let span = tracing::info_span!("link", peer = %peer, side = "accept");
+        node.tracker
+            .spawn(crate::link::run_session(n, peer, inbound, tx, cancel).instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+    }
+}
+
+/// `tidewire.v1.Publisher`.
+#[derive(Debug, Clone)]
+pub struct PublisherService(pub Arc<Node>);
+
+impl PublisherService {
+    async fn publish_one(
+        &self,
+        by: &str,
+        r: pb::PublishRequest,
+    ) -> Result<pb::PublishReply, NodeError> {
+        let (id, seq, duplicate) = self
+            .0
+            .publish(&r.notification_json, &r.idempotency_key, by)
+            .await?;
+        Ok(pb::PublishReply {
+            id: id.to_string(),
+            origin_seq: seq,
+            duplicate,
+            error_code: 0,
+            error_message: String::new(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::publisher_server::Publisher for PublisherService {
+    type PublishStreamStream = BoxStream<pb::PublishReply>;
+
+    #[tracing::instrument(skip_all, fields(node = %self.0.id()))]
+    async fn publish(
+        &self,
+        req: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishReply>, Status> {
+        let who = caller(&self.0, &req)?;
+        who.require(&["publisher", "admin"], "publishing")?;
+        Ok(Response::new(
+            self.publish_one(&who.label(), req.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %self.0.id()))]
+    async fn publish_stream(
+        &self,
+        req: Request<Streaming<pb::PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let who = caller(&self.0, &req)?;
+        who.require(&["publisher", "admin"], "publishing")?;
+        let label = who.label();
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(256);
+        let this = self.clone();
+        let span = tracing::info_span!("publish-stream", client = %label);
+        self.0.tracker.spawn(
+            async move {
+                // Publishes run concurrently (so they share fsyncs) but are answered in order.
+                let mut pending = futures::stream::FuturesOrdered::new();
+                let mut open = true;
+                loop {
+                    tokio::select! {
+                        item = inbound.next(), if open && pending.len() < 256 => match item {
+                            Some(Ok(r)) => {
+                                let this = this.clone();
+                                let label = label.clone();
+                                pending.push_back(async move { this.publish_one(&label, r).await });
+                            }
+                            Some(Err(e)) => { let _ = tx.send(Err(e)).await; return; }
+                            None => open = false,
+                        },
+                        Some(done) = pending.next(), if !pending.is_empty() => {
+                            let reply = done.unwrap_or_else(|e| {
+                                let s: Status = e.into();
+                                pb::PublishReply { error_code: s.code() as i32, error_message: s.message().to_owned(), ..Default::default() }
+                            });
+                            if tx.send(Ok(reply)).await.is_err() { return; }
+                        }
+                        else => return,
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// `tidewire.v1.Admin`.
+#[derive(Debug, Clone)]
+pub struct AdminService(pub Arc<Node>);
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    #[tracing::instrument(skip_all, fields(node = %self.0.id()))]
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        caller(&self.0, &req)?
+            .require(&["admin", "auditor", "publisher", "subscriber"], "status")?;
+        let n = &self.0;
+        let (counters, refused) = n.counters.snapshot();
+        let table = n.routing.lock().unwrap_or_else(|p| p.into_inner()).table();
+        let backlog = n.backlog_by_dest();
+        let links = n
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(peer, l)| pb::LinkStatus {
+                peer: peer.to_string(),
+                up: l.up,
+                backlog: backlog
+                    .iter()
+                    .filter(|(d, _)| {
+                        table.get(*d).is_some_and(|(hop, _)| hop == peer) || (*d == peer && !l.up)
+                    })
+                    .map(|(_, c)| *c)
+                    .sum(),
+                last_error: l.last_error.clone(),
+                address: l.url.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::StatusReply {
+            node: n.id().to_string(),
+            country: n.me.country.to_string(),
+            org: n.me.org.clone(),
+            uptime_s: n.uptime_s(),
+            links,
+            counters: counters.into_iter().collect(),
+            refused: refused.into_iter().collect(),
+            policy_version: n
+                .policy()
+                .map(|(p, _)| p.content_hash().to_owned())
+                .unwrap_or_default(),
+            routes: table
+                .into_iter()
+                .map(|(d, (hop, dist))| pb::RouteEntry {
+                    node: d.to_string(),
+                    next_hop: hop.to_string(),
+                    distance: dist,
+                })
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %self.0.id()))]
+    async fn policy_apply(
+        &self,
+        req: Request<pb::PolicyApplyRequest>,
+    ) -> Result<Response<pb::PolicyInfo>, Status> {
+        let who = caller(&self.0, &req)?;
+        who.require(&["admin"], "applying a policy")?;
+        let text = req.into_inner().policy_toml;
+        let pol = self.0.apply_policy(&text, &who.label()).await?;
+        Ok(Response::new(pb::PolicyInfo {
+            version: pol.version(),
+            content_hash: pol.content_hash().to_owned(),
+            policy_toml: text,
+            rules: pol.rule_ids().map(str::to_owned).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %self.0.id()))]
+    async fn policy_show(
+        &self,
+        req: Request<pb::PolicyShowRequest>,
+    ) -> Result<Response<pb::PolicyInfo>, Status> {
+        caller(&self.0, &req)?.require(&["admin", "auditor"], "showing the policy")?;
+        let (pol, text) = self.0.policy().ok_or_else(|| {
+            NodeError::NotFound(
+                "no policy is configured on this node (everything is denied)".into(),
+            )
+        })?;
+        Ok(Response::new(pb::PolicyInfo {
+            version: pol.version(),
+            content_hash: pol.content_hash().to_owned(),
+            policy_toml: text,
+            rules: pol.rule_ids().map(str::to_owned).collect(),
+        }))
+    }
+
+    async fn consent_list(
+        &self,
+        req: Request<pb::ConsentListRequest>,
+    ) -> Result<Response<pb::ConsentListReply>, Status> {
+        caller(&self.0, &req)?.require(&["admin", "auditor"], "listing consent requests")?;
+        Ok(Response::new(pb::ConsentListReply {
+            items: self.0.consent_items()?,
+        }))
+    }
+
+    async fn consent_decide(
+        &self,
+        req: Request<pb::ConsentDecideRequest>,
+    ) -> Result<Response<pb::ConsentItem>, Status> {
+        let who = caller(&self.0, &req)?;
+        who.require(&["admin"], "deciding consent")?;
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.0.decide_consent(&r.id, r.grant, &who.label()).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %self.0.id()))]
+    async fn audit_query(
+        &self,
+        req: Request<pb::AuditQueryRequest>,
+    ) -> Result<Response<pb::AuditQueryReply>, Status> {
+        caller(&self.0, &req)?.require(&["admin", "auditor"], "querying the ledger")?;
+        let q = req.into_inner();
+        let limit = if q.limit == 0 { 1000 } else { q.limit as usize };
+        let mut out = Vec::new();
+        let mut after = 0;
+        'scan: loop {
+            let batch =
+                ledger::read(self.0.store.as_ref(), after, 4096).map_err(NodeError::from)?;
+            if batch.is_empty() {
+                break;
+            }
+            for e in batch {
+                after = e.seq;
+                let hit = (q.notification.is_empty()
+                    || e.notification.starts_with(&q.notification))
+                    && (q.destination.is_empty()
+                        || e.destination == q.destination
+                        || e.destination.ends_with(&format!(":{}", q.destination)))
+                    && (q.event.is_empty() || e.event == q.event);
+                if hit {
+                    out.push(pb::AuditEntry {
+                        seq: e.seq,
+                        at_ms: e.at_ms,
+                        event: e.event,
+                        notification: e.notification,
+                        destination: e.destination,
+                        policy_version: e.policy_version,
+                        rule: e.rule,
+                        detail_json: e.detail.to_string(),
+                        hash: e.hash,
+                    });
+                    if out.len() >= limit {
+                        break 'scan;
+                    }
+                }
+            }
+        }
+        Ok(Response::new(pb::AuditQueryReply { entries: out }))
+    }
+
+    async fn audit_verify(
+        &self,
+        req: Request<pb::AuditVerifyRequest>,
+    ) -> Result<Response<pb::AuditVerifyReply>, Status> {
+        caller(&self.0, &req)?.require(&["admin", "auditor"], "verifying the ledger")?;
+        let c = ledger::verify(self.0.store.as_ref()).map_err(NodeError::from)?;
+        Ok(Response::new(pb::AuditVerifyReply {
+            ok: c.problem.is_none(),
+            entries: c.entries,
+            head: c.head,
+            problem: c.problem.unwrap_or_default(),
+        }))
+    }
+
+    async fn cases_list(
+        &self,
+        req: Request<pb::CasesListRequest>,
+    ) -> Result<Response<pb::CasesListReply>, Status> {
+        caller(&self.0, &req)?.require(&["admin", "auditor", "publisher"], "listing cases")?;
+        let limit = match req.into_inner().limit {
+            0 => 1000,
+            l => l as usize,
+        };
+        let mut items = Vec::new();
+        let entries = self
+            .0
+            .store
+            .scan(tidewire_store::Space::Notifications, b"", b"", usize::MAX)
+            .map_err(NodeError::from)?;
+        for (k, v) in entries {
+            let Ok(id) = NotificationId::from_slice(&k[..16.min(k.len())]) else {
+                continue;
+            };
+            let holder = String::from_utf8_lossy(&k[16.min(k.len())..]).into_owned();
+            let Some((meta, _)) = crate::node::decode_stored(&v) else {
+                continue;
+            };
+            items.push(pb::CaseItem {
+                id: id.to_string(),
+                origin: meta.origin,
+                kind: meta.kind,
+                case_ref: meta.case_ref,
+                routes: meta.routes,
+                created_at_ms: meta.created_at_ms,
+                state: if holder == self.0.id().as_str() {
+                    "held".into()
+                } else {
+                    format!("in transit to {holder}")
+                },
+            });
+            if items.len() >= limit {
+                break;
+            }
+        }
+        Ok(Response::new(pb::CasesListReply { items }))
+    }
+}

@@ -1,0 +1,308 @@
+//! Route feeds for local subscribers: the node's feed is read from disk at each subscriber's own
+//! pace (a slow one never holds up anyone else), filtered by the request, the user's clearance and
+//! allowed routes, and passed through the policy for the user's role before anything is sent.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use tidewire_core::envelope;
+use tidewire_core::model::{Kind, RoutePattern};
+use tidewire_policy::{Decision, FieldAction, Party};
+use tidewire_proto::v1 as pb;
+use tidewire_store::{Op, Space};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::auth::caller;
+use crate::error::NodeError;
+use crate::ledger::LedgerEntry;
+use crate::node::{Node, decode_stored};
+use crate::users::User;
+
+/// `tidewire.v1.Subscriber`.
+#[derive(Debug, Clone)]
+pub struct SubscriberService(pub Arc<Node>);
+
+fn cursor_key(user: &str, durable: &str) -> Vec<u8> {
+    [user.as_bytes(), &[0], durable.as_bytes()].concat()
+}
+
+struct Filter {
+    routes: Vec<RoutePattern>,
+    kinds: Vec<Kind>,
+}
+
+/// Builds the delivery a user may see of one feed entry, or `None` if it is not for them.
+/// This is the egress path to local subscribers.
+fn prepare_local(
+    node: &Node,
+    user: &User,
+    filter: &Filter,
+    cursor: u64,
+    note: &[u8],
+) -> Option<(pb::Delivery, LedgerEntry)> {
+    let stored = node.store.get(Space::Notifications, note).ok()??;
+    let (_, bytes) = decode_stored(&stored)?;
+    let env = envelope::decode(bytes).ok()?;
+    let view = envelope::inspect(&env).ok()?;
+    let h = &view.header;
+    if h.expired(tidewire_core::timefmt::now_ms()) || h.handling.level() > user.clearance {
+        return None;
+    }
+    let route_ok = h.routes.iter().any(|r| {
+        user.routes.iter().any(|p| p.matches(r))
+            && (filter.routes.is_empty() || filter.routes.iter().any(|p| p.matches(r)))
+    });
+    if !route_ok || (!filter.kinds.is_empty() && !filter.kinds.contains(&h.kind)) {
+        return None;
+    }
+    let (policy, _) = node.policy()?;
+    let origin = Party::from_roster(node.roster.get(h.origin.as_str())?);
+    let dest = Party::subscriber(
+        node.me.node.clone(),
+        node.me.country,
+        node.me.org.clone(),
+        user.role.clone(),
+    );
+    let Decision::Allow { rule, fields } = policy.evaluate(h, &origin, &view.fields, &dest) else {
+        return None;
+    };
+    let mut clear = Vec::new();
+    let mut withheld: Vec<pb::WithheldInfo> = view
+        .withheld
+        .iter()
+        .map(|w| pb::WithheldInfo {
+            path_or_digest: w.digest.clone(),
+            by: w.by.clone().unwrap_or_default(),
+            rule: w.rule_id.clone().unwrap_or_default(),
+        })
+        .collect();
+    for (f, d) in view.fields.iter().zip(fields) {
+        match d.action {
+            FieldAction::Clear => clear.push((f.path.clone(), f.value.clone())),
+            FieldAction::Generalise { value, .. } => clear.push((f.path.clone(), value)),
+            FieldAction::Redact => withheld.push(pb::WithheldInfo {
+                path_or_digest: f.path.clone(),
+                by: node.id().to_string(),
+                rule: d.rule.clone(),
+            }),
+        }
+    }
+    let parsed: Vec<_> = clear
+        .iter()
+        .filter_map(|(p, v)| p.parse().ok().map(|p| (p, v.clone())))
+        .collect();
+    let body = tidewire_core::fields::unflatten(parsed.iter().map(|(p, v)| (p, v.clone())))
+        .unwrap_or_default();
+    let mut e = LedgerEntry::new("delivered");
+    e.notification = h.id.to_string();
+    e.destination = format!("user:{}", user.name);
+    e.policy_version = policy.content_hash().to_owned();
+    e.rule = rule;
+    e.detail = serde_json::json!({"role": user.role, "withheld": withheld.len()});
+    Some((
+        pb::Delivery {
+            cursor,
+            id: h.id.to_string(),
+            origin: h.origin.to_string(),
+            kind: h.kind.to_string(),
+            routes: h.routes.iter().map(|r| r.to_string()).collect(),
+            handling: h.handling.code().to_owned(),
+            handling_restriction: h.handling.restriction().unwrap_or_default().to_owned(),
+            grading: h.grading.to_string(),
+            purposes: h.purposes.clone(),
+            case_ref: h.case_ref.clone(),
+            created_at_ms: h.created_at_ms,
+            expires_at_ms: h.expires_at_ms.unwrap_or(0),
+            fields_json: body.to_string(),
+            withheld,
+            path: view.path(),
+            skipped: 0,
+        },
+        e,
+    ))
+}
+
+#[tonic::async_trait]
+impl pb::subscriber_server::Subscriber for SubscriberService {
+    type SubscribeStream =
+        std::pin::Pin<Box<dyn Stream<Item = Result<pb::Delivery, Status>> + Send>>;
+
+    #[tracing::instrument(skip_all, fields(node = %self.0.id()))]
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let who = caller(&self.0, &req)?;
+        let user = who
+            .require(&["subscriber", "admin"], "subscribing")?
+            .clone();
+        let r = req.into_inner();
+        let routes = r
+            .routes
+            .iter()
+            .map(|p| {
+                p.parse::<RoutePattern>()
+                    .map_err(|e| NodeError::Invalid(format!("route pattern: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let kinds = r
+            .kinds
+            .iter()
+            .map(|k| {
+                k.parse::<Kind>()
+                    .map_err(|e| NodeError::Invalid(format!("kind: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if r.durable.len() > 128 {
+            return Err(NodeError::Invalid(
+                "durable subscription names are at most 128 bytes".into(),
+            )
+            .into());
+        }
+        let node = self.0.clone();
+        let stored = if r.durable.is_empty() {
+            None
+        } else {
+            node.store
+                .get(Space::Cursors, &cursor_key(&user.name, &r.durable))
+                .map_err(NodeError::from)?
+                .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])))
+        };
+        let start = match (pb::subscribe_request::Start::try_from(r.start), stored) {
+            (Ok(pb::subscribe_request::Start::Cursor), _) => r.cursor,
+            (_, Some(c)) => c,
+            (Ok(pb::subscribe_request::Start::Beginning), None) => 0,
+            _ => node.feed_seq.load(std::sync::atomic::Ordering::SeqCst),
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let filter = Filter { routes, kinds };
+        let durable = r.durable.clone();
+        let span = tracing::info_span!("subscription", user = %user.name, durable = %durable);
+        let stop = node.shutdown.child_token();
+        node.tracker.clone().spawn(
+            async move {
+                let mut changed = node.feed_changed.subscribe();
+                let mut cursor = start;
+                let mut last_ack = start;
+                let mut last_progress = Instant::now();
+                let redelivery = Duration::from_secs(node.cfg.limits.redelivery_s);
+                loop {
+                    changed.borrow_and_update();
+                    if !durable.is_empty() {
+                        let acked = node
+                            .store
+                            .get(Space::Cursors, &cursor_key(&user.name, &durable))
+                            .ok()
+                            .flatten()
+                            .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])))
+                            .unwrap_or(start);
+                        if acked > last_ack {
+                            last_ack = acked;
+                            last_progress = Instant::now();
+                        } else if cursor > last_ack && last_progress.elapsed() >= redelivery {
+                            tracing::debug!(
+                                from = last_ack,
+                                "redelivering unacknowledged notifications"
+                            );
+                            cursor = last_ack;
+                            last_progress = Instant::now();
+                        }
+                    }
+                    let oldest = node
+                        .store
+                        .scan(Space::Feed, b"", b"", 1)
+                        .ok()
+                        .and_then(|v| {
+                            v.first().map(|(k, _)| {
+                                u64::from_be_bytes(k.as_slice().try_into().unwrap_or([0; 8]))
+                            })
+                        });
+                    let mut skipped = 0;
+                    if let Some(o) = oldest
+                        && cursor + 1 < o
+                    {
+                        skipped = o - cursor - 1;
+                        cursor = o - 1;
+                    }
+                    let batch =
+                        match node
+                            .store
+                            .scan(Space::Feed, b"", &(cursor + 1).to_be_bytes(), 256)
+                        {
+                            Ok(b) => b,
+                            Err(e) => {
+                                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                                return;
+                            }
+                        };
+                    let mut entries = Vec::new();
+                    let empty = batch.is_empty();
+                    for (k, v) in batch {
+                        cursor = u64::from_be_bytes(k.as_slice().try_into().unwrap_or([0; 8]));
+                        if let Some((mut d, e)) = prepare_local(&node, &user, &filter, cursor, &v) {
+                            d.skipped = std::mem::take(&mut skipped);
+                            entries.push(e);
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                r = tx.send(Ok(d)) => if r.is_err() { return },
+                            }
+                        }
+                    }
+                    if !entries.is_empty() {
+                        let n = node.clone();
+                        node.tracker.spawn(async move {
+                            if let Err(e) = n.commit(Vec::new(), entries).await {
+                                tracing::error!(error = %e, "could not record deliveries");
+                            }
+                        });
+                    }
+                    if empty {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tx.closed() => return,
+                            _ = changed.changed() => {}
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %self.0.id()))]
+    async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckReply>, Status> {
+        let who = caller(&self.0, &req)?;
+        let user = who.require(&["subscriber", "admin"], "acknowledging")?;
+        let r = req.into_inner();
+        if r.durable.is_empty() {
+            return Err(NodeError::Invalid(
+                "acknowledge a durable subscription: give its name".into(),
+            )
+            .into());
+        }
+        let key = cursor_key(&user.name, &r.durable);
+        let current = self
+            .0
+            .store
+            .get(Space::Cursors, &key)
+            .map_err(NodeError::from)?
+            .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])))
+            .unwrap_or(0);
+        let cursor = current.max(r.cursor);
+        if cursor > current {
+            self.0
+                .commit(
+                    vec![Op::put(Space::Cursors, key, cursor.to_be_bytes().to_vec())],
+                    Vec::new(),
+                )
+                .await?;
+        }
+        Ok(Response::new(pb::AckReply { cursor }))
+    }
+}

@@ -1,0 +1,148 @@
+//! TLS material for links and clients: every connection is mutual TLS under the federation CA.
+//! Who is on the other end is decided from the certificate the peer presented, never from what
+//! it says about itself.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+
+use crate::error::NodeError;
+
+/// The DNS name in a node's certificate.
+pub fn node_dns_name(node: &str) -> String {
+    format!("{node}.node.tidewire")
+}
+
+/// The DNS name in a client's certificate.
+pub fn client_dns_name(name: &str) -> String {
+    format!("{name}.client.tidewire")
+}
+
+/// Loaded PEM material.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    /// CA certificate PEM.
+    pub ca_pem: Vec<u8>,
+    /// Own certificate PEM.
+    pub cert_pem: Vec<u8>,
+    /// Own key PEM (secret).
+    key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("key_pem", &"***")
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsMaterial {
+    /// Reads the three PEM files; the key must be mode 0600.
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<TlsMaterial, NodeError> {
+        let read = |p: &Path| {
+            std::fs::read(p)
+                .map_err(|e| NodeError::Config(format!("{}: cannot read: {e}", p.display())))
+        };
+        tidewire_core::keys::check_private_mode(key)
+            .map_err(|e| NodeError::Config(format!("{}: {e}", key.display())))?;
+        let m = TlsMaterial {
+            ca_pem: read(ca)?,
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+        };
+        for (what, pem, p) in [
+            ("certificate", &m.ca_pem, ca),
+            ("certificate", &m.cert_pem, cert),
+        ] {
+            if !String::from_utf8_lossy(pem).contains("BEGIN CERTIFICATE") {
+                return Err(NodeError::Config(format!(
+                    "{}: not a PEM {what}",
+                    p.display()
+                )));
+            }
+        }
+        if !String::from_utf8_lossy(&m.key_pem).contains("PRIVATE KEY") {
+            return Err(NodeError::Config(format!(
+                "{}: not a PEM private key",
+                key.display()
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Server side: present our certificate and require one signed by the CA.
+    pub fn server_config(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+    }
+
+    /// Client side: present our certificate and accept only `server_name` under the CA.
+    pub fn client_config(&self, server_name: &str) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .domain_name(server_name)
+    }
+
+    /// An endpoint to `url` with mutual TLS, keepalives and timeouts suited to links.
+    pub fn endpoint(&self, url: &str, server_name: &str) -> Result<Endpoint, NodeError> {
+        Endpoint::from_shared(url.to_owned())
+            .map_err(|e| NodeError::Config(format!("`{url}` is not a valid URL: {e}")))?
+            .tls_config(self.client_config(server_name))
+            .map_err(|e| NodeError::Config(format!("tls configuration for `{url}`: {e}")))
+            .map(|e| {
+                e.connect_timeout(Duration::from_secs(5))
+                    .http2_keep_alive_interval(Duration::from_secs(1))
+                    .keep_alive_timeout(Duration::from_secs(3))
+                    .keep_alive_while_idle(true)
+                    .tcp_nodelay(true)
+            })
+    }
+}
+
+/// SHA-256 of a DER certificate.
+pub fn cert_sha256(der: &[u8]) -> [u8; 32] {
+    Sha256::digest(der).into()
+}
+
+/// The SHA-256 of the first certificate in a PEM file's text.
+pub fn pem_cert_sha256(pem: &[u8]) -> Option<[u8; 32]> {
+    let text = std::str::from_utf8(pem).ok()?;
+    let start = text.find("-----BEGIN CERTIFICATE-----")? + "-----BEGIN CERTIFICATE-----".len();
+    let end = text[start..].find("-----END CERTIFICATE-----")? + start;
+    let b64: String = text[start..end]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).ok()?;
+    Some(cert_sha256(&der))
+}
+
+/// The first DNS name of a DER certificate's subject alternative names.
+pub fn cert_dns_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+        _ => None,
+    })
+}
+
+/// Walks an error's source chain into one line, so that the real cause of an mTLS failure
+/// (`UnknownCA`, `CertificateRequired`) is shown, not just "transport error".
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,127 @@
+//! How the command line reaches a node: `--node URL` with `--identity DIR`, or
+//! `--federation DIR --node NAME` using the development client of `tidewire pki init`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use crate::pki::Federation;
+
+/// Connection flags shared by every client command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Conn {
+    /// The node: a URL (`https://127.0.0.1:7401`) or, with --federation, a node name.
+    #[arg(long)]
+    pub node: String,
+    /// A federation directory from `tidewire pki init`.
+    #[arg(long)]
+    pub federation: Option<PathBuf>,
+    /// A client identity directory (client.pem, client.key, ca.pem), e.g. from `pki issue-client`.
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
+}
+
+fn read(p: &Path) -> Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+}
+
+impl Conn {
+    /// Resolves the URL, server name and identity, and connects.
+    pub async fn connect(&self) -> Result<Channel> {
+        let (url, domain, ca, cert, key) = self.resolve()?;
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(Identity::from_pem(cert, key));
+        if let Some(d) = &domain {
+            tls = tls.domain_name(d.clone());
+        }
+        let endpoint = Channel::from_shared(url.clone())
+            .with_context(|| {
+                format!("`{url}` is not a valid node URL; write e.g. https://127.0.0.1:7401")
+            })?
+            .tls_config(tls)
+            .context("tls configuration")?
+            .connect_timeout(std::time::Duration::from_secs(5));
+        endpoint.connect().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach node at {url}: {}",
+                tidewire_node::tls::error_chain(&e)
+            )
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn resolve(&self) -> Result<(String, Option<String>, Vec<u8>, Vec<u8>, Vec<u8>)> {
+        let is_url = self.node.contains("://");
+        if let Some(identity) = &self.identity {
+            let url = if is_url {
+                self.node.clone()
+            } else if let Some(dir) = &self.federation {
+                Federation::load(dir)?
+                    .nodes
+                    .get(&self.node)
+                    .map(|n| n.client_url.clone())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--node `{}` is not in the federation {}",
+                            self.node,
+                            dir.display()
+                        )
+                    })?
+            } else {
+                bail!(
+                    "--node `{}` is not a URL; give https://HOST:PORT, or add --federation DIR",
+                    self.node
+                );
+            };
+            let domain = (!is_url).then(|| tidewire_node::tls::node_dns_name(&self.node));
+            return Ok((
+                url,
+                domain,
+                read(&identity.join("ca.pem"))?,
+                read(&identity.join("client.pem"))?,
+                read(&identity.join("client.key"))?,
+            ));
+        }
+        let Some(dir) = &self.federation else {
+            bail!(
+                "no client identity: add --federation DIR (from `tidewire pki init`) or --identity DIR (from `tidewire pki issue-client`)"
+            );
+        };
+        let fed = Federation::load(dir)?;
+        let (url, domain) = if is_url {
+            (self.node.clone(), None)
+        } else {
+            let n = fed.nodes.get(&self.node).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--node `{}` is not in {}; nodes: {}",
+                    self.node,
+                    dir.join("federation.json").display(),
+                    fed.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })?;
+            (
+                n.client_url.clone(),
+                Some(tidewire_node::tls::node_dns_name(&self.node)),
+            )
+        };
+        Ok((
+            url,
+            domain,
+            read(&dir.join(&fed.ca))?,
+            read(&dir.join(&fed.client.cert))?,
+            read(&dir.join(&fed.client.key))?,
+        ))
+    }
+}
+
+/// Turns a gRPC status into one clear line.
+pub fn status_error(s: tonic::Status) -> anyhow::Error {
+    let detail = tidewire_node::tls::error_chain(&s);
+    if s.message().is_empty() || detail.contains(s.message()) && s.code() == tonic::Code::Unknown {
+        anyhow::anyhow!("node refused the request ({:?}): {detail}", s.code())
+    } else {
+        anyhow::anyhow!("node refused the request ({:?}): {}", s.code(), s.message())
+    }
+}

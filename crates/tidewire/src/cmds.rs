@@ -1,0 +1,1111 @@
+//! Client and admin commands.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use tidewire_core::keys::{Roster, RosterNode, SigningKey, key_paths};
+use tidewire_core::timefmt;
+use tidewire_proto::v1 as pb;
+
+use crate::client::{Conn, status_error};
+
+/// `tidewire node run`.
+pub async fn node_run(config: &Path, env: &HashMap<String, String>) -> Result<()> {
+    let cfg = tidewire_node::NodeConfig::load(config, env)?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tidewire_node::start(cfg, shutdown.clone()).await?;
+    tracing::info!(addr = %running.addr, "listening");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let node = running.node.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => {
+                match node.cfg.policy.clone() {
+                    Some(p) => match std::fs::read_to_string(&p) {
+                        Ok(text) => match node.apply_policy(&text, "signal:SIGHUP").await {
+                            Ok(pol) => tracing::info!(version = pol.version(), hash = pol.content_hash(), "policy reloaded on SIGHUP"),
+                            Err(e) => tracing::error!(error = %e, "policy reload refused; the old policy stays in force"),
+                        },
+                        Err(e) => tracing::error!(error = %e, file = %p.display(), "cannot read policy"),
+                    },
+                    None => tracing::warn!("SIGHUP: no policy file configured"),
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down: draining links and flushing the store");
+    running.stop().await;
+    Ok(())
+}
+
+/// `tidewire keys generate`.
+pub fn keys_generate(
+    node: &str,
+    out: &Path,
+    country: Option<String>,
+    org: Option<String>,
+    json: bool,
+) -> Result<()> {
+    let id: tidewire_core::NodeId = node.parse().map_err(|e| anyhow::anyhow!("--node: {e}"))?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let (kp, pp) = key_paths(out, &id);
+    if kp.exists() {
+        bail!(
+            "{} already exists; remove it first if you really mean to replace this node's key",
+            kp.display()
+        );
+    }
+    let key = SigningKey::generate();
+    key.save(&kp, &pp)?;
+    let roster_path = out.join("roster.toml");
+    let mut roster = if roster_path.exists() {
+        Roster::load(&roster_path)?
+    } else {
+        Roster::default()
+    };
+    let (known_cc, known_org) = crate::pki::known_centre(id.as_str());
+    let cc = country
+        .unwrap_or_else(|| known_cc.to_owned())
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--country: {e}"))?;
+    let org = org.unwrap_or(known_org);
+    tidewire_core::model::check_org(&org).map_err(|e| anyhow::anyhow!("--org: {e}"))?;
+    let mut entry = RosterNode::new(id.clone(), cc, org, key.public());
+    if let Some(old) = roster.get(id.as_str()) {
+        entry.tls_cert_sha256 = old.tls_cert_sha256;
+        let mut keys = old.keys.clone();
+        keys.extend(entry.keys);
+        entry.keys = keys;
+    }
+    roster.upsert(entry);
+    std::fs::write(&roster_path, roster.to_toml())
+        .with_context(|| format!("cannot write {}", roster_path.display()))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"node": id.as_str(), "key": kp, "public": pp, "key_id": key.key_id(), "roster": roster_path})
+        );
+    } else {
+        println!(
+            "key {} for {id}: {} (mode 0600), {}; roster {}",
+            key.key_id(),
+            kp.display(),
+            pp.display(),
+            roster_path.display()
+        );
+    }
+    Ok(())
+}
+
+/// `tidewire publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Notification JSON file (repeatable); a `.jsonl` file holds one notification per line.
+    #[arg(long, required = true)]
+    file: Vec<PathBuf>,
+    /// Idempotency key (single notification only): a retry returns the first id.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+/// Reads the notifications to publish.
+fn read_notifications(files: &[PathBuf]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for f in files {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        if f.extension().is_some_and(|e| e == "jsonl") {
+            for (i, line) in text.lines().enumerate() {
+                if !line.trim().is_empty() {
+                    out.push((format!("{}:{}", f.display(), i + 1), line.to_owned()));
+                }
+            }
+        } else {
+            out.push((f.display().to_string(), text));
+        }
+    }
+    // Check locally first, so a bad file is reported with its name before anything is sent.
+    for (name, text) in &out {
+        tidewire_core::Notification::from_json(text.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    }
+    Ok(out)
+}
+
+/// `tidewire publish`.
+pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
+    let items = read_notifications(&a.file)?;
+    let channel = a.conn.connect().await?;
+    let mut client = pb::publisher_client::PublisherClient::new(channel);
+    if items.len() == 1 {
+        let (name, text) = &items[0];
+        let r = client
+            .publish(pb::PublishRequest {
+                notification_json: text.clone(),
+                idempotency_key: a.idempotency_key.clone().unwrap_or_default(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"file": name, "id": r.id, "origin_seq": r.origin_seq, "duplicate": r.duplicate})
+            );
+        } else {
+            println!(
+                "published {} (seq {}){} from {name}",
+                r.id,
+                r.origin_seq,
+                if r.duplicate {
+                    " [already published: idempotent retry]"
+                } else {
+                    ""
+                }
+            );
+        }
+        return Ok(());
+    }
+    let reqs: Vec<pb::PublishRequest> = items
+        .iter()
+        .map(|(_, t)| pb::PublishRequest {
+            notification_json: t.clone(),
+            idempotency_key: String::new(),
+        })
+        .collect();
+    let total = reqs.len();
+    let mut replies = client
+        .publish_stream(futures::stream::iter(reqs))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut i = 0;
+    let mut failed = 0;
+    while let Some(r) = replies.next().await {
+        let r = r.map_err(status_error)?;
+        let name = &items[i].0;
+        i += 1;
+        if r.error_code != 0 {
+            failed += 1;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"file": name, "error": r.error_message})
+                );
+            } else {
+                eprintln!("refused {name}: {}", r.error_message);
+            }
+        } else if json {
+            println!(
+                "{}",
+                serde_json::json!({"file": name, "id": r.id, "origin_seq": r.origin_seq})
+            );
+        } else {
+            println!("[{i}/{total}] published {} from {name}", r.id);
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {total} notifications were refused");
+    }
+    Ok(())
+}
+
+/// `tidewire subscribe`.
+#[derive(Debug, Args)]
+pub struct SubscribeArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Route patterns (`atlantic.>`, `vessel.imo.*`), repeatable.
+    #[arg(long)]
+    route: Vec<String>,
+    /// Kinds to receive, repeatable.
+    #[arg(long)]
+    kind: Vec<String>,
+    /// A durable subscription name: resume where you left off.
+    #[arg(long)]
+    durable: Option<String>,
+    /// Start from the beginning of retained data (default: from now, or the durable cursor).
+    #[arg(long)]
+    from_start: bool,
+    /// Start after this cursor.
+    #[arg(long)]
+    cursor: Option<u64>,
+    /// Stop after this many notifications.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Do not acknowledge (durable subscriptions acknowledge each printed notification).
+    #[arg(long)]
+    no_ack: bool,
+}
+
+fn delivery_json(d: &pb::Delivery) -> serde_json::Value {
+    serde_json::json!({
+        "cursor": d.cursor, "id": d.id, "origin": d.origin, "kind": d.kind, "routes": d.routes,
+        "handling": d.handling, "handling_restriction": d.handling_restriction, "grading": d.grading,
+        "purposes": d.purposes, "case_ref": d.case_ref, "created_at": timefmt::format_ms(d.created_at_ms),
+        "expires_at": (d.expires_at_ms != 0).then(|| timefmt::format_ms(d.expires_at_ms)),
+        "fields": serde_json::from_str::<serde_json::Value>(&d.fields_json).unwrap_or_default(),
+        "withheld": d.withheld.iter().map(|w| serde_json::json!({"field": w.path_or_digest, "by": w.by, "rule": w.rule})).collect::<Vec<_>>(),
+        "path": d.path, "skipped": d.skipped,
+    })
+}
+
+/// `tidewire subscribe`.
+pub async fn subscribe(a: SubscribeArgs, json: bool) -> Result<()> {
+    let channel = a.conn.connect().await?;
+    let mut client = pb::subscriber_client::SubscriberClient::new(channel);
+    let start = match (a.cursor, a.from_start) {
+        (Some(_), _) => pb::subscribe_request::Start::Cursor,
+        (None, true) => pb::subscribe_request::Start::Beginning,
+        _ => pb::subscribe_request::Start::Now,
+    };
+    let durable = a.durable.clone().unwrap_or_default();
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            routes: a.route.clone(),
+            kinds: a.kind.clone(),
+            start: start as i32,
+            cursor: a.cursor.unwrap_or(0),
+            durable: durable.clone(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if !json {
+        eprintln!(
+            "following {} on {} (ctrl-c to stop)",
+            if a.route.is_empty() {
+                ">".to_owned()
+            } else {
+                a.route.join(", ")
+            },
+            a.conn.node
+        );
+    }
+    let mut n = 0u64;
+    while let Some(d) = stream.next().await {
+        let d = d.map_err(status_error)?;
+        if d.skipped > 0 && !json {
+            eprintln!(
+                "warning: {} notification(s) expired from retention before you read them",
+                d.skipped
+            );
+        }
+        if json {
+            println!("{}", delivery_json(&d));
+        } else {
+            println!(
+                "── {} {} from {}  [{}] {}",
+                timefmt::format_ms(d.created_at_ms),
+                d.kind,
+                d.origin,
+                d.handling,
+                d.id
+            );
+            println!("   routes   {}", d.routes.join(", "));
+            if !d.case_ref.is_empty() {
+                println!(
+                    "   case     {}   grading {}   purposes {}",
+                    d.case_ref,
+                    d.grading,
+                    d.purposes.join(", ")
+                );
+            }
+            if !d.handling_restriction.is_empty() {
+                println!("   restriction: {}", d.handling_restriction);
+            }
+            let fields: serde_json::Value =
+                serde_json::from_str(&d.fields_json).unwrap_or_default();
+            println!(
+                "   fields   {}",
+                serde_json::to_string_pretty(&fields)
+                    .unwrap_or_default()
+                    .replace('\n', "\n            ")
+            );
+            for w in &d.withheld {
+                let what = if w.path_or_digest.len() == 64 {
+                    format!("{}…", &w.path_or_digest[..12])
+                } else {
+                    w.path_or_digest.clone()
+                };
+                println!(
+                    "   withheld {what}{}",
+                    if w.by.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" by {} ({})", w.by, w.rule)
+                    }
+                );
+            }
+            println!("   path     {}", d.path.join(" -> "));
+        }
+        if !durable.is_empty() && !a.no_ack {
+            client
+                .ack(pb::AckRequest {
+                    durable: durable.clone(),
+                    cursor: d.cursor,
+                })
+                .await
+                .map_err(status_error)?;
+        }
+        n += 1;
+        if a.count.is_some_and(|c| n >= c) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// `tidewire status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `tidewire status`.
+pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
+    let channel = a.conn.connect().await?;
+    let s = pb::admin_client::AdminClient::new(channel)
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "node": s.node, "country": s.country, "org": s.org, "uptime_s": s.uptime_s, "policy_version": s.policy_version,
+                "links": s.links.iter().map(|l| serde_json::json!({"peer": l.peer, "up": l.up, "backlog": l.backlog, "last_error": l.last_error, "url": l.address})).collect::<Vec<_>>(),
+                "counters": s.counters, "refused": s.refused,
+                "routes": s.routes.iter().map(|r| serde_json::json!({"node": r.node, "next_hop": r.next_hop, "distance": r.distance})).collect::<Vec<_>>(),
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "node {} ({}, {})   up {}s   policy {}",
+        s.node,
+        s.country,
+        s.org,
+        s.uptime_s,
+        if s.policy_version.is_empty() {
+            "none (deny all)"
+        } else {
+            &s.policy_version
+        }
+    );
+    println!("links");
+    for l in &s.links {
+        println!(
+            "  {:<12} {:<5} backlog {:<6} {}",
+            l.peer,
+            if l.up { "up" } else { "down" },
+            l.backlog,
+            if l.up { "" } else { &l.last_error }
+        );
+    }
+    println!("routes");
+    for r in &s.routes {
+        println!(
+            "  {:<12} via {:<12} {} hop(s)",
+            r.node, r.next_hop, r.distance
+        );
+    }
+    println!("counters");
+    let mut keys: Vec<_> = s.counters.keys().collect();
+    keys.sort();
+    for k in keys {
+        println!("  {:<16} {}", k, s.counters[k]);
+    }
+    if !s.refused.is_empty() {
+        println!("refused by reason");
+        for (k, v) in &s.refused {
+            println!("  {k:<24} {v}");
+        }
+    }
+    Ok(())
+}
+
+/// `tidewire policy …`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Check a policy file; errors give line and column.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Show, per field, what a destination would receive of a notification, and why.
+    Explain {
+        /// The policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// The destination: node:ID, role:NAME (a local subscriber) — with --roster for country/org.
+        #[arg(long)]
+        to: String,
+        /// Roster, to know the destination's and origin's country and organisation.
+        #[arg(long)]
+        roster: Option<PathBuf>,
+        /// The origin node (default: the node id in --to's roster, or `local`).
+        #[arg(long)]
+        origin: Option<String>,
+        /// The notification JSON.
+        notification: PathBuf,
+    },
+    /// Apply a policy to a running node (the old one stays if the new one is invalid).
+    Apply {
+        #[command(flatten)]
+        conn: Conn,
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Show the policy in force on a node.
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+fn party_for(
+    spec: &str,
+    roster: Option<&Roster>,
+    role_node: Option<&RosterNode>,
+) -> Result<tidewire_policy::Party> {
+    let (scope, value) = spec
+        .split_once(':')
+        .ok_or_else(|| anyhow::anyhow!("--to `{spec}`: write node:ID, role:NAME or country:CC"))?;
+    let fallback = |id: &str| -> Result<tidewire_policy::Party> {
+        let (cc, org) = crate::pki::known_centre(id);
+        Ok(tidewire_policy::Party::peer(
+            id.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
+            cc.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
+            org,
+        ))
+    };
+    match scope {
+        "node" => match roster.and_then(|r| r.get(value)) {
+            Some(n) => Ok(tidewire_policy::Party::from_roster(n)),
+            None => fallback(value),
+        },
+        "country" => Ok(tidewire_policy::Party::peer(
+            "destination".parse().map_err(|e| anyhow::anyhow!("{e}"))?,
+            value.parse().map_err(|e| anyhow::anyhow!("--to: {e}"))?,
+            "unknown",
+        )),
+        "role" => {
+            let mut p = match role_node {
+                Some(n) => tidewire_policy::Party::from_roster(n),
+                None => fallback("local")?,
+            };
+            p.role = Some(value.to_owned());
+            Ok(p)
+        }
+        other => bail!("--to `{spec}`: unknown scope `{other}`; use node:, country: or role:"),
+    }
+}
+
+/// `tidewire policy …`
+pub async fn policy(c: PolicyCmd, json: bool) -> Result<()> {
+    match c {
+        PolicyCmd::Check { file } => {
+            let p = tidewire_policy::Policy::load(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "file": file, "version": p.version(), "content_hash": p.content_hash(), "rules": p.rule_ids().collect::<Vec<_>>()})
+                );
+            } else {
+                println!(
+                    "{}: ok, version {}, {} rule(s): {}  ({})",
+                    file.display(),
+                    p.version(),
+                    p.rule_ids().count(),
+                    p.rule_ids().collect::<Vec<_>>().join(", "),
+                    p.content_hash()
+                );
+            }
+        }
+        PolicyCmd::Explain {
+            policy,
+            to,
+            roster,
+            origin,
+            notification,
+        } => {
+            let p = tidewire_policy::Policy::load(&policy).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let roster = roster.map(|r| Roster::load(&r)).transpose()?;
+            let text = std::fs::read(&notification)
+                .with_context(|| format!("cannot read {}", notification.display()))?;
+            let n = tidewire_core::Notification::from_json(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", notification.display()))?;
+            let origin_id = origin.unwrap_or_else(|| "local".into());
+            let origin_party = party_for(&format!("node:{origin_id}"), roster.as_ref(), None)?;
+            let key = SigningKey::generate();
+            let env = tidewire_core::envelope::seal(
+                &n,
+                &origin_party.node,
+                &key,
+                tidewire_core::NotificationId::random(),
+                1,
+                timefmt::now_ms(),
+            );
+            let view =
+                tidewire_core::envelope::inspect(&env).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let origin_node = roster.as_ref().and_then(|r| r.get(&origin_id));
+            let dest = party_for(&to, roster.as_ref(), origin_node)?;
+            let d = p.evaluate(&view.header, &origin_party, &view.fields, &dest);
+            let ex = tidewire_policy::explain(&d, &view.header, &view.fields);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ex.to_json())?);
+            } else {
+                println!(
+                    "policy {} (version {}, {}) for {to}:",
+                    policy.display(),
+                    p.version(),
+                    p.content_hash()
+                );
+                print!("{}", ex.render_text());
+            }
+        }
+        PolicyCmd::Apply { conn, file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            tidewire_policy::Policy::parse(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let ch = conn.connect().await?;
+            let r = pb::admin_client::AdminClient::new(ch)
+                .policy_apply(pb::PolicyApplyRequest { policy_toml: text })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"version": r.version, "content_hash": r.content_hash, "rules": r.rules})
+                );
+            } else {
+                println!(
+                    "policy version {} ({}) in force on {}: {}",
+                    r.version,
+                    r.content_hash,
+                    conn.node,
+                    r.rules.join(", ")
+                );
+            }
+        }
+        PolicyCmd::Show { conn } => {
+            let ch = conn.connect().await?;
+            let r = pb::admin_client::AdminClient::new(ch)
+                .policy_show(pb::PolicyShowRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"version": r.version, "content_hash": r.content_hash, "rules": r.rules, "policy_toml": r.policy_toml})
+                );
+            } else {
+                println!(
+                    "# version {} ({}) on {}\n{}",
+                    r.version, r.content_hash, conn.node, r.policy_toml
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `tidewire consent …`
+#[derive(Debug, Subcommand)]
+pub enum ConsentCmd {
+    /// Consent requests waiting for this node's decision, and past ones.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Grant a request.
+    Grant {
+        #[command(flatten)]
+        conn: Conn,
+        /// Request id.
+        id: String,
+    },
+    /// Refuse a request.
+    Refuse {
+        #[command(flatten)]
+        conn: Conn,
+        /// Request id.
+        id: String,
+    },
+}
+
+fn consent_line(c: &pb::ConsentItem, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"id": c.id, "notification": c.notification, "requester": c.requester, "destination": c.destination, "state": c.state, "kind": c.kind, "case_ref": c.case_ref, "at": timefmt::format_ms(c.at_ms)})
+        );
+    } else {
+        println!(
+            "{}  {:<8} {} wants to pass {} ({} {}) to {}",
+            c.id, c.state, c.requester, c.notification, c.kind, c.case_ref, c.destination
+        );
+    }
+}
+
+/// `tidewire consent …`
+pub async fn consent(c: ConsentCmd, json: bool) -> Result<()> {
+    match c {
+        ConsentCmd::List { conn } => {
+            let r = pb::admin_client::AdminClient::new(conn.connect().await?)
+                .consent_list(pb::ConsentListRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if r.items.is_empty() && !json {
+                println!("no consent requests");
+            }
+            for c in &r.items {
+                consent_line(c, json);
+            }
+        }
+        ConsentCmd::Grant { conn, id } => {
+            let r = pb::admin_client::AdminClient::new(conn.connect().await?)
+                .consent_decide(pb::ConsentDecideRequest { id, grant: true })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            consent_line(&r, json);
+        }
+        ConsentCmd::Refuse { conn, id } => {
+            let r = pb::admin_client::AdminClient::new(conn.connect().await?)
+                .consent_decide(pb::ConsentDecideRequest { id, grant: false })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            consent_line(&r, json);
+        }
+    }
+    Ok(())
+}
+
+/// `tidewire users …` (edits a node's user table file; the node re-reads it on change).
+#[derive(Debug, Subcommand)]
+pub enum UsersCmd {
+    /// Add or replace a user.
+    Add {
+        /// Federation directory.
+        #[arg(long)]
+        federation: PathBuf,
+        /// Node.
+        #[arg(long)]
+        node: String,
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// Role.
+        #[arg(long, default_value = "subscriber")]
+        role: String,
+        /// Clearance H0..H3.
+        #[arg(long, default_value = "H1")]
+        clearance: String,
+        /// Allowed routes.
+        #[arg(long, value_delimiter = ',')]
+        routes: Vec<String>,
+    },
+    /// List users.
+    List {
+        /// Federation directory.
+        #[arg(long)]
+        federation: PathBuf,
+        /// Node.
+        #[arg(long)]
+        node: String,
+    },
+    /// Revoke a user.
+    Revoke {
+        /// Federation directory.
+        #[arg(long)]
+        federation: PathBuf,
+        /// Node.
+        #[arg(long)]
+        node: String,
+        /// Name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// `tidewire users …`
+pub async fn users(c: UsersCmd, json: bool) -> Result<()> {
+    use tidewire_node::users::UsersFile;
+    match c {
+        UsersCmd::Add {
+            federation,
+            node,
+            name,
+            role,
+            clearance,
+            routes,
+        } => {
+            let dir = crate::pki::issue_client(&crate::pki::IssueOptions {
+                federation,
+                node: node.clone(),
+                name: name.clone(),
+                role,
+                clearance,
+                routes,
+                out: None,
+            })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"name": name, "node": node, "identity": dir})
+                );
+            } else {
+                println!(
+                    "user `{name}` added on {node}; identity in {}",
+                    dir.display()
+                );
+            }
+        }
+        UsersCmd::List { federation, node } => {
+            let f = UsersFile::load(&federation.join(&node).join("users.toml"))
+                .map_err(|e| anyhow::anyhow!(e))?;
+            for u in &f.users {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"name": u.name, "role": u.role, "clearance": u.clearance, "routes": u.routes, "revoked": u.revoked})
+                    );
+                } else {
+                    println!(
+                        "{:<20} {:<10} {}  {}{}",
+                        u.name,
+                        u.role,
+                        u.clearance,
+                        u.routes.join(","),
+                        if u.revoked { "  REVOKED" } else { "" }
+                    );
+                }
+            }
+        }
+        UsersCmd::Revoke {
+            federation,
+            node,
+            name,
+        } => {
+            let path = federation.join(&node).join("users.toml");
+            let mut f = UsersFile::load(&path).map_err(|e| anyhow::anyhow!(e))?;
+            let u = f
+                .users
+                .iter_mut()
+                .find(|u| u.name == name)
+                .ok_or_else(|| anyhow::anyhow!("no user `{name}` on {node}"))?;
+            u.revoked = true;
+            f.save(&path).map_err(|e| anyhow::anyhow!(e))?;
+            if json {
+                println!("{}", serde_json::json!({"name": name, "revoked": true}));
+            } else {
+                println!("user `{name}` revoked on {node}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `tidewire audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// What was disclosed to whom, under which rule.
+    Query {
+        #[command(flatten)]
+        conn: Conn,
+        /// Only this notification (id or prefix).
+        #[arg(long)]
+        notification: Option<String>,
+        /// Only this destination (node:accra, accra, user:NAME).
+        #[arg(long)]
+        destination: Option<String>,
+        /// Only this event (transfer, denied, received, delivered, refused, policy_applied, …).
+        #[arg(long)]
+        event: Option<String>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Export the whole ledger as JSON lines.
+    Export {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Check the ledger's hash chain.
+    Verify {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// `tidewire audit …`
+pub async fn audit(c: AuditCmd, json: bool) -> Result<()> {
+    let (conn, q, export) = match c {
+        AuditCmd::Verify { conn } => {
+            let r = pb::admin_client::AdminClient::new(conn.connect().await?)
+                .audit_verify(pb::AuditVerifyRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": r.ok, "entries": r.entries, "head": r.head, "problem": r.problem})
+                );
+            } else if r.ok {
+                println!("ledger intact: {} entries, head {}", r.entries, r.head);
+            } else {
+                println!("LEDGER BROKEN after {} entries: {}", r.entries, r.problem);
+            }
+            if !r.ok {
+                bail!("ledger verification failed: {}", r.problem);
+            }
+            return Ok(());
+        }
+        AuditCmd::Query {
+            conn,
+            notification,
+            destination,
+            event,
+            limit,
+        } => (
+            conn,
+            pb::AuditQueryRequest {
+                notification: notification.unwrap_or_default(),
+                destination: destination.unwrap_or_default(),
+                event: event.unwrap_or_default(),
+                limit,
+            },
+            false,
+        ),
+        AuditCmd::Export { conn } => (
+            conn,
+            pb::AuditQueryRequest {
+                limit: u32::MAX,
+                ..Default::default()
+            },
+            true,
+        ),
+    };
+    let r = pb::admin_client::AdminClient::new(conn.connect().await?)
+        .audit_query(q)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    for e in &r.entries {
+        if json || export {
+            println!(
+                "{}",
+                serde_json::json!({"seq": e.seq, "at": timefmt::format_ms(e.at_ms), "event": e.event, "notification": e.notification, "destination": e.destination, "policy_version": e.policy_version, "rule": e.rule, "detail": serde_json::from_str::<serde_json::Value>(&e.detail_json).unwrap_or_default(), "hash": e.hash})
+            );
+        } else {
+            println!(
+                "{:>6} {} {:<16} {:<12} {:<18} rule {:<24} policy {}  {}",
+                e.seq,
+                timefmt::format_ms(e.at_ms),
+                e.event,
+                if e.notification.len() > 12 {
+                    &e.notification[..12]
+                } else {
+                    &e.notification
+                },
+                e.destination,
+                if e.rule.is_empty() { "-" } else { &e.rule },
+                if e.policy_version.is_empty() {
+                    "-"
+                } else {
+                    &e.policy_version
+                },
+                e.detail_json
+            );
+        }
+    }
+    if !json && !export && r.entries.is_empty() {
+        println!("no ledger entries match");
+    }
+    Ok(())
+}
+
+/// `tidewire cases …`
+#[derive(Debug, Subcommand)]
+pub enum CasesCmd {
+    /// Notifications held by a node.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// One notification as held, and its ledger history.
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        /// Notification id (or prefix).
+        id: String,
+    },
+}
+
+/// `tidewire cases …`
+pub async fn cases(c: CasesCmd, json: bool) -> Result<()> {
+    match c {
+        CasesCmd::List { conn } => {
+            let r = pb::admin_client::AdminClient::new(conn.connect().await?)
+                .cases_list(pb::CasesListRequest { limit: 0 })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            for i in &r.items {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"id": i.id, "origin": i.origin, "kind": i.kind, "case_ref": i.case_ref, "routes": i.routes, "created_at": timefmt::format_ms(i.created_at_ms), "state": i.state})
+                    );
+                } else {
+                    println!(
+                        "{}  {:<10} {:<22} {:<16} {}  {}",
+                        i.id,
+                        i.origin,
+                        i.kind,
+                        i.case_ref,
+                        timefmt::format_ms(i.created_at_ms),
+                        i.state
+                    );
+                }
+            }
+        }
+        CasesCmd::Show { conn, id } => {
+            let mut admin = pb::admin_client::AdminClient::new(conn.connect().await?);
+            let r = admin
+                .cases_list(pb::CasesListRequest { limit: 0 })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let items: Vec<_> = r.items.iter().filter(|i| i.id.starts_with(&id)).collect();
+            if items.is_empty() {
+                bail!("no notification `{id}` is held by {}", conn.node);
+            }
+            let history = admin
+                .audit_query(pb::AuditQueryRequest {
+                    notification: id.clone(),
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "copies": items.iter().map(|i| serde_json::json!({"id": i.id, "origin": i.origin, "kind": i.kind, "case_ref": i.case_ref, "routes": i.routes, "state": i.state})).collect::<Vec<_>>(),
+                        "history": history.entries.iter().map(|e| serde_json::json!({"seq": e.seq, "at": timefmt::format_ms(e.at_ms), "event": e.event, "destination": e.destination, "rule": e.rule, "policy_version": e.policy_version, "detail": serde_json::from_str::<serde_json::Value>(&e.detail_json).unwrap_or_default()})).collect::<Vec<_>>(),
+                    })
+                );
+            } else {
+                for i in &items {
+                    println!(
+                        "{} {} from {} case {} routes {} ({})",
+                        i.id,
+                        i.kind,
+                        i.origin,
+                        i.case_ref,
+                        i.routes.join(","),
+                        i.state
+                    );
+                }
+                println!("history");
+                for e in &history.entries {
+                    println!(
+                        "  {} {:<16} {:<18} rule {:<22} {}",
+                        timefmt::format_ms(e.at_ms),
+                        e.event,
+                        e.destination,
+                        if e.rule.is_empty() { "-" } else { &e.rule },
+                        e.detail_json
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `tidewire authorities`.
+#[derive(Debug, Args)]
+pub struct AuthoritiesArgs {
+    /// A federation directory (its roster and federation.json).
+    #[arg(long)]
+    federation: Option<PathBuf>,
+    /// Or just a roster file.
+    #[arg(long)]
+    roster: Option<PathBuf>,
+}
+
+/// `tidewire authorities`: the competent authorities (nodes) of the federation.
+pub fn authorities(a: AuthoritiesArgs, json: bool) -> Result<()> {
+    let roster_path = match (&a.roster, &a.federation) {
+        (Some(r), _) => r.clone(),
+        (None, Some(f)) => f.join("roster.toml"),
+        (None, None) => bail!("give --federation DIR or --roster FILE"),
+    };
+    let roster = Roster::load(&roster_path)?;
+    let fed = a
+        .federation
+        .as_ref()
+        .and_then(|f| crate::pki::Federation::load(f).ok());
+    for n in roster.nodes() {
+        let url = fed
+            .as_ref()
+            .and_then(|f| f.nodes.get(n.id.as_str()).map(|x| x.client_url.clone()))
+            .unwrap_or_default();
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"node": n.id.as_str(), "country": n.country.as_str(), "org": n.org, "keys": n.keys.iter().map(|k| serde_json::json!({"key_id": k.key_id, "window": k.window()})).collect::<Vec<_>>(), "url": url})
+            );
+        } else {
+            println!(
+                "{:<12} {}  {:<12} keys {}  {}",
+                n.id,
+                n.country,
+                n.org,
+                n.keys
+                    .iter()
+                    .map(|k| k.key_id.clone())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                url
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `tidewire bench …`
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Relay throughput and publish→delivered latency over 1 or 2 mTLS hops.
+    Relay(crate::demo::BenchArgs),
+}
+
+/// `tidewire bench …`
+pub async fn bench(c: BenchCmd, json: bool) -> Result<()> {
+    match c {
+        BenchCmd::Relay(a) => crate::demo::bench_relay(a, json).await,
+    }
+}

@@ -1,0 +1,553 @@
+//! `tidewire demo` and `tidewire bench relay`: real federations of in-process nodes over real
+//! loopback mTLS, built with the same PKI as `tidewire pki init`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use futures::StreamExt;
+use tidewire_core::timefmt;
+use tidewire_proto::v1 as pb;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{Conn, status_error};
+use crate::pki::{self, Federation};
+
+/// `tidewire demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the federation in this directory (default: a temporary directory, removed after).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// A federation of in-process nodes.
+pub struct LocalFederation {
+    /// The directory.
+    pub dir: PathBuf,
+    /// federation.json.
+    pub fed: Federation,
+    /// Running nodes.
+    pub nodes: BTreeMap<String, tidewire_node::Running>,
+    shutdown: CancellationToken,
+}
+
+impl LocalFederation {
+    /// Writes a PKI and starts every node.
+    pub async fn start(dir: &Path, nodes: &[&str], links: &[&str]) -> Result<LocalFederation> {
+        let fed = pki::init(&pki::InitOptions {
+            out: dir.to_owned(),
+            nodes: nodes.iter().map(|s| s.to_string()).collect(),
+            links: links.iter().map(|s| s.to_string()).collect(),
+            base_port: None,
+            countries: Vec::new(),
+            orgs: Vec::new(),
+        })?;
+        let shutdown = CancellationToken::new();
+        let mut running = BTreeMap::new();
+        let env = std::collections::HashMap::new();
+        for id in nodes {
+            let cfg = tidewire_node::NodeConfig::load(&dir.join(id).join("node.toml"), &env)?;
+            let r = tidewire_node::start(cfg, shutdown.child_token())
+                .await
+                .with_context(|| format!("starting {id}"))?;
+            running.insert(id.to_string(), r);
+        }
+        Ok(LocalFederation {
+            dir: dir.to_owned(),
+            fed,
+            nodes: running,
+            shutdown,
+        })
+    }
+
+    /// Waits (bounded) until every node has a route to every other.
+    pub async fn converge(&self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        let n = self.nodes.len();
+        loop {
+            let ok = self.nodes.values().all(|r| {
+                r.node
+                    .routing
+                    .lock()
+                    .map(|x| x.table().len() + 1 == n)
+                    .unwrap_or(false)
+            });
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the federation did not converge within {within:?}: some links did not come up"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Client connection flags for a node.
+    pub fn conn(&self, node: &str) -> Conn {
+        Conn {
+            node: node.to_owned(),
+            federation: Some(self.dir.clone()),
+            identity: None,
+        }
+    }
+
+    /// Stops every node.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for (_, r) in self.nodes {
+            r.wait().await;
+        }
+    }
+}
+
+fn demo_notifications() -> Vec<(&'static str, serde_json::Value)> {
+    vec![
+        (
+            "maoc-n",
+            serde_json::json!({
+                "kind": "vessel_of_interest", "case_ref": "MAOC-2026-0142",
+                "routes": ["atlantic.south-america.west-africa", "vessel.imo.9387421"],
+                "handling": "H2", "grading": {"source": "B", "information": "2"},
+                "audience": ["node:accra", "country:SN"], "onward_transfer": false,
+                "purposes": ["interdiction", "investigation"], "expires_at": "2027-05-28T00:00:00Z",
+                "fields": {
+                    "vessel": {"name": "MV Example", "imo": "9387421", "flag": "TG", "position": {"lat": 5.61, "lon": -0.19}},
+                    "persons": [{"name": "J. Doe", "nationality": "CO", "dob": "1979-03-02", "role": "master", "passport": "CO1234567"}],
+                    "narrative": "Mother ship suspected of transhipment off the Bijagos."
+                }
+            }),
+        ),
+        (
+            "jiatf-s",
+            serde_json::json!({
+                "kind": "alert", "case_ref": "JIATF-S-26-0871",
+                "routes": ["air.aircop.lfw", "atlantic.caribbean.west-africa"],
+                "handling": "H1", "grading": {"source": "A", "information": "2"},
+                "audience": ["node:maoc-n", "node:dakar", "node:accra"],
+                "purposes": ["investigation"],
+                "fields": {"aircraft": {"registration": "N123XY", "type": "Gulfstream G-IV", "origin": "SVMI"},
+                           "eta": "2026-12-01T03:40:00Z", "destination_airfield": "DXXX",
+                           "narrative": "Private jet with a falsified flight plan; AIRCOP Lomé task force alerted."}
+            }),
+        ),
+        (
+            "dakar",
+            serde_json::json!({
+                "kind": "seizure", "case_ref": "OCRTIS-SN-2026-311",
+                "routes": ["atlantic.west-africa.sn"],
+                "handling": "H0", "grading": {"source": "B", "information": "1"},
+                "audience": ["country:GH", "country:PT"], "purposes": ["investigation", "asset-recovery"],
+                "fields": {"seizure": {"substance": "cocaine", "quantity_kg": 1240, "place": "Port of Dakar"},
+                           "persons": [{"name": "A. Diallo", "nationality": "SN", "dob": "1985-07-14", "passport": "A00987654"}]}
+            }),
+        ),
+        (
+            "accra",
+            serde_json::json!({
+                "kind": "interdiction_request", "case_ref": "GH-NACOB-2026-77",
+                "routes": ["atlantic.west-africa.gh", "vessel.imo.9211553"],
+                "handling": "H1", "grading": {"source": "B", "information": "3"},
+                "audience": ["node:jiatf-s", "node:maoc-n"], "purposes": ["interdiction"],
+                "response_deadline": "2026-12-02T12:00:00Z",
+                "fields": {"vessel": {"name": "Sea Falcon", "imo": "9211553", "flag": "PA", "position": {"lat": 4.12, "lon": -3.87}},
+                           "request": "Art. 17 boarding authorisation requested from the flag state via the competent authority."}
+            }),
+        ),
+        (
+            "maoc-n",
+            serde_json::json!({
+                "kind": "route_update", "case_ref": "MAOC-2026-0150",
+                "routes": ["atlantic.south-america.west-africa"],
+                "handling": "H0", "grading": {"source": "A", "information": "1"},
+                "audience": ["node:*"], "purposes": ["analysis"],
+                "fields": {"route": {"from": "BR", "via": ["CV", "GW"], "to": "ES"},
+                           "narrative": "Shift of mother-ship rendezvous from 10°N to 14°N observed over 30 days."}
+            }),
+        ),
+    ]
+}
+
+/// `tidewire demo`.
+pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = a
+        .out
+        .clone()
+        .unwrap_or_else(|| tmp.path().join("federation"));
+    let nodes = ["maoc-n", "accra", "dakar", "jiatf-s"];
+    let links = [
+        "jiatf-s:maoc-n",
+        "maoc-n:dakar",
+        "dakar:accra",
+        "maoc-n:accra",
+    ];
+    if !json {
+        println!(
+            "starting a federation of {} nodes on loopback (links {})",
+            nodes.len(),
+            links.join(", ")
+        );
+    }
+    let fedn = LocalFederation::start(&dir, &nodes, &links).await?;
+    fedn.converge(Duration::from_secs(20)).await?;
+    if !json {
+        for (id, r) in &fedn.nodes {
+            println!("  {id:<8} {}  {}", r.addr, fedn.fed.nodes[id].country);
+        }
+        println!(
+            "\npublishing {} case notifications",
+            demo_notifications().len()
+        );
+    }
+    let mut expected: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut published = Vec::new();
+    for (origin, n) in demo_notifications() {
+        let ch = fedn.conn(origin).connect().await?;
+        let r = pb::publisher_client::PublisherClient::new(ch)
+            .publish(pb::PublishRequest {
+                notification_json: n.to_string(),
+                idempotency_key: String::new(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let header = {
+            let parsed = tidewire_core::Notification::from_value(&n)?;
+            parsed.audience
+        };
+        let dests: BTreeSet<String> = fedn
+            .fed
+            .nodes
+            .iter()
+            .filter(|(id, _)| id.as_str() != origin)
+            .filter(|(id, fnode)| {
+                header.iter().any(|a| {
+                    a.covers(
+                        &id.parse().unwrap_or_else(|_| "x".parse().expect("valid")),
+                        fnode
+                            .country
+                            .parse()
+                            .unwrap_or_else(|_| "ZZ".parse().expect("valid")),
+                        &fnode.org,
+                    )
+                })
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        if !json {
+            println!(
+                "  {origin:<8} {:<22} {} -> {}",
+                n["kind"].as_str().unwrap_or(""),
+                &r.id[..12],
+                dests.iter().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        expected.insert(r.id.clone(), dests);
+        published.push((origin, r.id, n));
+    }
+    // Wait (bounded) until every expected delivery has been received.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut received: BTreeMap<(String, String), serde_json::Value> = BTreeMap::new();
+    loop {
+        received.clear();
+        for id in fedn.nodes.keys() {
+            let ch = fedn.conn(id).connect().await?;
+            let r = pb::admin_client::AdminClient::new(ch)
+                .audit_query(pb::AuditQueryRequest {
+                    event: "received".into(),
+                    limit: 10_000,
+                    ..Default::default()
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            for e in r.entries {
+                received.insert(
+                    (e.notification.clone(), id.clone()),
+                    serde_json::from_str(&e.detail_json).unwrap_or_default(),
+                );
+            }
+        }
+        let missing = expected
+            .iter()
+            .flat_map(|(n, ds)| ds.iter().map(move |d| (n.clone(), d.clone())))
+            .filter(|k| !received.contains_key(k))
+            .count();
+        if missing == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut missing = Vec::new();
+    let mut rows = Vec::new();
+    for (origin, id, n) in &published {
+        for d in &expected[id] {
+            match received.get(&(id.clone(), d.clone())) {
+                Some(detail) => rows.push(serde_json::json!({
+                    "notification": id, "origin": origin, "kind": n["kind"], "to": d,
+                    "path": detail["path"], "withheld": detail["withheld"],
+                })),
+                None => missing.push(format!(
+                    "{} ({}) never reached {d}",
+                    &id[..12],
+                    n["kind"].as_str().unwrap_or("")
+                )),
+            }
+        }
+    }
+    let mut summary = BTreeMap::new();
+    for id in fedn.nodes.keys() {
+        let ch = fedn.conn(id).connect().await?;
+        let s = pb::admin_client::AdminClient::new(ch)
+            .status(pb::StatusRequest {})
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        summary.insert(id.clone(), s.counters);
+    }
+    // One withheld-by-policy example: what accra holds of MAOC-N's vessel report.
+    let example = &published[0].1;
+    let ledger_example = {
+        let ch = fedn.conn("maoc-n").connect().await?;
+        pb::admin_client::AdminClient::new(ch)
+            .audit_query(pb::AuditQueryRequest {
+                notification: example.clone(),
+                event: "transfer".into(),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .entries
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "deliveries": rows, "missing": missing, "summary": summary,
+                "policy_example": ledger_example.iter().map(|e| serde_json::json!({"to": e.destination, "rule": e.rule, "policy_version": e.policy_version, "detail": serde_json::from_str::<serde_json::Value>(&e.detail_json).unwrap_or_default()})).collect::<Vec<_>>(),
+            }))?
+        );
+    } else {
+        println!("\nwho received what, along which path");
+        for r in &rows {
+            let path: Vec<String> = r["path"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            println!(
+                "  {} {:<22} -> {:<8} via {} -> {}   ({} field(s) withheld)",
+                &r["notification"].as_str().unwrap_or("")[..12],
+                r["kind"].as_str().unwrap_or(""),
+                r["to"].as_str().unwrap_or(""),
+                path.join(" -> "),
+                r["to"].as_str().unwrap_or(""),
+                r["withheld"]
+            );
+        }
+        println!(
+            "\nwithheld by policy on the way (MAOC-N's ledger for {}):",
+            &example[..12]
+        );
+        for e in &ledger_example {
+            let d: serde_json::Value = serde_json::from_str(&e.detail_json).unwrap_or_default();
+            println!(
+                "  to {:<14} rule {:<20} policy {}  withheld {}  generalised {}",
+                e.destination, e.rule, e.policy_version, d["withheld"], d["generalised"]
+            );
+        }
+        println!("\nsummary per node");
+        println!(
+            "  {:<8} {:>9} {:>9} {:>8} {:>10} {:>8} {:>16}",
+            "node", "published", "received", "verified", "delivered", "refused", "withheld fields"
+        );
+        for (id, c) in &summary {
+            let g = |k: &str| c.get(k).copied().unwrap_or(0);
+            println!(
+                "  {id:<8} {:>9} {:>9} {:>8} {:>10} {:>8} {:>16}",
+                g("published"),
+                g("received"),
+                g("verified"),
+                g("delivered"),
+                g("refused"),
+                g("withheld_fields")
+            );
+        }
+    }
+    fedn.stop().await;
+    if !missing.is_empty() {
+        bail!(
+            "{} expected deliveries are missing: {}",
+            missing.len(),
+            missing.join("; ")
+        );
+    }
+    if !json {
+        println!(
+            "\nall {} expected deliveries arrived, verified end to end",
+            rows.len()
+        );
+        if let Some(out) = &a.out {
+            println!(
+                "federation kept in {}; start a node with: tidewire node run --config {}/dakar/node.toml",
+                out.display(),
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `tidewire bench relay`
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// 1 (A→B) or 2 (A→B→C).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    hops: u8,
+    /// Notifications to send.
+    #[arg(long, default_value_t = 20_000)]
+    count: u64,
+    /// Publish rate per second (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<u64>,
+}
+
+fn bench_notification(i: u64) -> String {
+    let persons: Vec<_> = (0..6)
+        .map(|p| serde_json::json!({"name": format!("Person {p}"), "nationality": "CO", "dob": "1979-03-02", "role": "crew", "id_number": format!("P{i:07}{p}")}))
+        .collect();
+    serde_json::json!({
+        "kind": "vessel_of_interest", "case_ref": format!("BENCH-{i}"),
+        "routes": ["atlantic.south-america.west-africa"], "handling": "H1",
+        "grading": {"source": "B", "information": "2"}, "audience": ["node:*"],
+        "fields": {
+            "vessel": {"name": "MV Example", "imo": "9387421", "flag": "TG", "mmsi": "671234000",
+                       "position": {"lat": 5.61, "lon": -0.19}, "course": 214, "speed_kn": 11.5},
+            "cargo": {"declared": "fishing gear", "suspected": "cocaine", "estimated_kg": 1200},
+            "persons": persons,
+            "narrative": "Mother ship suspected of transhipment off the Bijagos; rendezvous expected."
+        }
+    })
+    .to_string()
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// `tidewire bench relay`.
+pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (nodes, links): (Vec<&str>, Vec<&str>) = if a.hops == 1 {
+        (vec!["a", "b"], vec!["a:b"])
+    } else {
+        (vec!["a", "b", "c"], vec!["a:b", "b:c"])
+    };
+    let last = *nodes.last().expect("nodes");
+    let fedn = LocalFederation::start(&tmp.path().join("f"), &nodes, &links).await?;
+    fedn.converge(Duration::from_secs(20)).await?;
+    let mut sub = pb::subscriber_client::SubscriberClient::new(fedn.conn(last).connect().await?)
+        .subscribe(pb::SubscribeRequest {
+            start: pb::subscribe_request::Start::Now as i32,
+            ..Default::default()
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let count = a.count;
+    let rate = a.rate;
+    let pub_ch = fedn.conn(nodes[0]).connect().await?;
+    if !json {
+        eprintln!(
+            "bench relay: {count} signed 1 KiB notifications over {} mTLS hop(s){}",
+            a.hops,
+            rate.map(|r| format!(" at {r}/s")).unwrap_or_default()
+        );
+    }
+    let start = Instant::now();
+    let publisher = tokio::spawn(async move {
+        let reqs = futures::stream::iter(0..count).then(move |i| async move {
+            if let Some(r) = rate {
+                let due = start + Duration::from_secs_f64(i as f64 / r as f64);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            pb::PublishRequest {
+                notification_json: bench_notification(i),
+                idempotency_key: String::new(),
+            }
+        });
+        let mut replies = pb::publisher_client::PublisherClient::new(pub_ch)
+            .publish_stream(reqs)
+            .await?
+            .into_inner();
+        let mut n = 0;
+        while let Some(r) = replies.next().await {
+            r?;
+            n += 1;
+        }
+        Ok::<u64, tonic::Status>(n)
+    });
+    let mut latencies = Vec::with_capacity(count as usize);
+    let mut last_report = Instant::now();
+    while (latencies.len() as u64) < count {
+        let d = tokio::time::timeout(Duration::from_secs(60), sub.next())
+            .await
+            .context("no delivery for 60 s: the relay stalled")?
+            .context("subscription ended")?
+            .map_err(status_error)?;
+        latencies.push((timefmt::now_ms() - d.created_at_ms).max(0) as f64);
+        if !json && last_report.elapsed() > Duration::from_secs(2) {
+            eprintln!("  {} / {count} delivered", latencies.len());
+            last_report = Instant::now();
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    publisher.await?.map_err(status_error)?;
+    latencies.sort_by(|x, y| x.total_cmp(y));
+    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    let out = serde_json::json!({
+        "hops": a.hops, "count": count, "rate": rate,
+        "throughput_per_s": (count as f64 / elapsed).round(),
+        "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1.0),
+        "peak_rss_mib": (peak_rss_mib() * 10.0).round() / 10.0,
+        "nodes_in_process": nodes.len(),
+    });
+    fedn.stop().await;
+    if json {
+        println!("{out}");
+    } else {
+        println!(
+            "hops  count   throughput/s   p50 ms   p99 ms   max ms   peak RSS (all {} nodes) MiB",
+            nodes.len()
+        );
+        println!(
+            "{:<5} {:<7} {:>12}   {:>6}   {:>6}   {:>6}   {:>8}",
+            a.hops,
+            count,
+            out["throughput_per_s"],
+            out["p50_ms"],
+            out["p99_ms"],
+            out["max_ms"],
+            out["peak_rss_mib"]
+        );
+    }
+    Ok(())
+}

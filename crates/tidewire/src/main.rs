@@ -1,0 +1,300 @@
+//! The `tidewire` command. Thin: parse arguments, set up tracing, run one command, print one
+//! clear error line on failure.
+#![forbid(unsafe_code)]
+
+mod client;
+mod cmds;
+mod demo;
+mod envelope_cmd;
+mod pki;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Tidewire: federated exchange of signed case notifications under each centre's own
+/// data-protection policy.
+#[derive(Debug, Parser)]
+#[command(name = "tidewire", version, about, propagate_version = true)]
+struct Cli {
+    /// Print JSON instead of readable text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a 4-node federation on loopback, publish, and show who received what.
+    Demo(demo::DemoArgs),
+    /// Run a node.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Development PKI: a CA, node certificates and keys, roster and node.toml files.
+    #[command(subcommand)]
+    Pki(PkiCmd),
+    /// Signing keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Seal, redact, verify and inspect envelopes offline.
+    #[command(subcommand)]
+    Envelope(envelope_cmd::EnvelopeCmd),
+    /// Publish notifications (JSON files or JSON lines).
+    Publish(cmds::PublishArgs),
+    /// Follow route feeds.
+    Subscribe(cmds::SubscribeArgs),
+    /// A node's links, routes and counters.
+    Status(cmds::StatusArgs),
+    /// Check, explain, apply and show data-protection policies.
+    #[command(subcommand)]
+    Policy(cmds::PolicyCmd),
+    /// Onward-transfer consent requests.
+    #[command(subcommand)]
+    Consent(cmds::ConsentCmd),
+    /// Client identities and their clearance.
+    #[command(subcommand)]
+    Users(cmds::UsersCmd),
+    /// The disclosure ledger.
+    #[command(subcommand)]
+    Audit(cmds::AuditCmd),
+    /// Case notifications held by a node.
+    #[command(subcommand)]
+    Cases(cmds::CasesCmd),
+    /// The federation's nodes (competent authorities) and how to reach them.
+    Authorities(cmds::AuthoritiesArgs),
+    /// Measure relay throughput and latency over real mTLS links.
+    #[command(subcommand)]
+    Bench(cmds::BenchCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCmd {
+    /// Run a node until SIGTERM or SIGINT.
+    Run {
+        /// The node's configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCmd {
+    /// Create a development federation.
+    Init {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Node ids, comma-separated (maoc-n,dakar,accra).
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<String>,
+        /// Links A:B, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        links: Vec<String>,
+        /// First port (ports follow in node order); default: free ports.
+        #[arg(long)]
+        base_port: Option<u16>,
+        /// Country of a node, NODE=CC (repeatable); known centres have defaults.
+        #[arg(long = "country")]
+        countries: Vec<String>,
+        /// Organisation of a node, NODE=ORG (repeatable).
+        #[arg(long = "org")]
+        orgs: Vec<String>,
+    },
+    /// Issue a client certificate and register it in a node's user table.
+    IssueClient {
+        /// Federation directory.
+        #[arg(long)]
+        federation: PathBuf,
+        /// The node the client uses.
+        #[arg(long)]
+        node: String,
+        /// Client name (officer-dakar-1).
+        #[arg(long)]
+        name: String,
+        /// subscriber, publisher, auditor or admin.
+        #[arg(long, default_value = "subscriber")]
+        role: String,
+        /// Highest handling code the client may see (H0..H3).
+        #[arg(long, default_value = "H1")]
+        clearance: String,
+        /// Route patterns the client may follow (repeatable or comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        routes: Vec<String>,
+        /// Where to write the identity (default DIR/clients/NAME).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCmd {
+    /// Generate a node signing key and add it to DIR/roster.toml.
+    Generate {
+        /// Node id.
+        #[arg(long)]
+        node: String,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// The node's country (ISO 3166 alpha-2).
+        #[arg(long)]
+        country: Option<String>,
+        /// The node's organisation.
+        #[arg(long)]
+        org: Option<String>,
+    },
+}
+
+fn init_tracing(env: &std::collections::HashMap<String, String>, json: bool) {
+    let filter = env
+        .get("TIDEWIRE_LOG")
+        .or_else(|| env.get("RUST_LOG"))
+        .cloned()
+        .unwrap_or_else(|| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr);
+    if json {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(cli, env)));
+    if let Err(e) = result {
+        let mut msg = e.to_string();
+        for cause in e.chain().skip(1) {
+            let c = cause.to_string();
+            if !msg.contains(&c) {
+                msg.push_str(": ");
+                msg.push_str(&c);
+            }
+        }
+        eprintln!("error: {msg}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli, env: std::collections::HashMap<String, String>) -> anyhow::Result<()> {
+    let json = cli.json;
+    match cli.command {
+        Command::Node(NodeCmd::Run { config }) => {
+            init_tracing(&env, json);
+            cmds::node_run(&config, &env).await
+        }
+        Command::Demo(a) => {
+            init_tracing(&env_quiet(&env), false);
+            demo::run(a, json).await
+        }
+        Command::Pki(PkiCmd::Init {
+            out,
+            nodes,
+            links,
+            base_port,
+            countries,
+            orgs,
+        }) => {
+            let fed = pki::init(&pki::InitOptions {
+                out: out.clone(),
+                nodes,
+                links,
+                base_port,
+                countries,
+                orgs,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&fed)?);
+            } else {
+                println!("development federation written to {}", out.display());
+                for (id, n) in &fed.nodes {
+                    println!(
+                        "  {id:<10} {}  {:<2}  tidewire node run --config {}",
+                        n.client_url,
+                        n.country,
+                        out.join(&n.config).display()
+                    );
+                }
+                println!(
+                    "client identity: {} (admin on every node)",
+                    out.join(&fed.client.cert).display()
+                );
+            }
+            Ok(())
+        }
+        Command::Pki(PkiCmd::IssueClient {
+            federation,
+            node,
+            name,
+            role,
+            clearance,
+            routes,
+            out,
+        }) => {
+            let dir = pki::issue_client(&pki::IssueOptions {
+                federation,
+                node: node.clone(),
+                name: name.clone(),
+                role: role.clone(),
+                clearance: clearance.clone(),
+                routes,
+                out,
+            })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"identity": dir, "name": name, "node": node, "role": role, "clearance": clearance})
+                );
+            } else {
+                println!(
+                    "client `{name}` ({role}, clearance {clearance}) registered on {node}; identity in {}",
+                    dir.display()
+                );
+                println!(
+                    "use it with: tidewire subscribe --federation ... --node {node} --identity {} --route 'atlantic.>'",
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Keys(KeysCmd::Generate {
+            node,
+            out,
+            country,
+            org,
+        }) => cmds::keys_generate(&node, &out, country, org, json),
+        Command::Envelope(c) => envelope_cmd::run(c, json),
+        Command::Publish(a) => cmds::publish(a, json).await,
+        Command::Subscribe(a) => cmds::subscribe(a, json).await,
+        Command::Status(a) => cmds::status(a, json).await,
+        Command::Policy(c) => cmds::policy(c, json).await,
+        Command::Consent(c) => cmds::consent(c, json).await,
+        Command::Users(c) => cmds::users(c, json).await,
+        Command::Audit(c) => cmds::audit(c, json).await,
+        Command::Cases(c) => cmds::cases(c, json).await,
+        Command::Authorities(a) => cmds::authorities(a, json),
+        Command::Bench(c) => {
+            init_tracing(&env_quiet(&env), false);
+            cmds::bench(c, json).await
+        }
+    }
+}
+
+/// In-process federations log only warnings unless asked otherwise.
+fn env_quiet(
+    env: &std::collections::HashMap<String, String>,
+) -> std::collections::HashMap<String, String> {
+    let mut e = env.clone();
+    e.entry("TIDEWIRE_LOG".into())
+        .or_insert_with(|| "warn".into());
+    e
+}

@@ -1,0 +1,487 @@
+//! `tidewire pki`: a development federation (CA, node certificates, signing keys, roster,
+//! policies, user tables and ready-to-run `node.toml` files) and client identities.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use serde::{Deserialize, Serialize};
+use tidewire_core::keys::{Roster, RosterNode, SigningKey, key_paths, write_private};
+use tidewire_core::model::{CountryCode, NodeId};
+use tidewire_node::config::{ConfigFile, Limits, LinkFile, TlsFile};
+use tidewire_node::users::{UserEntry, UsersFile};
+
+/// `federation.json`: how clients reach each node of a development federation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Federation {
+    /// CA certificate, relative to the federation directory.
+    pub ca: String,
+    /// The development client identity (admin on every node).
+    pub client: Identity,
+    /// Nodes by id.
+    pub nodes: BTreeMap<String, FederationNode>,
+}
+
+/// A client identity's files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    /// Client name.
+    pub name: String,
+    /// Certificate (PEM), relative to the federation directory.
+    pub cert: String,
+    /// Key (PEM), relative to the federation directory.
+    pub key: String,
+}
+
+/// One node in `federation.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FederationNode {
+    /// URL for clients (Publisher, Subscriber, Admin).
+    pub client_url: String,
+    /// URL for peers (Federation); the same port.
+    pub federation_url: String,
+    /// Country.
+    pub country: String,
+    /// Organisation.
+    pub org: String,
+    /// The node's config, relative to the federation directory.
+    pub config: String,
+}
+
+impl Federation {
+    /// Reads `DIR/federation.json`.
+    pub fn load(dir: &Path) -> Result<Federation> {
+        let p = dir.join("federation.json");
+        let text = std::fs::read_to_string(&p).with_context(|| {
+            format!(
+                "cannot read {}; create a federation with `tidewire pki init --out {}`",
+                p.display(),
+                dir.display()
+            )
+        })?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a federation file", p.display()))
+    }
+}
+
+/// Country and organisation of well-known centres, for development federations.
+pub fn known_centre(id: &str) -> (&'static str, String) {
+    match id {
+        "maoc-n" => ("PT", "maoc-n".into()),
+        "ceclad-m" => ("FR", "ceclad-m".into()),
+        "jiatf-s" => ("US", "jiatf-s".into()),
+        "accra" => ("GH", "accra".into()),
+        "dakar" => ("SN", "dakar".into()),
+        "europol" => ("NL", "europol".into()),
+        "ameripol" => ("CO", "ameripol".into()),
+        "ecowas" => ("NG", "ecowas".into()),
+        "aircop" | "aircop-lfw" => ("TG", "aircop".into()),
+        other => ("ZZ", other.to_owned()),
+    }
+}
+
+/// The CA in a federation directory.
+struct Ca {
+    key: KeyPair,
+    pem: String,
+}
+
+impl Ca {
+    fn create() -> Result<Ca> {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(DnType::CommonName, "Tidewire development federation CA");
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = p.self_signed(&key)?;
+        Ok(Ca {
+            pem: cert.pem(),
+            key,
+        })
+    }
+
+    fn load(dir: &Path) -> Result<Ca> {
+        let key_path = dir.join("ca.key");
+        tidewire_core::keys::check_private_mode(&key_path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", key_path.display()))?;
+        let key = KeyPair::from_pem(
+            &std::fs::read_to_string(&key_path)
+                .with_context(|| format!("cannot read {}", key_path.display()))?,
+        )?;
+        let pem = std::fs::read_to_string(dir.join("ca.pem"))
+            .with_context(|| format!("cannot read {}", dir.join("ca.pem").display()))?;
+        Ok(Ca { key, pem })
+    }
+
+    /// Issues a leaf certificate for `dns` (plus loopback names); returns (cert PEM, key PEM, DER sha256).
+    fn issue(
+        &self,
+        common_name: &str,
+        dns: &str,
+        server: bool,
+    ) -> Result<(String, String, [u8; 32])> {
+        let issuer = Issuer::from_ca_cert_pem(&self.pem, &self.key)?;
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(vec![dns.to_owned()])?;
+        if server {
+            p.subject_alt_names
+                .push(SanType::DnsName("localhost".try_into()?));
+            p.subject_alt_names
+                .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+            p.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+        } else {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        p.distinguished_name.push(DnType::CommonName, common_name);
+        p.distinguished_name
+            .push(DnType::OrganizationName, "Tidewire development federation");
+        let cert = p.signed_by(&key, &issuer)?;
+        let sha = tidewire_node::tls::cert_sha256(cert.der());
+        Ok((cert.pem(), key.serialize_pem(), sha))
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The starting policy written for every node of a development federation.
+pub fn starter_policy(id: &str) -> String {
+    format!(
+        r#"# Starting data-protection policy of {id}. See docs/POLICY.md; check edits with
+# `tidewire policy check FILE` and apply them live with `tidewire policy apply`.
+version = 1
+default = "deny"
+
+[[rule]]
+id = "federation-partners"
+description = "share with federation partners inside the audience; dates of birth go as a year, passport numbers stay here"
+to = ["node:*"]
+allow = ["*"]
+generalise = {{ "persons[*].dob" = "year" }}
+redact = ["persons[*].passport"]
+
+[[rule]]
+id = "local-officers"
+description = "this centre's own cleared officers see everything their clearance allows"
+to = ["role:*"]
+allow = ["*"]
+"#
+    )
+}
+
+/// Options of `pki init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Output directory.
+    pub out: PathBuf,
+    /// Node ids.
+    pub nodes: Vec<String>,
+    /// Links `a:b`.
+    pub links: Vec<String>,
+    /// First port, or free ports.
+    pub base_port: Option<u16>,
+    /// Country overrides `id=CC`.
+    pub countries: Vec<String>,
+    /// Organisation overrides `id=ORG`.
+    pub orgs: Vec<String>,
+}
+
+fn overrides(list: &[String], what: &str) -> Result<BTreeMap<String, String>> {
+    list.iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .ok_or_else(|| anyhow::anyhow!("--{what} `{s}`: write NODE=VALUE, e.g. dakar=SN"))
+        })
+        .collect()
+}
+
+/// `tidewire pki init`.
+pub fn init(o: &InitOptions) -> Result<Federation> {
+    if o.nodes.is_empty() {
+        bail!("--nodes: name at least one node, e.g. --nodes maoc-n,dakar,accra");
+    }
+    let ids: Vec<NodeId> = o
+        .nodes
+        .iter()
+        .map(|n| {
+            n.trim()
+                .parse::<NodeId>()
+                .map_err(|e| anyhow::anyhow!("--nodes: {e}"))
+        })
+        .collect::<Result<_>>()?;
+    let mut links: Vec<(NodeId, NodeId)> = Vec::new();
+    for l in &o.links {
+        let (a, b) = l
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("--links `{l}`: write A:B, e.g. maoc-n:dakar"))?;
+        let (a, b): (NodeId, NodeId) = (
+            a.parse().map_err(|e| anyhow::anyhow!("--links: {e}"))?,
+            b.parse().map_err(|e| anyhow::anyhow!("--links: {e}"))?,
+        );
+        for x in [&a, &b] {
+            if !ids.contains(x) {
+                bail!("--links `{l}`: `{x}` is not one of --nodes");
+            }
+        }
+        if a == b {
+            bail!("--links `{l}`: a node cannot link to itself");
+        }
+        if !links
+            .iter()
+            .any(|(x, y)| (x == &a && y == &b) || (x == &b && y == &a))
+        {
+            links.push((a, b));
+        }
+    }
+    let countries = overrides(&o.countries, "country")?;
+    let orgs = overrides(&o.orgs, "org")?;
+    if o.out.join("federation.json").exists() {
+        bail!(
+            "{} already holds a federation; choose another --out or remove it",
+            o.out.display()
+        );
+    }
+    std::fs::create_dir_all(&o.out)
+        .with_context(|| format!("cannot create {}", o.out.display()))?;
+    let dir = &o.out;
+    let ca = Ca::create()?;
+    std::fs::write(dir.join("ca.pem"), &ca.pem)?;
+    write_private(&dir.join("ca.key"), ca.key.serialize_pem().as_bytes())?;
+
+    let mut ports = BTreeMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let port = match o.base_port {
+            Some(b) => b
+                .checked_add(i as u16)
+                .ok_or_else(|| anyhow::anyhow!("--base-port: ports run past 65535"))?,
+            None => free_port()?,
+        };
+        ports.insert(id.clone(), port);
+    }
+    let mut roster = Roster::default();
+    let mut fed = Federation {
+        ca: "ca.pem".into(),
+        client: Identity {
+            name: "admin".into(),
+            cert: "client/admin.pem".into(),
+            key: "client/admin.key".into(),
+        },
+        nodes: BTreeMap::new(),
+    };
+    std::fs::create_dir_all(dir.join("client"))?;
+    let (ccert, ckey, csha) = ca.issue(
+        "admin",
+        &tidewire_node::tls::client_dns_name("admin"),
+        false,
+    )?;
+    std::fs::write(dir.join("client/admin.pem"), ccert)?;
+    write_private(&dir.join("client/admin.key"), ckey.as_bytes())?;
+    std::fs::write(dir.join("client/ca.pem"), &ca.pem)?;
+
+    for id in &ids {
+        let nd = dir.join(id.as_str());
+        std::fs::create_dir_all(nd.join("data"))?;
+        let (known_cc, known_org) = known_centre(id.as_str());
+        let cc: CountryCode = countries
+            .get(id.as_str())
+            .map(String::as_str)
+            .unwrap_or(known_cc)
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--country {id}: {e}"))?;
+        let org = orgs.get(id.as_str()).cloned().unwrap_or(known_org);
+        tidewire_core::model::check_org(&org).map_err(|e| anyhow::anyhow!("--org {id}: {e}"))?;
+        let key = SigningKey::generate();
+        let (kp, pp) = key_paths(&nd, id);
+        key.save(&kp, &pp)?;
+        let (cert, tkey, sha) = ca.issue(
+            id.as_str(),
+            &tidewire_node::tls::node_dns_name(id.as_str()),
+            true,
+        )?;
+        std::fs::write(nd.join("tls.pem"), cert)?;
+        write_private(&nd.join("tls.key"), tkey.as_bytes())?;
+        let mut entry = RosterNode::new(id.clone(), cc, org.clone(), key.public());
+        entry.tls_cert_sha256 = Some(sha);
+        roster.upsert(entry);
+        std::fs::write(nd.join("policy.toml"), starter_policy(id.as_str()))?;
+        let users = UsersFile {
+            users: vec![UserEntry {
+                name: "admin".into(),
+                role: "admin".into(),
+                clearance: "H3".into(),
+                routes: vec![">".into()],
+                cert_sha256: Some(hex::encode(csha)),
+                revoked: false,
+            }],
+        };
+        users
+            .save(&nd.join("users.toml"))
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let peer_links: Vec<LinkFile> = links
+            .iter()
+            .filter_map(|(a, b)| {
+                if a == id {
+                    Some(b)
+                } else if b == id {
+                    Some(a)
+                } else {
+                    None
+                }
+            })
+            .map(|p| LinkFile {
+                peer: p.to_string(),
+                url: format!("https://127.0.0.1:{}", ports[p]),
+            })
+            .collect();
+        let cfg = ConfigFile {
+            id: id.to_string(),
+            country: cc.to_string(),
+            org: org.clone(),
+            listen: format!("127.0.0.1:{}", ports[id]),
+            metrics_listen: None,
+            data_dir: "data".into(),
+            signing_key: format!("{id}.key"),
+            roster: "../roster.toml".into(),
+            policy: Some("policy.toml".into()),
+            users: Some("users.toml".into()),
+            tls: TlsFile {
+                ca: "../ca.pem".into(),
+                cert: "tls.pem".into(),
+                key: "tls.key".into(),
+            },
+            links: peer_links,
+            limits: Limits::default(),
+        };
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
+            "# Tidewire node `{id}` ({cc}). Start it with: tidewire node run --config {}",
+            nd.join("node.toml").display()
+        );
+        text.push_str(&toml::to_string(&cfg)?);
+        std::fs::write(nd.join("node.toml"), text)?;
+        let url = format!("https://127.0.0.1:{}", ports[id]);
+        fed.nodes.insert(
+            id.to_string(),
+            FederationNode {
+                client_url: url.clone(),
+                federation_url: url,
+                country: cc.to_string(),
+                org,
+                config: format!("{id}/node.toml"),
+            },
+        );
+    }
+    std::fs::write(dir.join("roster.toml"), roster.to_toml())?;
+    std::fs::write(
+        dir.join("federation.json"),
+        serde_json::to_string_pretty(&fed)?,
+    )?;
+    Ok(fed)
+}
+
+/// Options of `pki issue-client`.
+#[derive(Debug, Clone)]
+pub struct IssueOptions {
+    /// Federation directory.
+    pub federation: PathBuf,
+    /// Node whose user table receives the client.
+    pub node: String,
+    /// Client name.
+    pub name: String,
+    /// Role.
+    pub role: String,
+    /// Clearance.
+    pub clearance: String,
+    /// Allowed routes.
+    pub routes: Vec<String>,
+    /// Output directory for the identity (default DIR/clients/NAME).
+    pub out: Option<PathBuf>,
+}
+
+/// `tidewire pki issue-client`: a client certificate from the federation CA, registered in the
+/// node's user table with its role and clearance. Returns the identity directory.
+pub fn issue_client(o: &IssueOptions) -> Result<PathBuf> {
+    let fed = Federation::load(&o.federation)?;
+    let fnode = fed.nodes.get(&o.node).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--node `{}` is not in {}; nodes: {}",
+            o.node,
+            o.federation.join("federation.json").display(),
+            fed.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    if !o
+        .name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        || o.name.is_empty()
+    {
+        bail!("--name `{}`: use lowercase letters, digits and `-`", o.name);
+    }
+    let routes = if o.routes.is_empty() {
+        vec![">".to_owned()]
+    } else {
+        o.routes.clone()
+    };
+    let entry = UserEntry {
+        name: o.name.clone(),
+        role: o.role.clone(),
+        clearance: o.clearance.clone(),
+        routes,
+        cert_sha256: None,
+        revoked: false,
+    };
+    // Validate before issuing anything.
+    UsersFile::parse(&toml::to_string(&UsersFile {
+        users: vec![entry.clone()],
+    })?)
+    .map_err(|e| anyhow::anyhow!(e.replace("user[0].", "--")))?;
+    let ca = Ca::load(&o.federation)?;
+    let (cert, key, sha) = ca.issue(
+        &o.name,
+        &tidewire_node::tls::client_dns_name(&o.name),
+        false,
+    )?;
+    let out = o
+        .out
+        .clone()
+        .unwrap_or_else(|| o.federation.join("clients").join(&o.name));
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("client.pem"), cert)?;
+    write_private(&out.join("client.key"), key.as_bytes())?;
+    std::fs::write(out.join("ca.pem"), &ca.pem)?;
+    std::fs::write(
+        out.join("identity.json"),
+        serde_json::to_string_pretty(
+            &serde_json::json!({"name": o.name, "node": o.node, "url": fnode.client_url}),
+        )?,
+    )?;
+    let users_path = o.federation.join(&o.node).join("users.toml");
+    let mut users = UsersFile::load(&users_path).map_err(|e| anyhow::anyhow!(e))?;
+    users.users.retain(|u| u.name != o.name);
+    users.users.push(UserEntry {
+        cert_sha256: Some(hex::encode(sha)),
+        ..entry
+    });
+    users.save(&users_path).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(out)
+}
