@@ -24,7 +24,7 @@ fn forty_fields() -> Notification {
         "audience": ["node:accra", "country:SN"], "purposes": ["interdiction"],
         "fields": {
             "vessel": {"name": "MV Example", "imo": "9387421", "flag": "TG", "mmsi": "671234000",
-                       "position": {"lat": 5.61, "lon": -0.19}, "course": 214, "speed_kn": 11.5},
+                       "position": {"lat": 5.61, "lon": -0.19}},
             "cargo": {"declared": "fishing gear", "suspected": "cocaine", "estimated_kg": 1200},
             "persons": persons,
             "narrative": "Mother ship suspected of transhipment off the Bijagos; rendezvous with fast boats expected."

@@ -812,7 +812,9 @@ impl Node {
             e.destination = format!("node:{dest}");
             e.rule = rule.unwrap_or_default();
             e.detail = detail;
-            Skipped { entry: Some(Box::new(e)) }
+            Skipped {
+                entry: Some(Box::new(e)),
+            }
         };
         let stored = match self
             .store

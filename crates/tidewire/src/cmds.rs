@@ -107,7 +107,7 @@ pub fn keys_generate(
 #[derive(Debug, Args)]
 pub struct PublishArgs {
     #[command(flatten)]
-    conn: Conn,
+    pub conn: Conn,
     /// Notification JSON file (repeatable); a `.jsonl` file holds one notification per line.
     #[arg(long, required = true)]
     file: Vec<PathBuf>,
@@ -222,7 +222,7 @@ pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
 #[derive(Debug, Args)]
 pub struct SubscribeArgs {
     #[command(flatten)]
-    conn: Conn,
+    pub conn: Conn,
     /// Route patterns (`atlantic.>`, `vessel.imo.*`), repeatable.
     #[arg(long)]
     route: Vec<String>,
@@ -368,7 +368,7 @@ pub async fn subscribe(a: SubscribeArgs, json: bool) -> Result<()> {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
-    conn: Conn,
+    pub conn: Conn,
 }
 
 /// `tidewire status`.

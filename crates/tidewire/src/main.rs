@@ -2,11 +2,7 @@
 //! clear error line on failure.
 #![forbid(unsafe_code)]
 
-mod client;
-mod cmds;
-mod demo;
-mod envelope_cmd;
-mod pki;
+use tidewire::{cmds, demo, envelope_cmd, pki};
 
 use std::path::PathBuf;
 
