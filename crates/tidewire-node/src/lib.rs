@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod consent;
 pub mod error;
 pub mod ledger;
 pub mod link;

@@ -403,6 +403,7 @@ async fn send_loop(
                                 envelope: p.bytes.into(),
                                 destinations: vec![dest.to_string()],
                                 hops_left: item.hops_left,
+                                consent_grant: p.grant.into(),
                             })),
                         };
                         inflight.insert(

@@ -1,7 +1,7 @@
 //! The node's shared state and its three paths: publish (origin), ingest (from a peer) and the
 //! one egress path ([`Node::prepare_egress`]) that every byte leaving the node goes through.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -46,6 +46,8 @@ pub struct Counters {
     pub withheld_fields: AtomicU64,
     /// Expired notifications dropped.
     pub expired: AtomicU64,
+    /// Consent answers acted on.
+    pub consent_answers: AtomicU64,
     /// Refusals by reason.
     pub refused: Mutex<BTreeMap<String, u64>>,
 }
@@ -157,7 +159,8 @@ pub struct OutboxItem {
 }
 
 impl OutboxItem {
-    fn encode(&self) -> Vec<u8> {
+    /// Encodes an outbox value.
+    pub fn encode(&self) -> Vec<u8> {
         let mut v = self.id.0.to_vec();
         v.extend_from_slice(&self.hops_left.to_be_bytes());
         v.extend_from_slice(self.holder.as_str().as_bytes());
@@ -179,6 +182,8 @@ impl OutboxItem {
 pub struct Prepared {
     /// Encoded envelope after policy and custody.
     pub bytes: Vec<u8>,
+    /// The origin's consent, when the destination is outside the audience.
+    pub grant: Vec<u8>,
     /// The `transfer` ledger entry.
     pub entry: LedgerEntry,
 }
@@ -221,7 +226,8 @@ pub struct ConsentRecord {
 }
 
 impl ConsentRecord {
-    fn to_pb(&self) -> pb::ConsentItem {
+    /// The protobuf form.
+    pub fn to_pb(&self) -> pb::ConsentItem {
         pb::ConsentItem {
             id: self.id.clone(),
             notification: self.notification.clone(),
@@ -277,6 +283,57 @@ pub struct Node {
     publish_bucket: Mutex<(Instant, f64)>,
     /// Live link sessions.
     pub sessions: crate::link::Sessions,
+    /// Ids of routed control messages already handled.
+    pub routed_seen: Mutex<std::collections::HashSet<Vec<u8>>>,
+    /// Seen-set keys claimed by ingests whose commit is still in flight (see [`Claims`]).
+    claimed: Mutex<HashSet<Vec<u8>>>,
+}
+
+/// Seen-set keys one ingest claimed; released when it is dropped (after its commit, or on
+/// failure). While a key is claimed, a concurrent ingest of the same notification from another
+/// peer treats it as a duplicate: without this, two copies arriving at once over two links both
+/// passed the seen-set check before either was committed, and both were delivered.
+struct Claims<'a> {
+    node: &'a Node,
+    keys: Vec<Vec<u8>>,
+}
+
+impl Claims<'_> {
+    /// Whether `key` is already seen (on disk) or claimed.
+    fn seen(&self, key: &[u8]) -> Result<bool, NodeError> {
+        let claimed = self.node.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(claimed.contains(key) || self.node.store.get(Space::Seen, key)?.is_some())
+    }
+
+    /// Claims `key` unless it is already seen (on disk) or claimed; returns whether it was new.
+    fn claim(&mut self, key: Vec<u8>) -> Result<bool, NodeError> {
+        let mut claimed = self.node.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        if claimed.contains(&key) || self.node.store.get(Space::Seen, &key)?.is_some() {
+            return Ok(false);
+        }
+        claimed.insert(key.clone());
+        self.keys.push(key);
+        Ok(true)
+    }
+}
+
+impl Drop for Claims<'_> {
+    fn drop(&mut self) {
+        let mut claimed = self.node.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &self.keys {
+            claimed.remove(k);
+        }
+    }
+}
+
+/// Outbox items and feed entries of one commit, whose keys are numbered when it is submitted
+/// (see [`Node::commit_numbered`]). Every write to the outbox or the feed goes through this.
+#[derive(Debug, Default)]
+pub struct Numbered {
+    /// (destination, item) for the outbox.
+    pub outbox: Vec<(NodeId, OutboxItem)>,
+    /// Stored-notification keys for the local feed.
+    pub feed: Vec<Vec<u8>>,
 }
 
 /// One link's state, for status.
@@ -392,6 +449,8 @@ impl Node {
             users,
             publish_bucket: Mutex::new((Instant::now(), 0.0)),
             sessions: crate::link::Sessions::default(),
+            routed_seen: Mutex::new(std::collections::HashSet::new()),
+            claimed: Mutex::new(HashSet::new()),
             cfg,
         }))
     }
@@ -442,13 +501,36 @@ impl Node {
     }
 
     /// Commits `ops` plus ledger entries, durably, keeping the ledger chain in order.
-    pub async fn commit(
+    pub async fn commit(&self, ops: Vec<Op>, entries: Vec<LedgerEntry>) -> Result<(), NodeError> {
+        self.commit_numbered(ops, Numbered::default(), entries)
+            .await
+    }
+
+    /// [`Node::commit`], also writing outbox items and feed entries whose sequence numbers are
+    /// taken here, under the lock that orders submissions. Outbox senders and subscriptions read
+    /// with a cursor ("everything after the last key I saw"), so keys must become visible in key
+    /// order: numbered earlier and committed later, an entry fell behind a cursor and was never
+    /// sent or delivered (until the link reconnected, or never, for a feed).
+    pub async fn commit_numbered(
         &self,
         mut ops: Vec<Op>,
+        numbered: Numbered,
         entries: Vec<LedgerEntry>,
     ) -> Result<(), NodeError> {
         let rx = {
             let mut head = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            for (dest, item) in numbered.outbox {
+                let oseq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
+                ops.push(Op::put(
+                    Space::Outbox,
+                    outbox_key(&dest, oseq),
+                    item.encode(),
+                ));
+            }
+            for note in numbered.feed {
+                let feed = self.feed_seq.fetch_add(1, Ordering::SeqCst) + 1;
+                ops.push(Op::put(Space::Feed, feed.to_be_bytes().to_vec(), note));
+            }
             for e in entries {
                 ops.push(head.append(e));
             }
@@ -456,6 +538,11 @@ impl Node {
         };
         Committer::wait(rx).await?;
         Ok(())
+    }
+
+    /// The next outbox sequence number.
+    pub fn next_outbox_seq(&self) -> u64 {
+        self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// Wakes every link sender.
@@ -575,12 +662,8 @@ impl Node {
                 v,
             ));
         }
-        let feed = self.feed_seq.fetch_add(1, Ordering::SeqCst) + 1;
-        ops.push(Op::put(
-            Space::Feed,
-            feed.to_be_bytes().to_vec(),
-            note_key(&id, self.id()),
-        ));
+        let mut numbered = Numbered::default();
+        numbered.feed.push(note_key(&id, self.id()));
         let dests = self.audience_nodes(&header);
         for d in &dests {
             let item = OutboxItem {
@@ -588,8 +671,7 @@ impl Node {
                 hops_left: self.cfg.limits.hop_budget,
                 holder: self.id().clone(),
             };
-            let oseq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
-            ops.push(Op::put(Space::Outbox, outbox_key(d, oseq), item.encode()));
+            numbered.outbox.push((d.clone(), item));
             ops.push(Op::put(Space::Seen, seen_fwd_key(&id, d), Vec::new()));
         }
         let mut e = LedgerEntry::new("published");
@@ -599,7 +681,7 @@ impl Node {
             "kind": n.kind.as_str(), "case_ref": n.case_ref, "seq": seq,
             "destinations": dests.iter().map(|d| d.as_str()).collect::<Vec<_>>(),
         });
-        self.commit(ops, vec![e]).await?;
+        self.commit_numbered(ops, numbered, vec![e]).await?;
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(id = %id, kind = %n.kind, destinations = dests.len(), "published");
         self.feed_changed.send_modify(|v| *v += 1);
@@ -620,7 +702,11 @@ impl Node {
         let mut ops = Vec::new();
         let mut entries = Vec::new();
         let mut out = Vec::with_capacity(transfers.len());
-        let mut batch_seen: HashMap<Vec<u8>, ()> = HashMap::new();
+        let mut claims = Claims {
+            node: self,
+            keys: Vec::new(),
+        };
+        let mut numbered = Numbered::default();
         let mut delivered = 0u64;
         let mut queued = false;
         for t in transfers {
@@ -669,16 +755,26 @@ impl Node {
                 continue;
             }
             let audience = self.audience_nodes(h);
+            let onward_ok = h.onward_transfer && h.handling != tidewire_core::Handling::H2;
             let mut requested: BTreeSet<NodeId> = BTreeSet::new();
             for d in &t.destinations {
-                match d.parse::<NodeId>() {
-                    Ok(d) if d == *self.id() && self.in_audience(h) => {
-                        requested.insert(d);
+                let Ok(d) = d.parse::<NodeId>() else { continue };
+                let inside = if d == *self.id() {
+                    self.in_audience(h)
+                } else {
+                    audience.contains(&d)
+                };
+                let consented = !t.consent_grant.is_empty()
+                    && self.grant_valid(&t.consent_grant, &h.id, &h.origin, &d);
+                if inside || onward_ok || consented {
+                    if consented && !inside {
+                        ops.push(Op::put(
+                            Space::Grants,
+                            crate::consent::grant_key(&h.id, &d),
+                            t.consent_grant.to_vec(),
+                        ));
                     }
-                    Ok(d) if audience.contains(&d) => {
-                        requested.insert(d);
-                    }
-                    _ => {}
+                    requested.insert(d);
                 }
             }
             let meta = StoredMeta {
@@ -694,25 +790,17 @@ impl Node {
             for d in requested {
                 if d == *self.id() {
                     let seen = h.id.0.to_vec();
-                    if batch_seen.contains_key(&seen)
-                        || self.store.get(Space::Seen, &seen)?.is_some()
-                    {
+                    if !claims.claim(seen.clone())? {
                         self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    batch_seen.insert(seen.clone(), ());
                     ops.push(Op::put(
                         Space::Notifications,
                         note_key(&h.id, &d),
                         encode_stored(&meta, &t.envelope),
                     ));
                     ops.push(Op::put(Space::Seen, seen, Vec::new()));
-                    let feed = self.feed_seq.fetch_add(1, Ordering::SeqCst) + 1;
-                    ops.push(Op::put(
-                        Space::Feed,
-                        feed.to_be_bytes().to_vec(),
-                        note_key(&h.id, &d),
-                    ));
+                    numbered.feed.push(note_key(&h.id, &d));
                     if h.kind == tidewire_core::Kind::Recall
                         && let Some(target) = h.recalls
                     {
@@ -730,17 +818,18 @@ impl Node {
                     delivered += 1;
                 } else {
                     let seen = seen_fwd_key(&h.id, &d);
-                    if batch_seen.contains_key(&seen)
-                        || self.store.get(Space::Seen, &seen)?.is_some()
-                    {
+                    if t.hops_left == 0 {
+                        if claims.seen(&seen)? {
+                            self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            self.counters.refuse("hop_budget");
+                        }
+                        continue;
+                    }
+                    if !claims.claim(seen.clone())? {
                         self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    if t.hops_left == 0 {
-                        self.counters.refuse("hop_budget");
-                        continue;
-                    }
-                    batch_seen.insert(seen.clone(), ());
                     ops.push(Op::put(
                         Space::Notifications,
                         note_key(&h.id, &d),
@@ -752,14 +841,14 @@ impl Node {
                         hops_left: t.hops_left - 1,
                         holder: d.clone(),
                     };
-                    let oseq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
-                    ops.push(Op::put(Space::Outbox, outbox_key(&d, oseq), item.encode()));
+                    numbered.outbox.push((d.clone(), item));
                     queued = true;
                 }
             }
             out.push(Received::Accepted);
         }
-        self.commit(ops, entries).await?;
+        self.commit_numbered(ops, numbered, entries).await?;
+        drop(claims);
         if delivered > 0 {
             self.counters
                 .delivered
@@ -863,6 +952,28 @@ impl Node {
                 serde_json::json!({"expires_at": view.header.expires_at_ms.map(timefmt::format_ms)}),
             ));
         }
+        let mut grant = Vec::new();
+        if !self.audience_nodes(&view.header).contains(dest) {
+            let onward_ok =
+                view.header.onward_transfer && view.header.handling != tidewire_core::Handling::H2;
+            match self
+                .store
+                .get(Space::Grants, &crate::consent::grant_key(&item.id, dest))
+            {
+                Ok(Some(g)) if self.grant_valid(&g, &item.id, &view.header.origin, dest) => {
+                    grant = g
+                }
+                _ if onward_ok => {}
+                _ => {
+                    self.counters.denied.fetch_add(1, Ordering::Relaxed);
+                    return Err(skip(
+                        "denied",
+                        None,
+                        serde_json::json!({"reason": "destination is outside the origin's audience and no consent was granted"}),
+                    ));
+                }
+            }
+        }
         let Some((policy, _)) = self.policy() else {
             self.counters.denied.fetch_add(1, Ordering::Relaxed);
             return Err(skip(
@@ -943,8 +1054,12 @@ impl Node {
             "withheld": withheld_paths,
             "generalised": generalised,
         });
+        if !grant.is_empty() {
+            e.detail["consent"] = serde_json::json!("granted by origin");
+        }
         Ok(Prepared {
             bytes: envelope::encode(&out),
+            grant,
             entry: e,
         })
     }
@@ -995,12 +1110,6 @@ impl Node {
         Vec::new()
     }
 
-    /// Handles a routed control message (consent requests and answers).
-    pub async fn on_routed(&self, from: &NodeId, routed: pb::Routed) {
-        tracing::debug!(peer = %from, bytes = routed.body.len(), "routed control message not handled by this build");
-        self.counters.refuse("unsupported_control");
-    }
-
     /// Consent requests known to this node.
     pub fn consent_items(&self) -> Result<Vec<pb::ConsentItem>, NodeError> {
         let mut out = Vec::new();
@@ -1008,6 +1117,9 @@ impl Node {
             if let Ok(item) = serde_json::from_slice::<ConsentRecord>(&v) {
                 out.push(item.to_pb());
             }
+        }
+        for item in self.held_items()? {
+            out.push(item.to_pb());
         }
         Ok(out)
     }
@@ -1053,6 +1165,9 @@ impl Node {
             vec![e],
         )
         .await?;
+        if let Err(err) = self.answer_consent(&rec, grant, by) {
+            tracing::warn!(error = %err, requester = %rec.requester, "consent decided but the answer could not be sent yet");
+        }
         Ok(rec.to_pb())
     }
 

@@ -93,6 +93,10 @@ pub async fn start(cfg: NodeConfig, shutdown: CancellationToken) -> Result<Runni
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(3)))
         .tcp_nodelay(true)
+        // Large HTTP/2 windows: a link streams thousands of ~2 KiB frames, and the 64 KiB default
+        // would make the sender wait for window updates every few dozen frames.
+        .initial_stream_window_size(Some(4 * 1024 * 1024))
+        .initial_connection_window_size(Some(16 * 1024 * 1024))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

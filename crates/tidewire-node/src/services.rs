@@ -284,6 +284,31 @@ impl pb::admin_server::Admin for AdminService {
         ))
     }
 
+    async fn consent_ask(
+        &self,
+        req: Request<pb::ConsentAskRequest>,
+    ) -> Result<Response<pb::ConsentItem>, Status> {
+        let who = caller(&self.0, &req)?;
+        who.require(&["admin"], "asking for onward transfer")?;
+        let r = req.into_inner();
+        let item = match self
+            .0
+            .ask_consent(&r.notification, &r.destination, &r.reason, &who.label())
+            .await?
+        {
+            crate::consent::Asked::Queued => pb::ConsentItem {
+                id: format!("{}-{}", r.notification, r.destination),
+                notification: r.notification,
+                requester: self.0.id().to_string(),
+                destination: r.destination,
+                state: "queued".into(),
+                ..Default::default()
+            },
+            crate::consent::Asked::Held(rec) => rec.to_pb(),
+        };
+        Ok(Response::new(item))
+    }
+
     #[tracing::instrument(skip_all, fields(node = %self.0.id()))]
     async fn audit_query(
         &self,

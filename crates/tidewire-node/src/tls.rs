@@ -100,6 +100,8 @@ impl TlsMaterial {
                     .keep_alive_timeout(Duration::from_secs(3))
                     .keep_alive_while_idle(true)
                     .tcp_nodelay(true)
+                    .initial_stream_window_size(Some(4 * 1024 * 1024))
+                    .initial_connection_window_size(Some(16 * 1024 * 1024))
             })
     }
 }
@@ -144,5 +146,43 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cur = s.source();
     }
-    parts.join(": ")
+    let text = parts.join(": ");
+    match tls_hint(&text) {
+        Some(hint) => format!("{text} ({hint})"),
+        None => text,
+    }
+}
+
+/// What a TLS alert or certificate error most likely means on a federation connection. The
+/// alert names alone (`DecryptError`, `UnknownCA`) do not tell a user what to fix; in
+/// particular a certificate from another development federation (whose CA has the same name)
+/// fails its signature check and arrives as `DecryptError`.
+fn tls_hint(text: &str) -> Option<&'static str> {
+    const FOREIGN: &str = "the certificate was not accepted: it is not signed by the CA this federation trusts; use a certificate issued by this federation's CA";
+    const HINTS: [(&str, &str); 8] = [
+        ("UnknownCA", FOREIGN),
+        ("UnknownIssuer", FOREIGN),
+        ("DecryptError", FOREIGN),
+        ("BadSignature", FOREIGN),
+        (
+            "CertificateRequired",
+            "the node requires a client certificate issued by the federation CA",
+        ),
+        (
+            "Expired",
+            "a certificate is expired or not yet valid; reissue it",
+        ),
+        (
+            "NotValidForName",
+            "the node's certificate does not name the node dialed; check the node name and URL",
+        ),
+        (
+            "BadCertificate",
+            "the certificate was refused; use one issued by this federation's CA",
+        ),
+    ];
+    HINTS
+        .iter()
+        .find(|(needle, _)| text.contains(needle))
+        .map(|(_, hint)| *hint)
 }

@@ -40,22 +40,26 @@ impl Committer {
             .name("tidewire-commit".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
-                    let mut jobs = vec![first];
+                    let mut jobs: Vec<Job> = vec![first];
                     while jobs.len() < MAX_GROUP {
                         match rx.try_recv() {
                             Ok(j) => jobs.push(j),
                             Err(_) => break,
                         }
                     }
-                    let mut results = Vec::with_capacity(jobs.len());
-                    for (ops, _) in &jobs {
-                        results.push(store.apply(ops).map_err(|e| e.to_string()));
-                    }
-                    let synced = store.sync().map_err(|e| e.to_string());
+                    // One atomic batch for the whole group: each job's atomicity is preserved
+                    // (a group is all-or-nothing), and sled pays its per-batch cost once.
+                    let ops: Vec<Op> = jobs
+                        .iter_mut()
+                        .flat_map(|(ops, _)| std::mem::take(ops))
+                        .collect();
+                    let synced = store
+                        .apply(&ops)
+                        .and_then(|()| store.sync())
+                        .map_err(|e| e.to_string());
                     tracing::trace!(batches = jobs.len(), "group commit");
-                    for ((_, reply), applied) in jobs.into_iter().zip(results) {
-                        let r = applied.and_then(|()| synced.clone());
-                        let _ = reply.send(r);
+                    for (_, reply) in jobs {
+                        let _ = reply.send(synced.clone());
                     }
                 }
             })

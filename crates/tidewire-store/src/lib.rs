@@ -59,6 +59,8 @@ pub enum Space {
     Cursors = 10,
     /// Notifications held for consent.
     Held = 11,
+    /// Origins' consent grants, by notification and destination.
+    Grants = 12,
 }
 
 /// One write.

@@ -42,7 +42,9 @@ impl Conn {
             })?
             .tls_config(tls)
             .context("tls configuration")?
-            .connect_timeout(std::time::Duration::from_secs(5));
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .initial_stream_window_size(Some(4 * 1024 * 1024))
+            .initial_connection_window_size(Some(16 * 1024 * 1024));
         endpoint.connect().await.map_err(|e| {
             anyhow::anyhow!(
                 "cannot reach node at {url}: {}",

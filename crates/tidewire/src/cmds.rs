@@ -632,6 +632,21 @@ pub enum ConsentCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Ask to pass a notification this node holds to a destination; outside the origin's
+    /// audience an H2 notification is held until the origin consents.
+    Ask {
+        #[command(flatten)]
+        conn: Conn,
+        /// Notification id.
+        #[arg(long)]
+        notification: String,
+        /// Destination node id.
+        #[arg(long)]
+        to: String,
+        /// Why (shown to the origin's administrator).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Grant a request.
     Grant {
         #[command(flatten)]
@@ -677,6 +692,23 @@ pub async fn consent(c: ConsentCmd, json: bool) -> Result<()> {
             for c in &r.items {
                 consent_line(c, json);
             }
+        }
+        ConsentCmd::Ask {
+            conn,
+            notification,
+            to,
+            reason,
+        } => {
+            let r = pb::admin_client::AdminClient::new(conn.connect().await?)
+                .consent_ask(pb::ConsentAskRequest {
+                    notification,
+                    destination: to,
+                    reason,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            consent_line(&r, json);
         }
         ConsentCmd::Grant { conn, id } => {
             let r = pb::admin_client::AdminClient::new(conn.connect().await?)

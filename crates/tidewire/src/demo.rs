@@ -45,6 +45,17 @@ impl LocalFederation {
             countries: Vec::new(),
             orgs: Vec::new(),
         })?;
+        Self::start_existing(dir, fed, nodes).await
+    }
+
+    /// Starts `nodes` of a federation already written by [`pki::init`] (whose `node.toml` files
+    /// a caller may have edited, e.g. to send a link through a proxy). Nodes of `fed` not named
+    /// are not started.
+    pub async fn start_existing(
+        dir: &Path,
+        fed: Federation,
+        nodes: &[&str],
+    ) -> Result<LocalFederation> {
         let shutdown = CancellationToken::new();
         let mut running = BTreeMap::new();
         let env = std::collections::HashMap::new();
@@ -503,7 +514,7 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
             r?;
             n += 1;
         }
-        Ok::<u64, tonic::Status>(n)
+        Ok::<(u64, f64), tonic::Status>((n, start.elapsed().as_secs_f64()))
     });
     let mut latencies = Vec::with_capacity(count as usize);
     let mut last_report = Instant::now();
@@ -520,12 +531,13 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    publisher.await?.map_err(status_error)?;
+    let (_, publish_s) = publisher.await?.map_err(status_error)?;
     latencies.sort_by(|x, y| x.total_cmp(y));
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
     let out = serde_json::json!({
         "hops": a.hops, "count": count, "rate": rate,
         "throughput_per_s": (count as f64 / elapsed).round(),
+        "publish_per_s": (count as f64 / publish_s).round(),
         "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1.0),
         "peak_rss_mib": (peak_rss_mib() * 10.0).round() / 10.0,
         "nodes_in_process": nodes.len(),

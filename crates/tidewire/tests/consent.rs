@@ -1,0 +1,300 @@
+//! Onward-transfer consent end to end (DESIGN invariant 4), with real nodes over real mTLS: an H2
+//! notification that a relay wants to pass outside the origin's audience is held until the origin
+//! grants (then it is delivered, with the grant checked at the destination), dropped when the
+//! origin refuses, and released at once under a standing consent in the origin's policy.
+
+use std::time::{Duration, Instant};
+
+use tidewire::demo::LocalFederation;
+use tidewire_proto::v1 as pb;
+
+async fn admin(
+    f: &LocalFederation,
+    node: &str,
+) -> pb::admin_client::AdminClient<tonic::transport::Channel> {
+    pb::admin_client::AdminClient::new(f.conn(node).connect().await.expect("connect"))
+}
+
+async fn publish(f: &LocalFederation, node: &str, case_ref: &str) -> String {
+    let n = serde_json::json!({
+        "kind": "vessel_of_interest", "case_ref": case_ref, "routes": ["atlantic.west-africa"],
+        "handling": "H2", "audience": ["node:dakar"], "onward_transfer": false,
+        "fields": {"vessel": {"name": "MV Example", "imo": "9387421"}}
+    });
+    pb::publisher_client::PublisherClient::new(f.conn(node).connect().await.expect("connect"))
+        .publish(pb::PublishRequest {
+            notification_json: n.to_string(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("publish")
+        .into_inner()
+        .id
+}
+
+async fn events(f: &LocalFederation, node: &str, id: &str, event: &str) -> usize {
+    admin(f, node)
+        .await
+        .audit_query(pb::AuditQueryRequest {
+            notification: id.into(),
+            event: event.into(),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .entries
+        .len()
+}
+
+async fn has(f: &LocalFederation, node: &str, id: &str, event: &str) -> bool {
+    events(f, node, id, event).await > 0
+}
+
+/// Polls `cond` every 50 ms until it holds or `within` passes.
+async fn wait_for<F, Fut>(within: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn line() -> (tempfile::TempDir, LocalFederation) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let f = LocalFederation::start(
+        &tmp.path().join("f"),
+        &["maoc-n", "dakar", "accra"],
+        &["maoc-n:dakar", "dakar:accra"],
+    )
+    .await
+    .expect("start");
+    f.converge(Duration::from_secs(20)).await.expect("converge");
+    (tmp, f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_outside_the_audience_is_held_until_the_origin_grants() {
+    let (_tmp, f) = line().await;
+    let id = publish(&f, "maoc-n", "MAOC-H2-GRANT").await;
+    wait_for(Duration::from_secs(10), "dakar to receive", || {
+        has(&f, "dakar", &id, "received")
+    })
+    .await;
+
+    let asked = admin(&f, "dakar")
+        .await
+        .consent_ask(pb::ConsentAskRequest {
+            notification: id.clone(),
+            destination: "accra".into(),
+            reason: "joint operation".into(),
+        })
+        .await
+        .expect("ask")
+        .into_inner();
+    assert_eq!(asked.state, "held");
+    wait_for(
+        Duration::from_secs(10),
+        "the request to reach maoc-n",
+        || async {
+            admin(&f, "maoc-n")
+                .await
+                .consent_list(pb::ConsentListRequest {})
+                .await
+                .expect("list")
+                .into_inner()
+                .items
+                .iter()
+                .any(|i| i.state == "pending")
+        },
+    )
+    .await;
+    // Held: nothing reached accra yet.
+    assert_eq!(events(&f, "accra", &id, "received").await, 0);
+
+    let req = admin(&f, "maoc-n")
+        .await
+        .consent_list(pb::ConsentListRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .items
+        .remove(0);
+    let decided = admin(&f, "maoc-n")
+        .await
+        .consent_decide(pb::ConsentDecideRequest {
+            id: req.id,
+            grant: true,
+        })
+        .await
+        .expect("grant")
+        .into_inner();
+    assert_eq!(decided.state, "granted");
+    wait_for(
+        Duration::from_secs(10),
+        "accra to receive after the grant",
+        || has(&f, "accra", &id, "received"),
+    )
+    .await;
+    assert_eq!(events(&f, "maoc-n", &id, "consent_granted").await, 1);
+    assert_eq!(events(&f, "dakar", &id, "released").await, 1);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_consent_drops_the_held_notification() {
+    let (_tmp, f) = line().await;
+    let id = publish(&f, "maoc-n", "MAOC-H2-REFUSE").await;
+    wait_for(Duration::from_secs(10), "dakar to receive", || {
+        has(&f, "dakar", &id, "received")
+    })
+    .await;
+    admin(&f, "dakar")
+        .await
+        .consent_ask(pb::ConsentAskRequest {
+            notification: id.clone(),
+            destination: "accra".into(),
+            reason: String::new(),
+        })
+        .await
+        .expect("ask");
+    wait_for(
+        Duration::from_secs(10),
+        "the request to reach maoc-n",
+        || async {
+            !admin(&f, "maoc-n")
+                .await
+                .consent_list(pb::ConsentListRequest {})
+                .await
+                .expect("list")
+                .into_inner()
+                .items
+                .is_empty()
+        },
+    )
+    .await;
+    let req = admin(&f, "maoc-n")
+        .await
+        .consent_list(pb::ConsentListRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .items
+        .remove(0);
+    admin(&f, "maoc-n")
+        .await
+        .consent_decide(pb::ConsentDecideRequest {
+            id: req.id,
+            grant: false,
+        })
+        .await
+        .expect("refuse");
+    wait_for(Duration::from_secs(10), "dakar to drop it", || {
+        has(&f, "dakar", &id, "dropped")
+    })
+    .await;
+    assert_eq!(
+        events(&f, "accra", &id, "received").await,
+        0,
+        "a refused notification must never reach accra"
+    );
+    assert_eq!(events(&f, "maoc-n", &id, "consent_refused").await, 1);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standing_consent_in_the_origin_policy_answers_at_once() {
+    let (_tmp, f) = line().await;
+    let policy = format!(
+        "{}\n[[standing_consent]]\nid = \"h2-vessels-to-ghana\"\nto = [\"country:GH\"]\nwhen = {{ kinds = [\"vessel_of_interest\"] }}\n",
+        tidewire::pki::starter_policy("maoc-n")
+    );
+    admin(&f, "maoc-n")
+        .await
+        .policy_apply(pb::PolicyApplyRequest {
+            policy_toml: policy,
+        })
+        .await
+        .expect("apply");
+    let id = publish(&f, "maoc-n", "MAOC-H2-STANDING").await;
+    wait_for(Duration::from_secs(10), "dakar to receive", || {
+        has(&f, "dakar", &id, "received")
+    })
+    .await;
+    admin(&f, "dakar")
+        .await
+        .consent_ask(pb::ConsentAskRequest {
+            notification: id.clone(),
+            destination: "accra".into(),
+            reason: String::new(),
+        })
+        .await
+        .expect("ask");
+    wait_for(
+        Duration::from_secs(10),
+        "accra to receive under standing consent",
+        || has(&f, "accra", &id, "received"),
+    )
+    .await;
+    let granted = admin(&f, "maoc-n")
+        .await
+        .audit_query(pb::AuditQueryRequest {
+            notification: id.clone(),
+            event: "consent_granted".into(),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .entries;
+    assert_eq!(granted.len(), 1);
+    assert_eq!(granted[0].rule, "h2-vessels-to-ghana");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onward_transfer_false_without_h2_is_refused_outright() {
+    let (_tmp, f) = line().await;
+    let n = serde_json::json!({
+        "kind": "alert", "routes": ["atlantic.west-africa"], "handling": "H1",
+        "audience": ["node:dakar"], "onward_transfer": false, "fields": {"narrative": "x"}
+    });
+    let id = pb::publisher_client::PublisherClient::new(
+        f.conn("maoc-n").connect().await.expect("connect"),
+    )
+    .publish(pb::PublishRequest {
+        notification_json: n.to_string(),
+        idempotency_key: String::new(),
+    })
+    .await
+    .expect("publish")
+    .into_inner()
+    .id;
+    wait_for(Duration::from_secs(10), "dakar to receive", || {
+        has(&f, "dakar", &id, "received")
+    })
+    .await;
+    let err = admin(&f, "dakar")
+        .await
+        .consent_ask(pb::ConsentAskRequest {
+            notification: id.clone(),
+            destination: "accra".into(),
+            reason: String::new(),
+        })
+        .await
+        .expect_err("must be refused");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(
+        err.message().contains("onward_transfer = false"),
+        "{}",
+        err.message()
+    );
+    f.stop().await;
+}
