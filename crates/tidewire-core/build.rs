@@ -2,7 +2,8 @@
 //! needs no system protoc.
 
 fn main() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR is set by cargo");
+    let root = std::path::Path::new(&manifest).join("../../proto");
     let file = root.join("tidewire/v1/envelope.proto");
     println!("cargo:rerun-if-changed={}", file.display());
     let mut config = prost_build::Config::new();

@@ -2,7 +2,8 @@
 //! file descriptor set for server reflection.
 
 fn main() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR is set by cargo");
+    let root = std::path::Path::new(&manifest).join("../../proto");
     let files: Vec<_> = ["federation", "publisher", "subscriber", "admin"]
         .iter()
         .map(|f| root.join(format!("tidewire/v1/{f}.proto")))

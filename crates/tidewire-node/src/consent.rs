@@ -17,7 +17,7 @@ use tidewire_store::{Op, Space};
 
 use crate::error::NodeError;
 use crate::ledger::LedgerEntry;
-use crate::node::{ConsentRecord, Node, OutboxItem, decode_stored, note_key, outbox_key};
+use crate::node::{ConsentRecord, Node, Numbered, OutboxItem, decode_stored, note_key};
 
 /// Signing domain of routed control messages.
 pub const ROUTED_DOMAIN: &[u8] = b"tidewire/v1/routed\0";
@@ -245,20 +245,15 @@ impl Node {
             hops_left: self.cfg.limits.hop_budget,
             holder: self.id().clone(),
         };
-        let oseq = self.next_outbox_seq();
         let mut e = LedgerEntry::new(event);
         e.notification = id.to_string();
         e.destination = format!("node:{dest}");
         e.detail = serde_json::json!({"by": by, "detail": detail});
-        self.commit(
-            vec![Op::put(
-                Space::Outbox,
-                outbox_key(dest, oseq),
-                item.encode(),
-            )],
-            vec![e],
-        )
-        .await?;
+        let numbered = Numbered {
+            outbox: vec![(dest.clone(), item)],
+            feed: Vec::new(),
+        };
+        self.commit_numbered(Vec::new(), numbered, vec![e]).await?;
         self.bump_outbox();
         Ok(())
     }
@@ -393,7 +388,6 @@ impl Node {
         let grant = routed.encode_to_vec();
         if ans.granted && self.grant_valid(&grant, &nid, &origin, &dest) {
             rec.state = "released".into();
-            let oseq = self.next_outbox_seq();
             let item = OutboxItem {
                 id: nid,
                 hops_left: self.cfg.limits.hop_budget,
@@ -403,7 +397,7 @@ impl Node {
             e.notification = nid.to_string();
             e.destination = format!("node:{dest}");
             e.detail = serde_json::json!({"consent_by": from, "decided_by": ans.decided_by});
-            self.commit(
+            self.commit_numbered(
                 vec![
                     Op::put(
                         Space::Held,
@@ -411,8 +405,11 @@ impl Node {
                         serde_json::to_vec(&rec).unwrap_or_default(),
                     ),
                     Op::put(Space::Grants, grant_key(&nid, &dest), grant),
-                    Op::put(Space::Outbox, outbox_key(&dest, oseq), item.encode()),
                 ],
+                Numbered {
+                    outbox: vec![(dest.clone(), item)],
+                    feed: Vec::new(),
+                },
                 vec![e],
             )
             .await?;

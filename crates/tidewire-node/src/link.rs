@@ -559,11 +559,42 @@ async fn connect(
     }
 }
 
-/// Drops outbox entries whose content is gone or expired, and purges expired content.
+/// Purges expired content (every copy, everywhere: DESIGN invariant 3) and trims the local feed
+/// to `limits.retention_hours`; subscribers that fall behind are told how much they missed.
 pub async fn purge_expired(node: &Arc<Node>) -> Result<u64, crate::error::NodeError> {
     let now = timefmt::now_ms();
     let mut ops = Vec::new();
     let mut entries = Vec::new();
+    let horizon = now - (node.cfg.limits.retention_hours as i64) * 3_600_000;
+    let mut trimmed = 0u64;
+    'feed: loop {
+        let batch = node.store.scan(Space::Feed, b"", b"", 1024)?;
+        if batch.is_empty() {
+            break;
+        }
+        let mut batch_ops = Vec::new();
+        for (k, note) in &batch {
+            let old = match node.store.get(Space::Notifications, note)? {
+                Some(v) => {
+                    crate::node::decode_stored(&v).is_none_or(|(m, _)| m.received_at_ms < horizon)
+                }
+                None => true,
+            };
+            if !old {
+                if !batch_ops.is_empty() {
+                    node.commit(std::mem::take(&mut batch_ops), Vec::new())
+                        .await?;
+                }
+                break 'feed;
+            }
+            batch_ops.push(Op::delete(Space::Feed, k.clone()));
+            trimmed += 1;
+        }
+        node.commit(batch_ops, Vec::new()).await?;
+    }
+    if trimmed > 0 {
+        tracing::info!(entries = trimmed, "feed trimmed to retention");
+    }
     let mut from = Vec::new();
     loop {
         let batch = node.store.scan(Space::Notifications, b"", &from, 1024)?;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tidewire_core::envelope::{self, Header, Hop, Substitution};
 use tidewire_core::keys::{Roster, SigningKey};
-use tidewire_core::model::NodeId;
+use tidewire_core::model::{NodeId, RoutePattern};
 use tidewire_core::{Notification, NotificationId, VerifiedView, timefmt};
 use tidewire_policy::{Decision, FieldAction, Party, Policy};
 use tidewire_proto::v1 as pb;
@@ -283,6 +283,8 @@ pub struct Node {
     publish_bucket: Mutex<(Instant, f64)>,
     /// Live link sessions.
     pub sessions: crate::link::Sessions,
+    /// Route patterns of live subscriptions, with reference counts.
+    pub live_interests: Mutex<BTreeMap<String, usize>>,
     /// Ids of routed control messages already handled.
     pub routed_seen: Mutex<std::collections::HashSet<Vec<u8>>>,
     /// Seen-set keys claimed by ingests whose commit is still in flight (see [`Claims`]).
@@ -450,6 +452,7 @@ impl Node {
             publish_bucket: Mutex::new((Instant::now(), 0.0)),
             sessions: crate::link::Sessions::default(),
             routed_seen: Mutex::new(std::collections::HashSet::new()),
+            live_interests: Mutex::new(BTreeMap::new()),
             claimed: Mutex::new(HashSet::new()),
             cfg,
         }))
@@ -536,13 +539,16 @@ impl Node {
             }
             self.committer.submit(ops)
         };
-        Committer::wait(rx).await?;
+        if let Err(e) = Committer::wait(rx).await {
+            // Nothing of the batch landed: rewind the ledger head to what is on disk, so the
+            // chain has no gap (skipped outbox and feed numbers are harmless).
+            let mut head = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            if let Ok(h) = ledger::Head::load(self.store.as_ref()) {
+                *head = h;
+            }
+            return Err(e.into());
+        }
         Ok(())
-    }
-
-    /// The next outbox sequence number.
-    pub fn next_outbox_seq(&self) -> u64 {
-        self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// Wakes every link sender.
@@ -664,7 +670,7 @@ impl Node {
         }
         let mut numbered = Numbered::default();
         numbered.feed.push(note_key(&id, self.id()));
-        let dests = self.audience_nodes(&header);
+        let dests = self.destinations(&header);
         for d in &dests {
             let item = OutboxItem {
                 id,
@@ -1106,8 +1112,93 @@ impl Node {
     }
 
     /// Route patterns this node's subscribers follow, aggregated for link-state announcements.
+    /// Every pattern a live or durable subscription follows, with those covered by a broader
+    /// one removed (`atlantic.west-africa.>` goes when `atlantic.>` is there).
     pub fn interests(&self) -> Vec<String> {
-        Vec::new()
+        let mut all: Vec<RoutePattern> = self
+            .live_interests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if let Ok(durable) = self
+            .store
+            .scan(Space::Meta, b"interest\0", b"interest\0", usize::MAX)
+        {
+            for (_, v) in durable {
+                if let Ok(list) = serde_json::from_slice::<Vec<String>>(&v) {
+                    all.extend(list.iter().filter_map(|p| p.parse().ok()));
+                }
+            }
+        }
+        all.sort();
+        all.dedup();
+        let kept: Vec<String> = all
+            .iter()
+            .filter(|p| !all.iter().any(|q| q != *p && p.is_covered_by(q)))
+            .map(|p| p.to_string())
+            .collect();
+        kept
+    }
+
+    /// Registers a live subscription's patterns; returns whether the announced set changed.
+    pub fn add_interest(&self, patterns: &[String]) -> bool {
+        let before = self.interests();
+        let mut live = self
+            .live_interests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for p in patterns {
+            *live.entry(p.clone()).or_insert(0) += 1;
+        }
+        drop(live);
+        before != self.interests()
+    }
+
+    /// Removes a live subscription's patterns; returns whether the announced set changed.
+    pub fn remove_interest(&self, patterns: &[String]) -> bool {
+        let before = self.interests();
+        let mut live = self
+            .live_interests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for p in patterns {
+            if let Some(c) = live.get_mut(p) {
+                *c -= 1;
+                if *c == 0 {
+                    live.remove(p);
+                }
+            }
+        }
+        drop(live);
+        before != self.interests()
+    }
+
+    /// Where a notification published here goes: every roster node an explicit audience entry
+    /// names (`node:accra`, `country:SN`, `org:europol`), and, for the wildcards `node:*` and
+    /// `country:*`, only nodes whose subscribers announced interest in one of its routes.
+    pub fn destinations(&self, header: &Header) -> BTreeSet<NodeId> {
+        let interested = self
+            .routing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .interested(&header.routes);
+        self.roster
+            .nodes()
+            .filter(|n| n.id != self.me.node)
+            .filter(|n| {
+                header.audience.iter().any(|a| {
+                    a.covers(&n.id, n.country, &n.org)
+                        && (!matches!(
+                            a,
+                            tidewire_core::AudienceEntry::AnyNode
+                                | tidewire_core::AudienceEntry::AnyCountry
+                        ) || interested.contains(&n.id))
+                })
+            })
+            .map(|n| n.id.clone())
+            .collect()
     }
 
     /// Consent requests known to this node.

@@ -53,6 +53,24 @@ impl Running {
     }
 }
 
+/// Adds a link to a peer at run time. The node with the smaller id dials; the other records the
+/// peer and waits for it.
+pub fn add_link(node: &Arc<Node>, peer: tidewire_core::NodeId, url: String) {
+    node.links
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(peer.clone())
+        .or_default()
+        .url
+        .clone_from(&url);
+    if node.id() < &peer {
+        let span = tracing::info_span!("link", peer = %peer, side = "dial");
+        let cancel = node.shutdown.child_token();
+        node.tracker
+            .spawn(crate::link::dial_loop(node.clone(), peer, url, cancel).instrument(span));
+    }
+}
+
 /// Starts a node from its configuration. It runs until `shutdown` is cancelled.
 pub async fn start(cfg: NodeConfig, shutdown: CancellationToken) -> Result<Running, NodeError> {
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&cfg.data_dir.join("store"))?);
@@ -133,13 +151,7 @@ pub async fn start(cfg: NodeConfig, shutdown: CancellationToken) -> Result<Runni
     );
 
     for (peer, url) in node.cfg.links.clone() {
-        if node.id() < &peer {
-            let span = tracing::info_span!("link", peer = %peer, side = "dial");
-            node.tracker.spawn(
-                crate::link::dial_loop(node.clone(), peer, url, shutdown.child_token())
-                    .instrument(span),
-            );
-        }
+        add_link(&node, peer, url);
     }
 
     let n = node.clone();

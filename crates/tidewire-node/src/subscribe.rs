@@ -30,6 +30,20 @@ fn cursor_key(user: &str, durable: &str) -> Vec<u8> {
     [user.as_bytes(), &[0], durable.as_bytes()].concat()
 }
 
+/// Withdraws a live subscription's interest when its stream ends.
+struct InterestGuard {
+    node: Arc<Node>,
+    patterns: Vec<String>,
+}
+
+impl Drop for InterestGuard {
+    fn drop(&mut self) {
+        if self.node.remove_interest(&self.patterns) {
+            crate::link::announce(&self.node);
+        }
+    }
+}
+
 struct Filter {
     routes: Vec<RoutePattern>,
     kinds: Vec<Kind>,
@@ -178,6 +192,35 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
             (Ok(pb::subscribe_request::Start::Beginning), None) => 0,
             _ => node.feed_seq.load(std::sync::atomic::Ordering::SeqCst),
         };
+        // Interest routing: announce what this subscription follows (a durable one keeps its
+        // interest while disconnected, so notifications keep coming to this node for it).
+        let patterns: Vec<String> = if routes.is_empty() {
+            user.routes.iter().map(|p| p.to_string()).collect()
+        } else {
+            routes.iter().map(|p| p.to_string()).collect()
+        };
+        if !r.durable.is_empty() {
+            node.commit(
+                vec![Op::put(
+                    Space::Meta,
+                    [
+                        b"interest\0".as_slice(),
+                        &cursor_key(&user.name, &r.durable),
+                    ]
+                    .concat(),
+                    serde_json::to_vec(&patterns).unwrap_or_default(),
+                )],
+                Vec::new(),
+            )
+            .await?;
+        }
+        if node.add_interest(&patterns) {
+            crate::link::announce(&node);
+        }
+        let guard = InterestGuard {
+            node: node.clone(),
+            patterns,
+        };
         let (tx, rx) = mpsc::channel(64);
         let filter = Filter { routes, kinds };
         let durable = r.durable.clone();
@@ -185,6 +228,7 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
         let stop = node.shutdown.child_token();
         node.tracker.clone().spawn(
             async move {
+                let _guard = guard;
                 let mut changed = node.feed_changed.subscribe();
                 let mut cursor = start;
                 let mut last_ack = start;

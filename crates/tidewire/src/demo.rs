@@ -45,7 +45,53 @@ impl LocalFederation {
             countries: Vec::new(),
             orgs: Vec::new(),
         })?;
-        Self::start_existing(dir, fed, nodes).await
+        // Bind every node on port 0 (no race for ports picked in advance), then link them by
+        // their real addresses and write those back for clients and later restarts.
+        let mut fed = fed;
+        let shutdown = CancellationToken::new();
+        let env = std::collections::HashMap::new();
+        let mut running = BTreeMap::new();
+        let mut links_of = BTreeMap::new();
+        let mut old_addr = BTreeMap::new();
+        for id in nodes {
+            let mut cfg = tidewire_node::NodeConfig::load(&dir.join(id).join("node.toml"), &env)?;
+            old_addr.insert(id.to_string(), cfg.listen.to_string());
+            cfg.listen = "127.0.0.1:0".parse().expect("valid address");
+            links_of.insert(id.to_string(), std::mem::take(&mut cfg.links));
+            let r = tidewire_node::start(cfg, shutdown.child_token())
+                .await
+                .with_context(|| format!("starting {id}"))?;
+            let url = format!("https://{}", r.addr);
+            if let Some(n) = fed.nodes.get_mut(*id) {
+                n.client_url = url.clone();
+                n.federation_url = url;
+            }
+            running.insert(id.to_string(), r);
+        }
+        for (id, links) in links_of {
+            for (peer, _) in links {
+                let url = fed.nodes[peer.as_str()].federation_url.clone();
+                tidewire_node::server::add_link(&running[&id].node, peer, url);
+            }
+        }
+        for id in nodes {
+            let path = dir.join(id).join("node.toml");
+            let mut text = std::fs::read_to_string(&path)?;
+            for (other, old) in &old_addr {
+                text = text.replace(old.as_str(), &running[other].addr.to_string());
+            }
+            std::fs::write(&path, text)?;
+        }
+        std::fs::write(
+            dir.join("federation.json"),
+            serde_json::to_string_pretty(&fed)?,
+        )?;
+        Ok(LocalFederation {
+            dir: dir.to_owned(),
+            fed,
+            nodes: running,
+            shutdown,
+        })
     }
 
     /// Starts `nodes` of a federation already written by [`pki::init`] (whose `node.toml` files
@@ -175,7 +221,7 @@ fn demo_notifications() -> Vec<(&'static str, serde_json::Value)> {
                 "kind": "route_update", "case_ref": "MAOC-2026-0150",
                 "routes": ["atlantic.south-america.west-africa"],
                 "handling": "H0", "grading": {"source": "A", "information": "1"},
-                "audience": ["node:*"], "purposes": ["analysis"],
+                "audience": ["country:SN", "country:GH", "country:US"], "purposes": ["analysis"],
                 "fields": {"route": {"from": "BR", "via": ["CV", "GW"], "to": "ES"},
                            "narrative": "Shift of mother-ship rendezvous from 10°N to 14°N observed over 30 days."}
             }),
@@ -433,14 +479,14 @@ pub struct BenchArgs {
     rate: Option<u64>,
 }
 
-fn bench_notification(i: u64) -> String {
+fn bench_notification(i: u64, to: &str) -> String {
     let persons: Vec<_> = (0..6)
         .map(|p| serde_json::json!({"name": format!("Person {p}"), "nationality": "CO", "dob": "1979-03-02", "role": "crew", "id_number": format!("P{i:07}{p}")}))
         .collect();
     serde_json::json!({
         "kind": "vessel_of_interest", "case_ref": format!("BENCH-{i}"),
         "routes": ["atlantic.south-america.west-africa"], "handling": "H1",
-        "grading": {"source": "B", "information": "2"}, "audience": ["node:*"],
+        "grading": {"source": "B", "information": "2"}, "audience": [format!("node:{to}")],
         "fields": {
             "vessel": {"name": "MV Example", "imo": "9387421", "flag": "TG", "mmsi": "671234000",
                        "position": {"lat": 5.61, "lon": -0.19}, "course": 214, "speed_kn": 11.5},
@@ -494,15 +540,19 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
         );
     }
     let start = Instant::now();
+    let target = last.to_owned();
     let publisher = tokio::spawn(async move {
-        let reqs = futures::stream::iter(0..count).then(move |i| async move {
-            if let Some(r) = rate {
-                let due = start + Duration::from_secs_f64(i as f64 / r as f64);
-                tokio::time::sleep_until(due.into()).await;
-            }
-            pb::PublishRequest {
-                notification_json: bench_notification(i),
-                idempotency_key: String::new(),
+        let reqs = futures::stream::iter(0..count).then(move |i| {
+            let target = target.clone();
+            async move {
+                if let Some(r) = rate {
+                    let due = start + Duration::from_secs_f64(i as f64 / r as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                pb::PublishRequest {
+                    notification_json: bench_notification(i, &target),
+                    idempotency_key: String::new(),
+                }
             }
         });
         let mut replies = pb::publisher_client::PublisherClient::new(pub_ch)

@@ -1,0 +1,257 @@
+//! Proves invariant 5 ("acknowledged means durable") against the real binary: two `tidewire node
+//! run` processes `a – b` from `tidewire pki init`; a client streams publishes to `a`, and `a` is
+//! killed with SIGKILL in the middle of the stream. After `a` restarts on the same data
+//! directory, every publish `a` had acknowledged reaches `b` exactly once, and `a`'s disclosure
+//! ledger still verifies.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use futures::StreamExt;
+use tidewire::client::Conn;
+use tidewire_proto::v1 as pb;
+
+/// How many acknowledged publishes to wait for before the kill.
+const BEFORE_KILL: usize = 300;
+
+/// A node process, killed (SIGKILL) and reaped when dropped, so a failing test leaves nothing
+/// running. If the test is failing, the node's log is printed.
+struct NodeProcess {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl NodeProcess {
+    fn start(dir: &Path, name: &str, run: u32) -> Result<NodeProcess> {
+        let log = dir.join(format!("{name}.{run}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_tidewire"))
+            .args(["node", "run", "--config"])
+            .arg(dir.join(name).join("node.toml"))
+            .env_clear()
+            .env("TIDEWIRE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("spawning tidewire node run")?;
+        Ok(NodeProcess {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    /// SIGKILL (what `Child::kill` sends on Unix), then reap.
+    fn kill_9(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            eprintln!(
+                "--- last lines of node {} ({}) ---",
+                self.name,
+                self.log.display()
+            );
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+fn conn(dir: &Path, node: &str) -> Conn {
+    Conn {
+        node: node.to_owned(),
+        federation: Some(dir.to_owned()),
+        identity: None,
+    }
+}
+
+/// Polls `probe` every 50 ms until it succeeds or `within` passes.
+async fn eventually<T>(
+    within: Duration,
+    what: &str,
+    mut probe: impl AsyncFnMut() -> Result<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let last = match tokio::time::timeout(within, probe()).await {
+            Ok(Ok(v)) => return v,
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(_) => "probe timed out".into(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "not within {within:?}: {what}; last observation: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn status(dir: &Path, node: &str) -> Result<pb::StatusReply> {
+    let ch = conn(dir, node).connect().await?;
+    Ok(pb::admin_client::AdminClient::new(ch)
+        .status(pb::StatusRequest {})
+        .await?
+        .into_inner())
+}
+
+async fn link_up(dir: &Path, node: &str, peer: &str) -> Result<()> {
+    let s = status(dir, node).await?;
+    ensure!(
+        s.links.iter().any(|l| l.peer == peer && l.up),
+        "{node}'s links: {:?}",
+        s.links
+    );
+    Ok(())
+}
+
+fn notification(i: u64) -> String {
+    serde_json::json!({
+        "kind": "alert", "case_ref": format!("CRASH-{i:06}"),
+        "routes": ["atlantic.west-africa"], "handling": "H1",
+        "grading": {"source": "B", "information": "2"}, "audience": ["node:b"],
+        "fields": {"vessel": {"name": "MV Example", "imo": "9387421"}, "narrative": "crash test"}
+    })
+    .to_string()
+}
+
+/// Streams publishes until the stream breaks, recording each id acknowledged (a reply without
+/// error: the node answers only once the notification is on disk).
+async fn stream_publishes(
+    channel: tonic::transport::Channel,
+    acked: Arc<Mutex<Vec<String>>>,
+) -> Result<()> {
+    let requests = futures::stream::iter(0u64..1_000_000).map(|i| pb::PublishRequest {
+        notification_json: notification(i),
+        idempotency_key: String::new(),
+    });
+    let mut replies = pb::publisher_client::PublisherClient::new(channel)
+        .publish_stream(requests)
+        .await?
+        .into_inner();
+    while let Some(r) = replies.next().await {
+        let r = r?;
+        if r.error_code != 0 {
+            bail!("publish refused: {}", r.error_message);
+        }
+        acked.lock().expect("lock").push(r.id);
+    }
+    bail!("the stream ended before the kill")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_loses_no_acknowledged_publish() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("fed");
+    let init = Command::new(env!("CARGO_BIN_EXE_tidewire"))
+        .args(["pki", "init", "--nodes", "a,b", "--links", "a:b", "--out"])
+        .arg(&dir)
+        .env_clear()
+        .output()?;
+    ensure!(
+        init.status.success(),
+        "pki init failed: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let mut a = NodeProcess::start(&dir, "a", 1)?;
+    let _b = NodeProcess::start(&dir, "b", 1)?;
+    eventually(
+        Duration::from_secs(20),
+        "the a–b link comes up",
+        async || link_up(&dir, "a", "b").await,
+    )
+    .await;
+
+    // Stream publishes to a, recording every id a acknowledges (a reply without error).
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let publisher = tokio::spawn(stream_publishes(
+        conn(&dir, "a").connect().await?,
+        acked.clone(),
+    ));
+    eventually(
+        Duration::from_secs(20),
+        "a acknowledges a first run of publishes",
+        async || {
+            let n = acked.lock().expect("lock").len();
+            ensure!(n >= BEFORE_KILL, "{n} acknowledged so far");
+            Ok(())
+        },
+    )
+    .await;
+    a.kill_9()?;
+    // The stream breaks with the process; every reply that arrived was sent before the kill.
+    let ended = tokio::time::timeout(Duration::from_secs(10), publisher)
+        .await
+        .context("the publish stream did not notice the kill")??;
+    let err = ended.expect_err("the stream cannot succeed once a is dead");
+    let acked = acked.lock().expect("lock").clone();
+    println!(
+        "a killed after {} acknowledged publishes; the stream ended with: {err:#}",
+        acked.len()
+    );
+
+    let _a = NodeProcess::start(&dir, "a", 2)?;
+    eventually(
+        Duration::from_secs(20),
+        "a restarts and relinks with b",
+        async || link_up(&dir, "a", "b").await,
+    )
+    .await;
+    let received = eventually(
+        Duration::from_secs(20),
+        "b receives every acknowledged publish",
+        async || {
+            let ch = conn(&dir, "b").connect().await?;
+            let entries = pb::admin_client::AdminClient::new(ch)
+                .audit_query(pb::AuditQueryRequest {
+                    event: "received".into(),
+                    limit: u32::MAX,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .entries;
+            let ids: Vec<String> = entries.into_iter().map(|e| e.notification).collect();
+            let missing = acked.iter().filter(|id| !ids.contains(id)).count();
+            ensure!(
+                missing == 0,
+                "{missing} of {} still missing at b",
+                acked.len()
+            );
+            Ok(ids)
+        },
+    )
+    .await;
+    let mut once = std::collections::BTreeMap::new();
+    for id in &received {
+        *once.entry(id).or_insert(0) += 1;
+    }
+    let twice = once.values().filter(|n| **n > 1).count();
+    assert_eq!(
+        twice, 0,
+        "{twice} notifications delivered more than once at b"
+    );
+
+    let ch = conn(&dir, "a").connect().await?;
+    let verify = pb::admin_client::AdminClient::new(ch)
+        .audit_verify(pb::AuditVerifyRequest {})
+        .await?
+        .into_inner();
+    assert!(verify.ok, "a's ledger after kill -9: {}", verify.problem);
+    Ok(())
+}

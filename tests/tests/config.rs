@@ -1,0 +1,92 @@
+//! Proves invariant 9 for configuration: a bad `node.toml` is refused at load with a message that
+//! names the offending key (and the line, for syntax-level errors) and says what is wrong — an
+//! unknown key, a certificate file that does not exist, a listen address that is not one.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tidewire_node::NodeConfig;
+
+/// A real `node.toml` from `tidewire pki init`, with its path (relative paths resolve next to it).
+fn real_config(dir: &Path) -> anyhow::Result<(std::path::PathBuf, String)> {
+    tidewire::pki::init(&tidewire::pki::InitOptions {
+        out: dir.to_owned(),
+        nodes: vec!["a".into(), "b".into()],
+        links: vec!["a:b".into()],
+        base_port: None,
+        countries: Vec::new(),
+        orgs: Vec::new(),
+    })?;
+    let path = dir.join("a/node.toml");
+    let text = std::fs::read_to_string(&path)?;
+    Ok((path, text))
+}
+
+fn refused(text: &str, path: &Path) -> String {
+    match NodeConfig::parse(text, path, &HashMap::new()) {
+        Ok(cfg) => panic!("accepted a bad config: {cfg:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_config_files_give_clear_errors() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (path, text) = real_config(tmp.path())?;
+    NodeConfig::parse(&text, &path, &HashMap::new()).expect("the generated config is valid");
+
+    // An unknown key: named, with its line.
+    let with_typo = text.replacen("data_dir =", "listen_port = 7401\ndata_dir =", 1);
+    let line = with_typo
+        .lines()
+        .position(|l| l.starts_with("listen_port"))
+        .expect("inserted")
+        + 1;
+    let msg = refused(&with_typo, &path);
+    assert!(msg.contains("listen_port"), "names the key: {msg}");
+    assert!(
+        msg.contains(&format!("line {line}")),
+        "names line {line}: {msg}"
+    );
+    assert!(
+        msg.contains(&path.display().to_string()),
+        "names the file: {msg}"
+    );
+
+    // A certificate that does not exist: names `tls.cert` and the path it looked at.
+    let missing = text.replace("cert = \"tls.pem\"", "cert = \"no-such-cert.pem\"");
+    assert_ne!(missing, text, "the generated config names tls.pem");
+    let msg = refused(&missing, &path);
+    assert!(msg.contains("tls.cert"), "names the key: {msg}");
+    let expected = path.parent().expect("dir").join("no-such-cert.pem");
+    assert!(
+        msg.contains(&expected.display().to_string()),
+        "names the path: {msg}"
+    );
+    // The same through `load`, from a file on disk.
+    let file = path.with_file_name("missing-cert.toml");
+    std::fs::write(&file, &missing)?;
+    let msg = NodeConfig::load(&file, &HashMap::new())
+        .expect_err("missing cert")
+        .to_string();
+    assert!(
+        msg.contains("tls.cert") && msg.contains("no-such-cert.pem"),
+        "{msg}"
+    );
+
+    // A listen address that is not one.
+    let listen = text
+        .lines()
+        .find(|l| l.starts_with("listen ="))
+        .expect("listen line")
+        .to_owned();
+    let bad_listen = text.replace(&listen, "listen = \"localhost:port\"");
+    let msg = refused(&bad_listen, &path);
+    assert!(msg.contains("`listen`"), "names the key: {msg}");
+    assert!(msg.contains("localhost:port"), "quotes the value: {msg}");
+    assert!(
+        msg.contains("127.0.0.1:7401"),
+        "shows the form to use: {msg}"
+    );
+    Ok(())
+}
