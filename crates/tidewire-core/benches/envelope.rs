@@ -107,6 +107,30 @@ fn bench(c: &mut Criterion) {
         b.iter(|| envelope::verify_bytes(black_box(&relayed_bytes), &roster).unwrap())
     });
     g.finish();
+
+    // A link's receive batch: 64 envelopes from different origins' seal, one batch verification.
+    let many: Vec<Vec<u8>> = (0..64)
+        .map(|i| {
+            envelope::encode(&envelope::seal(
+                &n,
+                &origin,
+                &key,
+                NotificationId::random(),
+                i,
+                1_800_000_000_000,
+            ))
+        })
+        .collect();
+    let refs: Vec<&[u8]> = many.iter().map(Vec::as_slice).collect();
+    let mut g = c.benchmark_group("envelope-40-fields-batch");
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("verify-many-64", |b| {
+        b.iter(|| {
+            let out = envelope::verify_many(black_box(&refs), &roster);
+            assert!(out.iter().all(Result::is_ok));
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);

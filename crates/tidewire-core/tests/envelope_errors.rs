@@ -585,3 +585,45 @@ fn a_generalised_field_leaves_no_trace_of_its_original_value_or_salt() {
     assert_eq!(f.value, "J. D.");
     assert_eq!(f.transformed.as_ref().map(|t| t.by.as_str()), Some("dakar"));
 }
+
+/// Batch verification gives every envelope the same verdict as verifying it alone: the good ones
+/// pass, each bad one fails with its own precise error.
+#[test]
+fn verify_many_refuses_only_the_bad_envelopes_with_their_own_errors() {
+    use tidewire_core::envelope;
+    let roster = common::roster();
+    let good: Vec<Vec<u8>> = (0..5)
+        .map(|_| envelope::encode(&common::seal(&common::sample())))
+        .collect();
+    let mut tampered_value = common::seal(&common::sample());
+    tampered_value.fields[0].value.push(b' ');
+    let mut bad_sig = common::seal(&common::sample());
+    bad_sig.origin_signature[3] ^= 1;
+    let inputs: Vec<Vec<u8>> = vec![
+        good[0].clone(),
+        envelope::encode(&tampered_value),
+        good[1].clone(),
+        envelope::encode(&bad_sig),
+        b"garbage".to_vec(),
+        good[2].clone(),
+    ];
+    let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+    let out = envelope::verify_many(&refs, &roster);
+    for (i, (r, input)) in out.iter().zip(&inputs).enumerate() {
+        let alone = envelope::verify_bytes(input, &roster);
+        match (r, &alone) {
+            (Ok((_, a)), Ok((_, b))) => assert_eq!(a, b, "input {i}"),
+            (Err(a), Err(b)) => assert_eq!(a, b, "input {i}"),
+            _ => panic!("input {i}: batch {r:?} but alone {alone:?}"),
+        }
+    }
+    assert!(out[0].is_ok() && out[2].is_ok() && out[5].is_ok());
+    assert!(matches!(
+        out[1],
+        Err(tidewire_core::VerifyError::TamperedField { .. })
+    ));
+    assert!(matches!(
+        out[3],
+        Err(tidewire_core::VerifyError::BadOriginSignature(_))
+    ));
+}

@@ -715,7 +715,21 @@ impl Node {
         let mut numbered = Numbered::default();
         let mut delivered = 0u64;
         let mut queued = false;
-        for t in transfers {
+        // One batch signature verification for the whole receive batch.
+        let max = self.cfg.limits.max_message_bytes;
+        let inputs: Vec<&[u8]> = transfers
+            .iter()
+            .map(|t| {
+                if t.envelope.len() > max {
+                    &[][..]
+                } else {
+                    t.envelope.as_ref()
+                }
+            })
+            .collect();
+        let mut verified = envelope::verify_many(&inputs, &self.roster).into_iter();
+        for t in transfers.iter() {
+            let checked = verified.next();
             self.counters.received.fetch_add(1, Ordering::Relaxed);
             let refuse = |label: &str, detail: String, entries: &mut Vec<LedgerEntry>| {
                 self.counters.refuse(label);
@@ -734,7 +748,7 @@ impl Node {
                 ));
                 continue;
             }
-            let (_, view) = match envelope::verify_bytes(&t.envelope, &self.roster) {
+            let (_, view) = match checked.expect("one result per transfer") {
                 Ok(v) => v,
                 Err(e) => {
                     out.push(refuse(e.label(), e.to_string(), &mut entries));
