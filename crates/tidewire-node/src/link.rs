@@ -355,9 +355,9 @@ async fn send_loop(
         .collect();
     loop {
         changed.borrow_and_update();
-        let mut sent = 0usize;
         let mut resolved_ops = Vec::new();
         let mut resolved_entries = Vec::new();
+        let mut frames = Vec::new();
         let dests: Vec<NodeId> = {
             let r = node.routing.lock().unwrap_or_else(|p| p.into_inner());
             roster
@@ -406,6 +406,7 @@ async fn send_loop(
                                 consent_grant: p.grant.into(),
                             })),
                         };
+                        resolved_entries.push(p.entry.clone());
                         inflight.insert(
                             seq,
                             Inflight {
@@ -413,10 +414,7 @@ async fn send_loop(
                                 entry: p.entry,
                             },
                         );
-                        if out.send(frame).await.is_err() {
-                            return;
-                        }
-                        sent += 1;
+                        frames.push(frame);
                     }
                     Err(skipped) => {
                         resolved_ops.push(Op::delete(Space::Outbox, key));
@@ -425,13 +423,20 @@ async fn send_loop(
                 }
             }
         }
-        if !resolved_ops.is_empty() {
-            let n = node.clone();
-            node.tracker.spawn(async move {
-                if let Err(e) = n.commit(resolved_ops, resolved_entries).await {
-                    tracing::error!(error = %e, "could not record skipped transfers");
-                }
-            });
+        // Every disclosure is on the ledger, with the policy version that allowed it, before its
+        // bytes leave (one group commit per send round). A resend after a lost ack is recorded
+        // again: it is a second disclosure, possibly under a newer policy.
+        if !resolved_ops.is_empty() || !resolved_entries.is_empty() {
+            if let Err(e) = node.commit(resolved_ops, resolved_entries).await {
+                tracing::error!(error = %e, "could not record transfers; not sending them");
+                return;
+            }
+        }
+        let sent = frames.len();
+        for frame in frames {
+            if out.send(frame).await.is_err() {
+                return;
+            }
         }
         if sent > 0 && inflight.len() < window {
             continue;
@@ -464,16 +469,16 @@ fn complete(node: &Arc<Node>, peer: &NodeId, inflight: &mut BTreeMap<u64, Inflig
     let mut forwarded = 0u64;
     for (seq, f) in done {
         ops.push(Op::delete(Space::Outbox, f.key));
-        let mut e = f.entry;
         if let Some(r) = refused.get(&seq) {
             tracing::warn!(peer = %peer, reason = %r.reason, detail = %r.detail, "peer refused a transfer");
             node.counters.refuse(&format!("peer_refused_{}", r.reason));
+            let mut e = f.entry;
             e.event = "transfer_refused".into();
             e.detail["refused"] = serde_json::json!({"reason": r.reason, "detail": r.detail});
+            entries.push(e);
         } else {
             forwarded += 1;
         }
-        entries.push(e);
     }
     node.counters
         .forwarded

@@ -1133,11 +1133,14 @@ pub fn authorities(a: AuthoritiesArgs, json: bool) -> Result<()> {
 pub enum BenchCmd {
     /// Relay throughput and publish→delivered latency over 1 or 2 mTLS hops.
     Relay(crate::demo::BenchArgs),
+    /// Fan-out of each publish to many local subscribers, optionally with one stalled subscriber.
+    Fanout(crate::demo::FanoutArgs),
 }
 
 /// `tidewire bench …`
 pub async fn bench(c: BenchCmd, json: bool) -> Result<()> {
     match c {
         BenchCmd::Relay(a) => crate::demo::bench_relay(a, json).await,
+        BenchCmd::Fanout(a) => crate::demo::bench_fanout(a, json).await,
     }
 }

@@ -613,3 +613,131 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// `tidewire bench fanout`
+#[derive(Debug, Args)]
+pub struct FanoutArgs {
+    /// Local subscribers reading the feed.
+    #[arg(long, default_value_t = 100)]
+    subscribers: usize,
+    /// Notifications to publish.
+    #[arg(long, default_value_t = 2_000)]
+    count: u64,
+    /// Add one subscriber that opens its stream and never reads it.
+    #[arg(long)]
+    stalled: bool,
+}
+
+/// `tidewire bench fanout`: one node, N subscribers over real mTLS, each publish fanned out to
+/// all of them. Reports delivered notifications per second (per subscriber and in total) and the
+/// p99 publish→delivered latency.
+pub async fn bench_fanout(a: FanoutArgs, json: bool) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let fedn = LocalFederation::start(&tmp.path().join("f"), &["maoc-n"], &[]).await?;
+    let conn = fedn.conn("maoc-n");
+    let _stalled = if a.stalled {
+        let s = pb::subscriber_client::SubscriberClient::new(conn.connect().await?)
+            .subscribe(pb::SubscribeRequest {
+                start: pb::subscribe_request::Start::Now as i32,
+                ..Default::default()
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        Some(s)
+    } else {
+        None
+    };
+    let mut readers = Vec::new();
+    let count = a.count;
+    for _ in 0..a.subscribers {
+        let mut s = pb::subscriber_client::SubscriberClient::new(conn.connect().await?)
+            .subscribe(pb::SubscribeRequest {
+                start: pb::subscribe_request::Start::Now as i32,
+                ..Default::default()
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        readers.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(count as usize);
+            while (lat.len() as u64) < count {
+                match tokio::time::timeout(Duration::from_secs(60), s.next()).await {
+                    Ok(Some(Ok(d))) => {
+                        lat.push((timefmt::now_ms() - d.created_at_ms).max(0) as f64)
+                    }
+                    _ => break,
+                }
+            }
+            lat
+        }));
+    }
+    if !json {
+        eprintln!(
+            "bench fanout: {count} notifications to {} subscribers{}",
+            a.subscribers,
+            if a.stalled { " plus one stalled" } else { "" }
+        );
+    }
+    let start = Instant::now();
+    let reqs = futures::stream::iter(0..count).map(|i| pb::PublishRequest {
+        notification_json: bench_notification(i, "maoc-n"),
+        idempotency_key: String::new(),
+    });
+    let mut replies = pb::publisher_client::PublisherClient::new(conn.connect().await?)
+        .publish_stream(reqs)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    while let Some(r) = replies.next().await {
+        r.map_err(status_error)?;
+    }
+    let mut all = Vec::new();
+    let mut complete = 0;
+    for r in readers {
+        let lat = r.await?;
+        if lat.len() as u64 == count {
+            complete += 1;
+        }
+        all.extend(lat);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_by(|x, y| x.total_cmp(y));
+    let pct = |p: f64| {
+        all.get(((all.len().max(1) as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let out = serde_json::json!({
+        "subscribers": a.subscribers, "stalled": a.stalled, "count": count,
+        "complete_subscribers": complete,
+        "notifications_per_s": (count as f64 / elapsed).round(),
+        "deliveries_per_s": (all.len() as f64 / elapsed).round(),
+        "p50_ms": pct(0.5), "p99_ms": pct(0.99),
+        "peak_rss_mib": (peak_rss_mib() * 10.0).round() / 10.0,
+    });
+    fedn.stop().await;
+    if json {
+        println!("{out}");
+    } else {
+        println!("subscribers  stalled  notifications/s  deliveries/s  p50 ms  p99 ms  complete");
+        println!(
+            "{:<12} {:<8} {:>15} {:>13} {:>7} {:>7}  {}/{}",
+            a.subscribers,
+            a.stalled,
+            out["notifications_per_s"],
+            out["deliveries_per_s"],
+            out["p50_ms"],
+            out["p99_ms"],
+            complete,
+            a.subscribers
+        );
+    }
+    if complete != a.subscribers {
+        bail!(
+            "only {complete} of {} subscribers received every notification",
+            a.subscribers
+        );
+    }
+    Ok(())
+}
