@@ -426,11 +426,11 @@ async fn send_loop(
         // Every disclosure is on the ledger, with the policy version that allowed it, before its
         // bytes leave (one group commit per send round). A resend after a lost ack is recorded
         // again: it is a second disclosure, possibly under a newer policy.
-        if !resolved_ops.is_empty() || !resolved_entries.is_empty() {
-            if let Err(e) = node.commit(resolved_ops, resolved_entries).await {
-                tracing::error!(error = %e, "could not record transfers; not sending them");
-                return;
-            }
+        if (!resolved_ops.is_empty() || !resolved_entries.is_empty())
+            && let Err(e) = node.commit(resolved_ops, resolved_entries).await
+        {
+            tracing::error!(error = %e, "could not record transfers; not sending them");
+            return;
         }
         let sent = frames.len();
         for frame in frames {
