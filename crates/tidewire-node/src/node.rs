@@ -687,7 +687,12 @@ impl Node {
             "kind": n.kind.as_str(), "case_ref": n.case_ref, "seq": seq,
             "destinations": dests.iter().map(|d| d.as_str()).collect::<Vec<_>>(),
         });
-        self.commit_numbered(ops, numbered, vec![e]).await?;
+        let mut entries = vec![e];
+        if let Some(target) = n.recalls.filter(|_| n.kind == tidewire_core::Kind::Recall) {
+            // The origin's own copy goes too.
+            ops.extend(self.recall_ops(&target, self.id(), &mut entries)?);
+        }
+        self.commit_numbered(ops, numbered, entries).await?;
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(id = %id, kind = %n.kind, destinations = dests.len(), "published");
         self.feed_changed.send_modify(|v| *v += 1);
