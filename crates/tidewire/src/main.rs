@@ -150,6 +150,7 @@ fn init_tracing(env: &std::collections::HashMap<String, String>, json: bool) {
         .unwrap_or_else(|| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         let _ = builder.json().try_init();
