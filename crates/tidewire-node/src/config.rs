@@ -283,3 +283,79 @@ impl NodeConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &Path) {
+        for f in ["k.key", "roster.toml", "ca.pem", "c.pem", "c.key"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+    }
+
+    const BASE: &str = r#"
+id = "dakar"
+country = "SN"
+org = "dakar"
+listen = "127.0.0.1:7401"
+data_dir = "data"
+signing_key = "k.key"
+roster = "roster.toml"
+[tls]
+ca = "ca.pem"
+cert = "c.pem"
+key = "c.key"
+"#;
+
+    #[test]
+    fn environment_overrides_replace_single_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        files(dir.path());
+        let env: HashMap<String, String> = [
+            ("TIDEWIRE_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+            (
+                "TIDEWIRE_DATA_DIR".to_owned(),
+                "/var/lib/tidewire".to_owned(),
+            ),
+            ("PATH".to_owned(), "/usr/bin".to_owned()),
+        ]
+        .into();
+        let cfg = NodeConfig::parse(BASE, &dir.path().join("node.toml"), &env).unwrap();
+        assert_eq!(cfg.listen.port(), 0);
+        assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/tidewire"));
+        assert_eq!(
+            cfg.signing_key,
+            dir.path().join("k.key"),
+            "relative paths start at the file"
+        );
+    }
+
+    #[test]
+    fn an_unknown_tidewire_variable_is_refused_with_the_known_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        files(dir.path());
+        let env: HashMap<String, String> = [("TIDEWIRE_LISTN".to_owned(), "x".to_owned())].into();
+        let e = NodeConfig::parse(BASE, &dir.path().join("node.toml"), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("TIDEWIRE_LISTN") && e.contains("TIDEWIRE_LISTEN"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn links_must_use_https_and_name_a_valid_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        files(dir.path());
+        let text = BASE.replace(
+            "[tls]",
+            "[[link]]\npeer = \"accra\"\nurl = \"http://127.0.0.1:7402\"\n\n[tls]",
+        );
+        let e = NodeConfig::parse(&text, &dir.path().join("node.toml"), &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("https://"), "{e}");
+    }
+}
