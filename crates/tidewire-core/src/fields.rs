@@ -87,6 +87,40 @@ impl PathPattern {
         })
     }
 
+    /// Like [`PathPattern::matches`], on a path's text, without parsing or allocating. A
+    /// malformed path matches nothing.
+    pub fn matches_str(&self, path: &str) -> bool {
+        self.matches_iter(Steps {
+            rest: path.as_bytes(),
+            first: true,
+        })
+    }
+
+    /// Like [`PathPattern::matches`], on a path split once with [`PathSteps::new`] (the policy
+    /// engine's hot loop: one split per field, many patterns).
+    pub fn matches_steps(&self, path: &PathSteps<'_>) -> bool {
+        self.segs.len() <= path.0.len() && self.matches_iter(path.0.iter().copied())
+    }
+
+    fn matches_iter<'a>(&self, mut steps: impl Iterator<Item = Step<'a>>) -> bool {
+        for p in &self.segs {
+            let Some(step) = steps.next() else {
+                return false;
+            };
+            let ok = match (p, step) {
+                (PatSeg::AnyStep, _) => true,
+                (PatSeg::AnyIndex, Step::Index(_)) => true,
+                (PatSeg::Key(a), Step::Key(b)) => a.as_bytes() == b,
+                (PatSeg::Index(a), Step::Index(b)) => Some(*a) == b,
+                _ => false,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+
     /// How many steps the pattern has, with wildcards counting less than names, so that a more
     /// specific pattern wins when several match.
     pub fn specificity(&self) -> u32 {
@@ -104,6 +138,69 @@ impl PathPattern {
 impl fmt::Display for PathPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
+    }
+}
+
+/// A path's text split into steps once, for matching against many patterns.
+#[derive(Debug, Clone)]
+pub struct PathSteps<'a>(Vec<Step<'a>>);
+
+impl<'a> PathSteps<'a> {
+    /// Splits `path` (no allocation per step, borrowing the text).
+    pub fn new(path: &'a str) -> PathSteps<'a> {
+        PathSteps(
+            Steps {
+                rest: path.as_bytes(),
+                first: true,
+            }
+            .collect(),
+        )
+    }
+}
+
+/// One step of a path's text.
+#[derive(Debug, Clone, Copy)]
+enum Step<'a> {
+    Key(&'a [u8]),
+    /// `None` when the index is not a number.
+    Index(Option<usize>),
+}
+
+/// Walks the steps of a path's text without allocating.
+struct Steps<'a> {
+    rest: &'a [u8],
+    first: bool,
+}
+
+impl<'a> Iterator for Steps<'a> {
+    type Item = Step<'a>;
+
+    fn next(&mut self) -> Option<Step<'a>> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        if self.rest[0] == b'[' {
+            let close = self.rest.iter().position(|b| *b == b']')?;
+            let inner = std::str::from_utf8(&self.rest[1..close]).ok()?;
+            self.rest = &self.rest[close + 1..];
+            self.first = false;
+            return Some(Step::Index(inner.parse().ok()));
+        }
+        if !self.first {
+            if self.rest[0] != b'.' {
+                return None;
+            }
+            self.rest = &self.rest[1..];
+        }
+        self.first = false;
+        let end = self
+            .rest
+            .iter()
+            .position(|b| *b == b'.' || *b == b'[')
+            .unwrap_or(self.rest.len());
+        let (key, rest) = self.rest.split_at(end);
+        self.rest = rest;
+        (!key.is_empty()).then_some(Step::Key(key))
     }
 }
 
@@ -344,6 +441,42 @@ mod tests {
         assert!(!p("vessel.imo").matches(&f("vessel")));
         assert!(p("*").matches(&f("narrative")));
         assert!(p("vessel.imo").specificity() > p("vessel.*").specificity());
+    }
+
+    #[test]
+    fn matching_on_text_agrees_with_matching_parsed_paths() {
+        let pats = [
+            "persons[*].name",
+            "vessel.*",
+            "vessel",
+            "*",
+            "a[1].b",
+            "a[*]",
+            "x.y.z",
+        ];
+        let paths = [
+            "persons[3].name",
+            "persons[3].dob",
+            "vessel.position.lat",
+            "vessel",
+            "a[1].b",
+            "a[2].b",
+            "a[1]",
+            "x.y",
+            "narrative",
+        ];
+        for p in pats {
+            let pat: PathPattern = p.parse().unwrap();
+            for f in paths {
+                let parsed: FieldPath = f.parse().unwrap();
+                assert_eq!(pat.matches_str(f), pat.matches(&parsed), "{p} vs {f}");
+                assert_eq!(
+                    pat.matches_steps(&PathSteps::new(f)),
+                    pat.matches(&parsed),
+                    "{p} vs {f}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -24,7 +24,6 @@ impl Policy {
         fields: &[VerifiedField],
         dest: &Party,
     ) -> Decision {
-        let mut paths: Option<Vec<Option<FieldPath>>> = None;
         let mut decider: Option<&Rule> = None;
         for rule in &self.rules {
             if !rule.applies(header, origin, dest) {
@@ -42,10 +41,11 @@ impl Policy {
                 }
                 Action::Allow => {
                     if !rule.drop_if.is_empty() {
-                        let paths = paths.get_or_insert_with(|| parse_paths(fields));
-                        let hit = fields.iter().zip(paths.iter()).find_map(|(f, p)| {
-                            let p = p.as_ref()?;
-                            rule.drop_if.iter().find(|d| d.matches(p)).map(|d| (f, d))
+                        let hit = fields.iter().find_map(|f| {
+                            rule.drop_if
+                                .iter()
+                                .find(|d| d.matches_str(&f.path))
+                                .map(|d| (f, d))
                         });
                         if let Some((f, d)) = hit {
                             return Decision::Deny {
@@ -62,17 +62,10 @@ impl Policy {
             }
         }
         match decider {
-            Some(rule) => {
-                let paths = paths.unwrap_or_else(|| parse_paths(fields));
-                Decision::Allow {
-                    rule: rule.id.clone(),
-                    fields: fields
-                        .iter()
-                        .zip(&paths)
-                        .map(|(f, p)| decide_field(rule, f, p.as_ref()))
-                        .collect(),
-                }
-            }
+            Some(rule) => Decision::Allow {
+                rule: rule.id.clone(),
+                fields: fields.iter().map(|f| decide_field(rule, f)).collect(),
+            },
             None if self.default_allow => Decision::Allow {
                 rule: "default".into(),
                 fields: fields
@@ -97,13 +90,10 @@ impl Policy {
     }
 }
 
-fn parse_paths(fields: &[VerifiedField]) -> Vec<Option<FieldPath>> {
-    fields.iter().map(|f| f.path.parse().ok()).collect()
-}
-
 /// The deciding rule's treatment of one field: the most specific matching pattern, ties to the
 /// most restrictive; no match means redact.
-fn decide_field(rule: &Rule, field: &VerifiedField, path: Option<&FieldPath>) -> FieldDecision {
+fn decide_field(rule: &Rule, field: &VerifiedField) -> FieldDecision {
+    let steps = tidewire_core::fields::PathSteps::new(&field.path);
     let decision = |action, pattern: Option<&FieldRule>, note: Option<String>| FieldDecision {
         path: field.path.clone(),
         action,
@@ -111,16 +101,14 @@ fn decide_field(rule: &Rule, field: &VerifiedField, path: Option<&FieldPath>) ->
         pattern: pattern.map(|p| p.pattern.as_str().to_owned()),
         note,
     };
-    let Some(path) = path else {
-        return decision(
-            FieldAction::Redact,
-            None,
-            Some("not a valid field path: redacted".into()),
-        );
-    };
+
     let mut best: Option<&FieldRule> = None;
     let mut conflict: Option<&FieldRule> = None;
-    for fr in rule.fields.iter().filter(|fr| fr.pattern.matches(path)) {
+    for fr in rule
+        .fields
+        .iter()
+        .filter(|fr| fr.pattern.matches_steps(&steps))
+    {
         let Some(b) = best else {
             best = Some(fr);
             continue;
@@ -158,7 +146,12 @@ fn decide_field(rule: &Rule, field: &VerifiedField, path: Option<&FieldPath>) ->
     match &best.treatment {
         Treatment::Clear => decision(FieldAction::Clear, Some(best), None),
         Treatment::Redact => decision(FieldAction::Redact, Some(best), None),
-        Treatment::Generalise(g) => match g.apply(path, best.depth, &field.value) {
+        Treatment::Generalise(g) => match field
+            .path
+            .parse::<FieldPath>()
+            .map(|path| g.apply(&path, best.depth, &field.value))
+            .unwrap_or(Outcome::Refuse("not a valid field path".into()))
+        {
             Outcome::Value(value) => decision(
                 FieldAction::Generalise {
                     method: g.as_str().to_owned(),
