@@ -278,6 +278,12 @@ impl Roster {
                     })?;
                 let key = VerifyingKey::from_bytes(&bytes)
                     .map_err(|e| at(&format!("{field}.public"), &e))?;
+                if key.is_weak() {
+                    return Err(at(
+                        &format!("{field}.public"),
+                        &"a weak (small-order) key is never valid; generate a new one",
+                    ));
+                }
                 let time = |t: Option<String>, name: &str| {
                     t.map(|t| {
                         timefmt::parse_rfc3339_ms(&t)
