@@ -2,6 +2,10 @@
 //!
 //! `cargo bench -p tidewire-core --bench envelope`; figures in docs/BENCHMARKS.md.
 
+/// The binary's allocator, so the figures match what a node does.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use tidewire_core::envelope::{self, Hop};
@@ -107,6 +111,15 @@ fn bench(c: &mut Criterion) {
         b.iter(|| envelope::verify_bytes(black_box(&relayed_bytes), &roster).unwrap())
     });
     g.finish();
+
+    // The floor: one ed25519 signature over a header-sized message, nothing else.
+    let header_len = sealed.signed_header.len();
+    let msg = vec![7u8; header_len];
+    let sig = key.sign(b"", &msg);
+    let roster_key = &roster.get("maoc-n").unwrap().keys[0];
+    c.bench_function("ed25519-verify-alone (header-sized message)", |b| {
+        b.iter(|| assert!(roster_key.verify(b"", black_box(&msg), &sig)))
+    });
 
     // A link's receive batch: 64 envelopes from different origins' seal, one batch verification.
     let many: Vec<Vec<u8>> = (0..64)

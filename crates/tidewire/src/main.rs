@@ -8,6 +8,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: verification and relaying allocate many small buffers per notification, and it
+/// measurably beats the system allocator there (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tidewire: federated exchange of signed case notifications under each centre's own
 /// data-protection policy.
 #[derive(Debug, Parser)]
