@@ -48,6 +48,7 @@ impl SledStore {
             .path(dir)
             .cache_capacity(64 * 1024 * 1024)
             .flush_every_ms(Some(1000))
+            .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| open_err(format!("{e} (is another node using this data directory?)")))?;
         let tree = db
