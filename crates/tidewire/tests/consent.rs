@@ -3,17 +3,13 @@
 //! grants (then it is delivered, with the grant checked at the destination), dropped when the
 //! origin refuses, and released at once under a standing consent in the origin's policy.
 
-use std::time::{Duration, Instant};
+mod common;
 
+use std::time::Duration;
+
+use common::{admin, federation, has, wait_for};
 use tidewire::demo::LocalFederation;
 use tidewire_proto::v1 as pb;
-
-async fn admin(
-    f: &LocalFederation,
-    node: &str,
-) -> pb::admin_client::AdminClient<tonic::transport::Channel> {
-    pb::admin_client::AdminClient::new(f.conn(node).connect().await.expect("connect"))
-}
 
 async fn publish(f: &LocalFederation, node: &str, case_ref: &str) -> String {
     let n = serde_json::json!({
@@ -21,62 +17,19 @@ async fn publish(f: &LocalFederation, node: &str, case_ref: &str) -> String {
         "handling": "H2", "audience": ["node:dakar"], "onward_transfer": false,
         "fields": {"vessel": {"name": "MV Example", "imo": "9387421"}}
     });
-    pb::publisher_client::PublisherClient::new(f.conn(node).connect().await.expect("connect"))
-        .publish(pb::PublishRequest {
-            notification_json: n.to_string(),
-            idempotency_key: String::new(),
-        })
-        .await
-        .expect("publish")
-        .into_inner()
-        .id
+    common::publish(f, node, &n).await
 }
 
 async fn events(f: &LocalFederation, node: &str, id: &str, event: &str) -> usize {
-    admin(f, node)
-        .await
-        .audit_query(pb::AuditQueryRequest {
-            notification: id.into(),
-            event: event.into(),
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .expect("audit")
-        .into_inner()
-        .entries
-        .len()
-}
-
-async fn has(f: &LocalFederation, node: &str, id: &str, event: &str) -> bool {
-    events(f, node, id, event).await > 0
-}
-
-/// Polls `cond` every 50 ms until it holds or `within` passes.
-async fn wait_for<F, Fut>(within: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::events(f, node, id, event).await
 }
 
 async fn line() -> (tempfile::TempDir, LocalFederation) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let f = LocalFederation::start(
-        &tmp.path().join("f"),
+    federation(
         &["maoc-n", "dakar", "accra"],
         &["maoc-n:dakar", "dakar:accra"],
     )
     .await
-    .expect("start");
-    f.converge(Duration::from_secs(20)).await.expect("converge");
-    (tmp, f)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,11 +28,18 @@ use tokio::sync::mpsc;
 
 type Channel = tonic::transport::Channel;
 
-async fn admin(f: &LocalFederation, node: &str) -> pb::admin_client::AdminClient<Channel> {
-    pb::admin_client::AdminClient::new(f.conn(node).connect().await.expect("connect"))
+mod common;
+
+use common::{admin, audit, publish, publish_on, wait_for};
+
+async fn line() -> (tempfile::TempDir, LocalFederation) {
+    common::federation(
+        &["maoc-n", "dakar", "accra"],
+        &["maoc-n:dakar", "dakar:accra"],
+    )
+    .await
 }
 
-/// Applies `text` at `node` through the Admin service; returns its content hash.
 async fn apply(f: &LocalFederation, node: &str, text: &str) -> String {
     admin(f, node)
         .await
@@ -43,38 +50,6 @@ async fn apply(f: &LocalFederation, node: &str, text: &str) -> String {
         .unwrap_or_else(|e| panic!("policy_apply at {node}: {e}\n{text}"))
         .into_inner()
         .content_hash
-}
-
-async fn publish_on(ch: Channel, n: &Value) -> String {
-    pb::publisher_client::PublisherClient::new(ch)
-        .publish(pb::PublishRequest {
-            notification_json: n.to_string(),
-            idempotency_key: String::new(),
-        })
-        .await
-        .expect("publish")
-        .into_inner()
-        .id
-}
-
-async fn publish(f: &LocalFederation, node: &str, n: &Value) -> String {
-    publish_on(f.conn(node).connect().await.expect("connect"), n).await
-}
-
-/// Ledger entries of `node`, filtered by notification (empty = any) and event.
-async fn audit(f: &LocalFederation, node: &str, id: &str, event: &str) -> Vec<pb::AuditEntry> {
-    admin(f, node)
-        .await
-        .audit_query(pb::AuditQueryRequest {
-            notification: id.into(),
-            event: event.into(),
-            limit: 100_000,
-            ..Default::default()
-        })
-        .await
-        .expect("audit")
-        .into_inner()
-        .entries
 }
 
 fn detail(e: &pb::AuditEntry) -> Value {
@@ -94,19 +69,6 @@ fn withheld_of(e: &pb::AuditEntry) -> BTreeSet<(String, String)> {
             )
         })
         .collect()
-}
-
-/// Polls `cond` every 50 ms until it holds or `within` passes.
-async fn wait_for<F, Fut>(within: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Subscribes at `node` as the federation's admin client from the beginning of its feed and
@@ -149,20 +111,6 @@ async fn deliveries(
 
 fn body(d: &pb::Delivery) -> Value {
     serde_json::from_str(&d.fields_json).expect("fields_json is JSON")
-}
-
-async fn line() -> (tempfile::TempDir, LocalFederation) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let f = LocalFederation::start(
-        &tmp.path().join("f"),
-        &["maoc-n", "dakar", "accra"],
-        &["maoc-n:dakar", "dakar:accra"],
-    )
-    .await
-    .expect("start");
-    f.converge(Duration::from_secs(20)).await.expect("converge");
-    (tmp, f)
 }
 
 const MAOC_TO_DAKAR: &str = "to-dakar-in-full";

@@ -1,0 +1,85 @@
+//! Helpers shared by the end-to-end tests of this crate: start a federation, publish, read
+//! ledgers, and wait (bounded) for a condition. Each test binary uses a subset.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use tidewire::demo::LocalFederation;
+use tidewire_proto::v1 as pb;
+use tonic::transport::Channel;
+
+/// Starts `nodes` with `links` in a temp dir and waits until routes converge.
+pub async fn federation(nodes: &[&str], links: &[&str]) -> (tempfile::TempDir, LocalFederation) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let f = LocalFederation::start(&tmp.path().join("f"), nodes, links)
+        .await
+        .expect("start federation");
+    f.converge(Duration::from_secs(20)).await.expect("converge");
+    (tmp, f)
+}
+
+/// An Admin client on `node`, as the federation's admin identity.
+pub async fn admin(f: &LocalFederation, node: &str) -> pb::admin_client::AdminClient<Channel> {
+    pb::admin_client::AdminClient::new(f.conn(node).connect().await.expect("connect"))
+}
+
+/// Publishes on an open channel and returns the id.
+pub async fn publish_on(ch: Channel, n: &serde_json::Value) -> String {
+    pb::publisher_client::PublisherClient::new(ch)
+        .publish(pb::PublishRequest {
+            notification_json: n.to_string(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("publish")
+        .into_inner()
+        .id
+}
+
+/// Publishes at `node` and returns the id.
+pub async fn publish(f: &LocalFederation, node: &str, n: &serde_json::Value) -> String {
+    publish_on(f.conn(node).connect().await.expect("connect"), n).await
+}
+
+/// Ledger entries of `node` for a notification (empty = any) and event (empty = any).
+pub async fn audit(f: &LocalFederation, node: &str, id: &str, event: &str) -> Vec<pb::AuditEntry> {
+    admin(f, node)
+        .await
+        .audit_query(pb::AuditQueryRequest {
+            notification: id.into(),
+            event: event.into(),
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .entries
+}
+
+/// How many `event` entries `node`'s ledger has for `id`.
+pub async fn events(f: &LocalFederation, node: &str, id: &str, event: &str) -> usize {
+    audit(f, node, id, event).await.len()
+}
+
+/// Whether `node`'s ledger has an `event` entry for `id`.
+pub async fn has(f: &LocalFederation, node: &str, id: &str, event: &str) -> bool {
+    events(f, node, id, event).await > 0
+}
+
+/// Polls `cond` every 50 ms until it holds; fails the test after `within`.
+pub async fn wait_for<F, Fut>(within: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
