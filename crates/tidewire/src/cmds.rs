@@ -710,23 +710,19 @@ pub async fn consent(c: ConsentCmd, json: bool) -> Result<()> {
                 .into_inner();
             consent_line(&r, json);
         }
-        ConsentCmd::Grant { conn, id } => {
-            let r = pb::admin_client::AdminClient::new(conn.connect().await?)
-                .consent_decide(pb::ConsentDecideRequest { id, grant: true })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            consent_line(&r, json);
-        }
-        ConsentCmd::Refuse { conn, id } => {
-            let r = pb::admin_client::AdminClient::new(conn.connect().await?)
-                .consent_decide(pb::ConsentDecideRequest { id, grant: false })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            consent_line(&r, json);
-        }
+        ConsentCmd::Grant { conn, id } => decide(conn, id, true, json).await?,
+        ConsentCmd::Refuse { conn, id } => decide(conn, id, false, json).await?,
     }
+    Ok(())
+}
+
+async fn decide(conn: Conn, id: String, grant: bool, json: bool) -> Result<()> {
+    let r = pb::admin_client::AdminClient::new(conn.connect().await?)
+        .consent_decide(pb::ConsentDecideRequest { id, grant })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    consent_line(&r, json);
     Ok(())
 }
 
