@@ -28,16 +28,29 @@ async fn main() -> anyhow::Result<()> {
             .buffer_unordered(conc)
             .for_each(|r| async move { r.expect("publish") })
             .await;
-        println!("in-process publish, concurrency {conc:>3}: {:.0}/s", n as f64 / t.elapsed().as_secs_f64());
+        println!(
+            "in-process publish, concurrency {conc:>3}: {:.0}/s",
+            n as f64 / t.elapsed().as_secs_f64()
+        );
     }
     let t = Instant::now();
     for _ in 0..4000 {
         let n = tidewire_core::Notification::from_json(json.as_bytes())?;
         let key = node.key();
-        let env = tidewire_core::envelope::seal(&n, node.id(), key, tidewire_core::NotificationId::random(), 1, 1);
+        let env = tidewire_core::envelope::seal(
+            &n,
+            node.id(),
+            key,
+            tidewire_core::NotificationId::random(),
+            1,
+            1,
+        );
         let _ = tidewire_core::envelope::inspect(&env)?;
     }
-    println!("parse + seal + inspect alone: {:.0}/s", 4000.0 / t.elapsed().as_secs_f64());
+    println!(
+        "parse + seal + inspect alone: {:.0}/s",
+        4000.0 / t.elapsed().as_secs_f64()
+    );
     f.stop().await;
     Ok(())
 }
