@@ -49,6 +49,21 @@ impl Running {
         if let Err(e) = self.node.store.sync() {
             tracing::error!(error = %e, "final store sync failed");
         }
+        // sled lets go of its data file (and its lock on it) from background threads a moment
+        // after the last handle is dropped. Wait for that (bounded), so that a stopped node's
+        // data directory can be opened at once, e.g. by a restart in the same process.
+        let db = self.node.cfg.data_dir.join("store").join("db");
+        if let Some(node) = Arc::into_inner(self.node) {
+            drop(node);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::fs::File::open(&db).is_ok_and(|f| f.try_lock().is_err()) {
+                if std::time::Instant::now() > deadline {
+                    tracing::warn!("the store was not released within 5 s of stopping");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         tracing::info!("node stopped");
     }
 }

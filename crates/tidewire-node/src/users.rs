@@ -85,7 +85,10 @@ impl UsersFile {
             "# Tidewire user table: client certificates, roles and clearances.\n{}",
             toml::to_string(self).map_err(|e| e.to_string())?
         );
-        tidewire_core::keys::write_private(path, text.as_bytes())
+        // Write beside and rename, so a node re-reading the table never sees it half written.
+        let tmp = path.with_extension("toml.new");
+        tidewire_core::keys::write_private(&tmp, text.as_bytes())
+            .and_then(|()| std::fs::rename(&tmp, path))
             .map_err(|e| format!("{}: {e}", path.display()))
     }
 }
@@ -107,7 +110,20 @@ pub struct User {
 #[derive(Debug)]
 pub struct Users {
     path: Option<PathBuf>,
-    cache: Mutex<(Option<SystemTime>, UsersFile)>,
+    cache: Mutex<(Option<Stamp>, UsersFile)>,
+}
+
+/// What identifies one version of the file: a rename changes the inode even within one tick of
+/// the clock, and the length catches most in-place edits.
+type Stamp = (SystemTime, u64, u64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let ino = 0;
+    Some((m.modified().ok()?, m.len(), ino))
 }
 
 impl Users {
@@ -117,9 +133,7 @@ impl Users {
             Some(p) => UsersFile::load(p).map_err(NodeError::Config)?,
             None => UsersFile::default(),
         };
-        let mtime = path
-            .as_ref()
-            .and_then(|p| std::fs::metadata(p).ok()?.modified().ok());
+        let mtime = path.as_deref().and_then(stamp);
         Ok(Users {
             path,
             cache: Mutex::new((mtime, file)),
@@ -129,7 +143,7 @@ impl Users {
     fn current(&self) -> UsersFile {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = &self.path {
-            let mtime = std::fs::metadata(p).ok().and_then(|m| m.modified().ok());
+            let mtime = stamp(p);
             if mtime != cache.0 {
                 match UsersFile::load(p) {
                     Ok(f) => *cache = (mtime, f),
