@@ -729,27 +729,8 @@ async fn decide(conn: Conn, id: String, grant: bool, json: bool) -> Result<()> {
 /// `tidewire users …` (edits a node's user table file; the node re-reads it on change).
 #[derive(Debug, Subcommand)]
 pub enum UsersCmd {
-    /// Add or replace a user.
-    Add {
-        /// Federation directory.
-        #[arg(long)]
-        federation: PathBuf,
-        /// Node.
-        #[arg(long)]
-        node: String,
-        /// Name.
-        #[arg(long)]
-        name: String,
-        /// Role.
-        #[arg(long, default_value = "subscriber")]
-        role: String,
-        /// Clearance H0..H3.
-        #[arg(long, default_value = "H1")]
-        clearance: String,
-        /// Allowed routes.
-        #[arg(long, value_delimiter = ',')]
-        routes: Vec<String>,
-    },
+    /// Add or replace a user: issue its client certificate and register it.
+    Add(crate::pki::IssueOptions),
     /// List users.
     List {
         /// Federation directory.
@@ -777,34 +758,8 @@ pub enum UsersCmd {
 pub async fn users(c: UsersCmd, json: bool) -> Result<()> {
     use tidewire_node::users::UsersFile;
     match c {
-        UsersCmd::Add {
-            federation,
-            node,
-            name,
-            role,
-            clearance,
-            routes,
-        } => {
-            let dir = crate::pki::issue_client(&crate::pki::IssueOptions {
-                federation,
-                node: node.clone(),
-                name: name.clone(),
-                role,
-                clearance,
-                routes,
-                out: None,
-            })?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"name": name, "node": node, "identity": dir})
-                );
-            } else {
-                println!(
-                    "user `{name}` added on {node}; identity in {}",
-                    dir.display()
-                );
-            }
+        UsersCmd::Add(o) => {
+            crate::pki::issue_and_report(&o, json)?;
         }
         UsersCmd::List { federation, node } => {
             let f = UsersFile::load(&federation.join(&node).join("users.toml"))

@@ -103,29 +103,7 @@ enum PkiCmd {
         orgs: Vec<String>,
     },
     /// Issue a client certificate and register it in a node's user table.
-    IssueClient {
-        /// Federation directory.
-        #[arg(long)]
-        federation: PathBuf,
-        /// The node the client uses.
-        #[arg(long)]
-        node: String,
-        /// Client name (officer-dakar-1).
-        #[arg(long)]
-        name: String,
-        /// subscriber, publisher, auditor or admin.
-        #[arg(long, default_value = "subscriber")]
-        role: String,
-        /// Highest handling code the client may see (H0..H3).
-        #[arg(long, default_value = "H1")]
-        clearance: String,
-        /// Route patterns the client may follow (repeatable or comma-separated).
-        #[arg(long, value_delimiter = ',')]
-        routes: Vec<String>,
-        /// Where to write the identity (default DIR/clients/NAME).
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    IssueClient(pki::IssueOptions),
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,41 +211,7 @@ async fn run(cli: Cli, env: std::collections::HashMap<String, String>) -> anyhow
             }
             Ok(())
         }
-        Command::Pki(PkiCmd::IssueClient {
-            federation,
-            node,
-            name,
-            role,
-            clearance,
-            routes,
-            out,
-        }) => {
-            let dir = pki::issue_client(&pki::IssueOptions {
-                federation,
-                node: node.clone(),
-                name: name.clone(),
-                role: role.clone(),
-                clearance: clearance.clone(),
-                routes,
-                out,
-            })?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"identity": dir, "name": name, "node": node, "role": role, "clearance": clearance})
-                );
-            } else {
-                println!(
-                    "client `{name}` ({role}, clearance {clearance}) registered on {node}; identity in {}",
-                    dir.display()
-                );
-                println!(
-                    "use it with: tidewire subscribe --federation ... --node {node} --identity {} --route 'atlantic.>'",
-                    dir.display()
-                );
-            }
-            Ok(())
-        }
+        Command::Pki(PkiCmd::IssueClient(o)) => pki::issue_and_report(&o, json).map(|_| ()),
         Command::Keys(KeysCmd::Generate {
             node,
             out,

@@ -398,23 +398,57 @@ pub fn init(o: &InitOptions) -> Result<Federation> {
     Ok(fed)
 }
 
-/// Options of `pki issue-client`.
-#[derive(Debug, Clone)]
+/// Options of `pki issue-client` (and `users add`): who the identity is for and what it may see.
+#[derive(Debug, Clone, clap::Args)]
 pub struct IssueOptions {
     /// Federation directory.
+    #[arg(long)]
     pub federation: PathBuf,
-    /// Node whose user table receives the client.
+    /// The node the client uses (its user table receives the client).
+    #[arg(long)]
     pub node: String,
-    /// Client name.
+    /// Client name (officer-dakar-1).
+    #[arg(long)]
     pub name: String,
-    /// Role.
+    /// subscriber, publisher, auditor or admin.
+    #[arg(long, default_value = "subscriber")]
     pub role: String,
-    /// Clearance.
+    /// Highest handling code the client may see (H0..H3).
+    #[arg(long, default_value = "H1")]
     pub clearance: String,
-    /// Allowed routes.
+    /// Route patterns the client may follow (repeatable or comma-separated).
+    #[arg(long, value_delimiter = ',')]
     pub routes: Vec<String>,
-    /// Output directory for the identity (default DIR/clients/NAME).
+    /// Where to write the identity (default DIR/clients/NAME).
+    #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// Issues the identity and prints what was done.
+pub fn issue_and_report(o: &IssueOptions, json: bool) -> Result<PathBuf> {
+    let dir = issue_client(o)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"identity": dir, "name": o.name, "node": o.node, "role": o.role, "clearance": o.clearance})
+        );
+    } else {
+        println!(
+            "client `{}` ({}, clearance {}) registered on {}; identity in {}",
+            o.name,
+            o.role,
+            o.clearance,
+            o.node,
+            dir.display()
+        );
+        println!(
+            "use it with: tidewire subscribe --federation {} --node {} --identity {} --route 'atlantic.>'",
+            o.federation.display(),
+            o.node,
+            dir.display()
+        );
+    }
+    Ok(dir)
 }
 
 /// `tidewire pki issue-client`: a client certificate from the federation CA, registered in the
