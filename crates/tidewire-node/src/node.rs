@@ -255,7 +255,7 @@ pub struct Node {
     /// The store.
     pub store: Arc<dyn Store>,
     committer: Committer,
-    policy: RwLock<Option<(Arc<Policy>, String)>>,
+    policy: RwLock<Option<(Arc<Policy>, Arc<str>)>>,
     /// Routing view.
     pub routing: Mutex<Routing>,
     /// Link state per configured or connected peer.
@@ -435,7 +435,7 @@ impl Node {
             tls,
             store,
             committer,
-            policy: RwLock::new(policy),
+            policy: RwLock::new(policy.map(|(p, t): (Arc<Policy>, String)| (p, Arc::from(t)))),
             links: Mutex::new(links),
             outbox_changed: watch::channel(0).0,
             feed_changed: watch::channel(0).0,
@@ -474,7 +474,7 @@ impl Node {
     }
 
     /// The policy in force and its text.
-    pub fn policy(&self) -> Option<(Arc<Policy>, String)> {
+    pub fn policy(&self) -> Option<(Arc<Policy>, Arc<str>)> {
         self.policy
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -492,7 +492,7 @@ impl Node {
         e.detail = serde_json::json!({"version": pol.version()});
         // Swap first so that no transfer after the ledger record uses the old policy.
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) =
-            Some((pol.clone(), text.to_owned()));
+            Some((pol.clone(), Arc::from(text)));
         self.commit(Vec::new(), vec![e]).await?;
         tracing::info!(
             version = pol.version(),
@@ -1279,10 +1279,5 @@ impl Node {
             tracing::warn!(error = %err, requester = %rec.requester, "consent decided but the answer could not be sent yet");
         }
         Ok(rec.to_pb())
-    }
-
-    /// Destinations that have outbox items.
-    pub fn outbox_dests(&self) -> Vec<NodeId> {
-        self.backlog_by_dest().into_keys().collect()
     }
 }

@@ -257,7 +257,7 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::PolicyInfo {
             version: pol.version(),
             content_hash: pol.content_hash().to_owned(),
-            policy_toml: text,
+            policy_toml: text.to_string(),
             rules: pol.rule_ids().map(str::to_owned).collect(),
         }))
     }
