@@ -20,7 +20,6 @@ use futures::StreamExt;
 use tidewire::client::Conn;
 use tidewire::demo::LocalFederation;
 use tidewire_proto::v1 as pb;
-use tonic::transport::Channel;
 
 const NODES: [&str; 3] = ["maoc-n", "dakar", "accra"];
 const LINKS: [&str; 2] = ["maoc-n:dakar", "dakar:accra"];
@@ -28,27 +27,12 @@ const LINKS: [&str; 2] = ["maoc-n:dakar", "dakar:accra"];
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-async fn line() -> (tempfile::TempDir, LocalFederation) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let f = LocalFederation::start(&tmp.path().join("f"), &NODES, &LINKS)
-        .await
-        .expect("start");
-    f.converge(Duration::from_secs(20)).await.expect("converge");
-    (tmp, f)
-}
+mod common;
 
-/// Polls `cond` every 50 ms until it holds or `within` passes.
-async fn wait_for<F, Fut>(within: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+use common::{admin, audit, wait_for};
+
+async fn line() -> (tempfile::TempDir, LocalFederation) {
+    common::federation(&NODES, &LINKS).await
 }
 
 /// Issues a subscriber identity registered at `node`.
@@ -164,26 +148,6 @@ impl Feed {
             }
         }
     }
-}
-
-async fn admin(f: &LocalFederation, node: &str) -> pb::admin_client::AdminClient<Channel> {
-    pb::admin_client::AdminClient::new(f.conn(node).connect().await.expect("connect"))
-}
-
-/// Ledger entries of `event` at `node` (for one notification, or all when `id` is empty).
-async fn events(f: &LocalFederation, node: &str, id: &str, event: &str) -> Vec<pb::AuditEntry> {
-    admin(f, node)
-        .await
-        .audit_query(pb::AuditQueryRequest {
-            notification: id.into(),
-            event: event.into(),
-            limit: 100_000,
-            ..Default::default()
-        })
-        .await
-        .expect("audit")
-        .into_inner()
-        .entries
 }
 
 /// Publishes one notification (unary); returns its id.
@@ -844,7 +808,7 @@ async fn a_stalled_subscriber_does_not_block_others() {
     reader.abort();
     // The stalled one really is behind: the node has handed it only what the stream buffers
     // hold, and the rest waits on disk for it.
-    let handed = events(&f, "accra", "", "delivered")
+    let handed = audit(&f, "accra", "", "delivered")
         .await
         .iter()
         .filter(|e| e.destination == "user:stalled")
@@ -919,7 +883,7 @@ async fn wildcard_audiences_reach_only_nodes_with_interest() {
     )
     .await;
     wait_for(Duration::from_secs(20), "the control at accra", || async {
-        !events(&f, "accra", &control, "received").await.is_empty()
+        !audit(&f, "accra", &control, "received").await.is_empty()
     })
     .await;
     wait_for(
@@ -928,13 +892,13 @@ async fn wildcard_audiences_reach_only_nodes_with_interest() {
         || async { backlog(&f, "maoc-n").await == 0 },
     )
     .await;
-    let published = events(&f, "maoc-n", &early, "published").await;
+    let published = audit(&f, "maoc-n", &early, "published").await;
     let detail: serde_json::Value =
         serde_json::from_str(&published[0].detail_json).expect("detail");
     assert_eq!(detail["destinations"], serde_json::json!([]));
     for node in ["dakar", "accra"] {
         assert!(
-            events(&f, node, &early, "received").await.is_empty(),
+            audit(&f, node, &early, "received").await.is_empty(),
             "node:* with no interest anywhere must not reach {node}"
         );
     }
@@ -976,7 +940,7 @@ async fn wildcard_audiences_reach_only_nodes_with_interest() {
     let unwanted = publish(&f, "maoc-n", &wildcard("WILD-AIR", "air.cargo", "node:*")).await;
     assert_eq!(next(&mut feed).await.case_ref, "WILD-ATLANTIC");
     wait_for(Duration::from_secs(20), "accra to receive", || async {
-        !events(&f, "accra", &wanted, "received").await.is_empty()
+        !audit(&f, "accra", &wanted, "received").await.is_empty()
     })
     .await;
     wait_for(
@@ -987,13 +951,13 @@ async fn wildcard_audiences_reach_only_nodes_with_interest() {
     .await;
     // Dakar carried it in transit but holds no copy of its own: no local "received".
     assert!(
-        events(&f, "dakar", &wanted, "received").await.is_empty(),
+        audit(&f, "dakar", &wanted, "received").await.is_empty(),
         "dakar has no interest in atlantic routes"
     );
-    assert!(events(&f, "accra", &unwanted, "received").await.is_empty());
-    assert!(events(&f, "dakar", &unwanted, "received").await.is_empty());
-    assert!(events(&f, "accra", &early, "received").await.is_empty());
-    let published = events(&f, "maoc-n", &wanted, "published").await;
+    assert!(audit(&f, "accra", &unwanted, "received").await.is_empty());
+    assert!(audit(&f, "dakar", &unwanted, "received").await.is_empty());
+    assert!(audit(&f, "accra", &early, "received").await.is_empty());
+    let published = audit(&f, "maoc-n", &wanted, "published").await;
     let detail: serde_json::Value =
         serde_json::from_str(&published[0].detail_json).expect("detail");
     assert_eq!(detail["destinations"], serde_json::json!(["accra"]));
