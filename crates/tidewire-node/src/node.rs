@@ -410,9 +410,16 @@ impl Node {
             .last(Space::Feed, b"")?
             .map(|(k, _)| be_u64(&k))
             .unwrap_or(0);
+        // Outbox queues are per destination (`dest ‖ 0 ‖ seq`): the last key of each queue is
+        // enough to continue numbering, without reading a whole backlog at start-up.
         let mut outbox_seq = 0;
-        for (k, _) in store.scan(Space::Outbox, b"", b"", usize::MAX)? {
-            outbox_seq = outbox_seq.max(be_u64(&k[k.len().saturating_sub(8)..]));
+        for n in roster.nodes() {
+            if let Some((k, _)) = store.last(
+                Space::Outbox,
+                &outbox_key(&n.id, 0)[..n.id.as_str().len() + 1],
+            )? {
+                outbox_seq = outbox_seq.max(be_u64(&k[k.len().saturating_sub(8)..]));
+            }
         }
         let head = ledger::Head::load(store.as_ref())?;
         let committer = Committer::start(store.clone());
