@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::ledger::LedgerEntry;
-use crate::node::{Node, OutboxItem, Received};
+use crate::node::{Node, Numbered, OutboxItem, PendingIngest, Received};
 use crate::routing::Announcement;
 
 /// Signing domain of link-state announcements.
@@ -29,6 +29,10 @@ pub const LINK_STATE_DOMAIN: &[u8] = b"tidewire/v1/link-state\0";
 const RECV_BATCH: usize = 512;
 /// How many outbox entries one send round reads per destination.
 const SEND_BATCH: usize = 256;
+/// Receive batches verified and queued for commit but not yet acknowledged, per link.
+const RECV_PIPELINE: usize = 4;
+/// Send rounds prepared and queued for commit but not yet written to the link.
+const SEND_PIPELINE: usize = 4;
 
 /// A running session, so a newer one can replace it and floods can reach it.
 #[derive(Debug, Clone)]
@@ -250,6 +254,13 @@ pub async fn run_session<S>(
         .instrument(tracing::info_span!("link-send", peer = %peer)),
     );
 
+    // Receive batches are verified and queued for the group commit here, then acknowledged in
+    // order by the acker once durable, so the next batch is verified while this one syncs.
+    let (pending_tx, pending_rx) = mpsc::channel::<(u64, Vec<u64>, PendingIngest)>(RECV_PIPELINE);
+    let acker = node.tracker.spawn(
+        ack_loop(pending_rx, out.clone(), session_cancel.clone())
+            .instrument(tracing::info_span!("link-ack", peer = %peer)),
+    );
     let mut error = None;
     let mut chunks = (&mut incoming).ready_chunks(RECV_BATCH);
     loop {
@@ -288,29 +299,10 @@ pub async fn run_session<S>(
         }
         if !transfers.is_empty() {
             let seqs: Vec<u64> = transfers.iter().map(|t| t.seq).collect();
-            match node.ingest(&peer, transfers).await {
-                Ok(results) => {
-                    let refused = results
-                        .iter()
-                        .zip(&seqs)
-                        .filter_map(|(r, s)| match r {
-                            Received::Refused(reason, detail) => Some(pb::Refusal {
-                                seq: *s,
-                                reason: reason.clone(),
-                                detail: detail.clone(),
-                            }),
-                            Received::Accepted => None,
-                        })
-                        .collect();
-                    let up_to = seqs.iter().copied().max().unwrap_or(0);
-                    if out
-                        .send(pb::LinkFrame {
-                            frame: Some(Frame::Ack(pb::Ack { up_to, refused })),
-                        })
-                        .await
-                        .is_err()
-                    {
-                        error = Some("link closed while acknowledging".into());
+            let up_to = seqs.iter().copied().max().unwrap_or(0);
+            match node.ingest_submit(&peer, transfers) {
+                Ok(p) => {
+                    if pending_tx.send((up_to, seqs, p)).await.is_err() {
                         break;
                     }
                 }
@@ -327,12 +319,57 @@ pub async fn run_session<S>(
             break;
         }
     }
+    drop(pending_tx);
+    if let Ok(Some(e)) = acker.await {
+        error = Some(e);
+    }
     session_cancel.cancel();
     let _ = sender.await;
     if node.sessions.deregister(&peer, sid) {
         tracing::info!(peer = %peer, reason = error.as_deref().unwrap_or("shutdown"), "link down");
         set_link(&node, &peer, false, error);
     }
+}
+
+/// Acknowledges receive batches in order, each once its writes are durable. Returns the error
+/// that ended the session, if it was this loop's.
+async fn ack_loop(
+    mut pending: mpsc::Receiver<(u64, Vec<u64>, PendingIngest)>,
+    out: mpsc::Sender<pb::LinkFrame>,
+    cancel: CancellationToken,
+) -> Option<String> {
+    while let Some((up_to, seqs, p)) = pending.recv().await {
+        let results = match p.finish().await {
+            Ok(r) => r,
+            Err(e) => {
+                // Not durable: neither this batch nor any later one is acknowledged; the peer
+                // resends them after reconnecting (later ones that did land are duplicates).
+                tracing::error!(error = %e, "ingest failed; dropping the link so the peer resends");
+                cancel.cancel();
+                return Some(e.to_string());
+            }
+        };
+        let refused = results
+            .iter()
+            .zip(&seqs)
+            .filter_map(|(r, s)| match r {
+                Received::Refused(reason, detail) => Some(pb::Refusal {
+                    seq: *s,
+                    reason: reason.clone(),
+                    detail: detail.clone(),
+                }),
+                Received::Accepted => None,
+            })
+            .collect();
+        let ack = pb::LinkFrame {
+            frame: Some(Frame::Ack(pb::Ack { up_to, refused })),
+        };
+        if out.send(ack).await.is_err() {
+            cancel.cancel();
+            return Some("link closed while acknowledging".into());
+        }
+    }
+    None
 }
 
 async fn send_loop(
@@ -342,6 +379,9 @@ async fn send_loop(
     mut acks: mpsc::UnboundedReceiver<pb::Ack>,
     cancel: CancellationToken,
 ) {
+    let (rounds, pending) = mpsc::channel(SEND_PIPELINE);
+    node.tracker
+        .spawn(write_loop(node.clone(), pending, out, cancel.clone()).in_current_span());
     let mut changed = node.outbox_changed.subscribe();
     let mut inflight: BTreeMap<u64, Inflight> = BTreeMap::new();
     let mut cursors: HashMap<NodeId, Vec<u8>> = HashMap::new();
@@ -424,17 +464,14 @@ async fn send_loop(
             }
         }
         // Every disclosure is on the ledger, with the policy version that allowed it, before its
-        // bytes leave (one group commit per send round). A resend after a lost ack is recorded
-        // again: it is a second disclosure, possibly under a newer policy.
-        if (!resolved_ops.is_empty() || !resolved_entries.is_empty())
-            && let Err(e) = node.commit(resolved_ops, resolved_entries).await
-        {
-            tracing::error!(error = %e, "could not record transfers; not sending them");
-            return;
-        }
+        // bytes leave (one group commit per send round): the writer sends a round's frames only
+        // once its records are durable, rounds in order, while this loop prepares the next. A
+        // resend after a lost ack is recorded again: it is a second disclosure, possibly under a
+        // newer policy.
         let sent = frames.len();
-        for frame in frames {
-            if out.send(frame).await.is_err() {
+        if sent > 0 || !resolved_ops.is_empty() || !resolved_entries.is_empty() {
+            let receipt = node.submit_numbered(resolved_ops, Numbered::default(), resolved_entries);
+            if rounds.send((receipt, frames)).await.is_err() {
                 return;
             }
         }
@@ -452,6 +489,27 @@ async fn send_loop(
         }
         while let Ok(ack) = acks.try_recv() {
             complete(&node, &peer, &mut inflight, ack);
+        }
+    }
+}
+
+/// Writes prepared send rounds to the link in order, each once its ledger records are durable.
+async fn write_loop(
+    node: Arc<Node>,
+    mut rounds: mpsc::Receiver<(tidewire_store::Receipt, Vec<pb::LinkFrame>)>,
+    out: mpsc::Sender<pb::LinkFrame>,
+    cancel: CancellationToken,
+) {
+    while let Some((receipt, frames)) = rounds.recv().await {
+        if let Err(e) = node.wait_commit(receipt).await {
+            tracing::error!(error = %e, "could not record transfers; not sending them");
+            cancel.cancel();
+            return;
+        }
+        for frame in frames {
+            if out.send(frame).await.is_err() {
+                return;
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use tidewire_core::model::{NodeId, RoutePattern};
 use tidewire_core::{Notification, NotificationId, VerifiedView, timefmt};
 use tidewire_policy::{Decision, FieldAction, Party, Policy};
 use tidewire_proto::v1 as pb;
-use tidewire_store::{Committer, Op, Space, Store};
+use tidewire_store::{Committer, Op, Receipt, Space, Store};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -295,12 +295,12 @@ pub struct Node {
 /// failure). While a key is claimed, a concurrent ingest of the same notification from another
 /// peer treats it as a duplicate: without this, two copies arriving at once over two links both
 /// passed the seen-set check before either was committed, and both were delivered.
-struct Claims<'a> {
-    node: &'a Node,
+struct Claims {
+    node: Arc<Node>,
     keys: Vec<Vec<u8>>,
 }
 
-impl Claims<'_> {
+impl Claims {
     /// Whether `key` is already seen (on disk) or claimed.
     fn seen(&self, key: &[u8]) -> Result<bool, NodeError> {
         let claimed = self.node.claimed.lock().unwrap_or_else(|p| p.into_inner());
@@ -319,12 +319,57 @@ impl Claims<'_> {
     }
 }
 
-impl Drop for Claims<'_> {
+impl Drop for Claims {
     fn drop(&mut self) {
         let mut claimed = self.node.claimed.lock().unwrap_or_else(|p| p.into_inner());
         for k in &self.keys {
             claimed.remove(k);
         }
+    }
+}
+
+/// A verified receive batch whose writes are queued for the group commit (see
+/// [`Node::ingest_submit`]). Its seen-set claims hold until it is durable.
+#[must_use = "a pending ingest must be finished before it is acknowledged"]
+pub struct PendingIngest {
+    receipt: Receipt,
+    claims: Claims,
+    out: Vec<Received>,
+    delivered: u64,
+    queued: bool,
+}
+
+impl std::fmt::Debug for PendingIngest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingIngest")
+            .field("transfers", &self.out.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingIngest {
+    /// Waits until the batch is durable; returns one outcome per transfer, in order.
+    pub async fn finish(self) -> Result<Vec<Received>, NodeError> {
+        let PendingIngest {
+            receipt,
+            claims,
+            out,
+            delivered,
+            queued,
+        } = self;
+        let node = claims.node.clone();
+        node.wait_commit(receipt).await?;
+        drop(claims);
+        if delivered > 0 {
+            node.counters
+                .delivered
+                .fetch_add(delivered, Ordering::Relaxed);
+            node.feed_changed.send_modify(|v| *v += 1);
+        }
+        if queued {
+            node.bump_outbox();
+        }
+        Ok(out)
     }
 }
 
@@ -523,30 +568,45 @@ impl Node {
     /// sent or delivered (until the link reconnected, or never, for a feed).
     pub async fn commit_numbered(
         &self,
-        mut ops: Vec<Op>,
+        ops: Vec<Op>,
         numbered: Numbered,
         entries: Vec<LedgerEntry>,
     ) -> Result<(), NodeError> {
-        let rx = {
-            let mut head = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
-            for (dest, item) in numbered.outbox {
-                let oseq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
-                ops.push(Op::put(
-                    Space::Outbox,
-                    outbox_key(&dest, oseq),
-                    item.encode(),
-                ));
-            }
-            for note in numbered.feed {
-                let feed = self.feed_seq.fetch_add(1, Ordering::SeqCst) + 1;
-                ops.push(Op::put(Space::Feed, feed.to_be_bytes().to_vec(), note));
-            }
-            for e in entries {
-                ops.push(head.append(e));
-            }
-            self.committer.submit(ops)
-        };
-        if let Err(e) = Committer::wait(rx).await {
+        let receipt = self.submit_numbered(ops, numbered, entries);
+        self.wait_commit(receipt).await
+    }
+
+    /// The first half of [`Node::commit_numbered`]: numbers and queues the batch now, so that
+    /// batches are applied in the order they were submitted, and returns the receipt to await
+    /// with [`Node::wait_commit`]. Lets a caller prepare its next batch while this one syncs.
+    pub fn submit_numbered(
+        &self,
+        mut ops: Vec<Op>,
+        numbered: Numbered,
+        entries: Vec<LedgerEntry>,
+    ) -> Receipt {
+        let mut head = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        for (dest, item) in numbered.outbox {
+            let oseq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
+            ops.push(Op::put(
+                Space::Outbox,
+                outbox_key(&dest, oseq),
+                item.encode(),
+            ));
+        }
+        for note in numbered.feed {
+            let feed = self.feed_seq.fetch_add(1, Ordering::SeqCst) + 1;
+            ops.push(Op::put(Space::Feed, feed.to_be_bytes().to_vec(), note));
+        }
+        for e in entries {
+            ops.push(head.append(e));
+        }
+        self.committer.submit(ops)
+    }
+
+    /// The second half of [`Node::commit_numbered`]: waits until the batch is durable.
+    pub async fn wait_commit(&self, receipt: Receipt) -> Result<(), NodeError> {
+        if let Err(e) = Committer::wait(receipt).await {
             // Nothing of the batch landed: rewind the ledger head to what is on disk, so the
             // chain has no gap (skipped outbox and feed numbers are harmless).
             let mut head = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
@@ -712,16 +772,27 @@ impl Node {
     /// Verifies and durably stores a batch of transfers from `peer`. Returns one outcome per
     /// transfer, in order; the caller acknowledges them all after this returns.
     pub async fn ingest(
-        &self,
+        self: &Arc<Self>,
         peer: &NodeId,
         transfers: Vec<pb::Transfer>,
     ) -> Result<Vec<Received>, NodeError> {
+        self.ingest_submit(peer, transfers)?.finish().await
+    }
+
+    /// The first half of [`Node::ingest`]: verifies the batch and queues its writes for the
+    /// group commit, in order. A link calls this for its next receive batch while the previous
+    /// one is still syncing, and acknowledges each when its [`PendingIngest::finish`] returns.
+    pub fn ingest_submit(
+        self: &Arc<Self>,
+        peer: &NodeId,
+        transfers: Vec<pb::Transfer>,
+    ) -> Result<PendingIngest, NodeError> {
         let now = timefmt::now_ms();
         let mut ops = Vec::new();
         let mut entries = Vec::new();
         let mut out = Vec::with_capacity(transfers.len());
         let mut claims = Claims {
-            node: self,
+            node: self.clone(),
             keys: Vec::new(),
         };
         let mut numbered = Numbered::default();
@@ -879,18 +950,14 @@ impl Node {
             }
             out.push(Received::Accepted);
         }
-        self.commit_numbered(ops, numbered, entries).await?;
-        drop(claims);
-        if delivered > 0 {
-            self.counters
-                .delivered
-                .fetch_add(delivered, Ordering::Relaxed);
-            self.feed_changed.send_modify(|v| *v += 1);
-        }
-        if queued {
-            self.bump_outbox();
-        }
-        Ok(out)
+        let receipt = self.submit_numbered(ops, numbered, entries);
+        Ok(PendingIngest {
+            receipt,
+            claims,
+            out,
+            delivered,
+            queued,
+        })
     }
 
     /// Deletes every copy of `target` held here if `origin` wrote it.
