@@ -289,6 +289,73 @@ pub struct Node {
     pub routed_seen: Mutex<std::collections::HashSet<Vec<u8>>>,
     /// Seen-set keys claimed by ingests whose commit is still in flight (see [`Claims`]).
     claimed: Mutex<HashSet<Vec<u8>>>,
+    /// Recently stored copies, decoded (see [`CopyCache`]).
+    copies: CopyCache,
+}
+
+/// A stored copy, decoded and inspected once.
+#[derive(Debug)]
+pub struct Copy {
+    /// The envelope as stored.
+    pub env: envelope::Envelope,
+    /// Its view (signatures were checked when it was received or sealed here).
+    pub view: envelope::VerifiedView,
+}
+
+/// The copies this node stored most recently, decoded, keyed like [`Space::Notifications`].
+/// Egress and local delivery read a copy within milliseconds of storing it; this spares them
+/// the store read, the decoding and the digest recomputation. It is only a cache of the store:
+/// every delete of a stored copy (recall, expiry, retention) goes through
+/// [`Node::submit_numbered`], which evicts the key before the delete is queued, and a miss
+/// falls back to the store.
+#[derive(Debug, Default)]
+struct CopyCache {
+    inner: Mutex<CopyMap>,
+}
+
+/// Why [`Node::stored_copy`] has no copy to give.
+#[derive(Debug)]
+pub enum NoCopy {
+    /// Not stored (never, or deleted: recalled, expired, retention).
+    Missing,
+    /// Stored but does not decode.
+    Corrupt,
+    /// The store could not be read.
+    Store(tidewire_store::StoreError),
+}
+
+/// Copies by key, and keys in insertion order (the oldest is evicted first).
+type CopyMap = (
+    std::collections::HashMap<Vec<u8>, Arc<Copy>>,
+    std::collections::VecDeque<Vec<u8>>,
+);
+
+/// How many decoded copies [`CopyCache`] keeps (about 10 KiB each for a 40-field notification).
+const COPY_CACHE: usize = 4096;
+
+impl CopyCache {
+    fn insert(&self, key: Vec<u8>, copy: Arc<Copy>) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, order) = &mut *g;
+        if map.insert(key.clone(), copy).is_none() {
+            order.push_back(key);
+        }
+        while order.len() > COPY_CACHE {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Arc<Copy>> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.get(key).cloned()
+    }
+
+    fn evict(&self, key: &[u8]) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.remove(key);
+    }
 }
 
 /// Seen-set keys one ingest claimed; released when it is dropped (after its commit, or on
@@ -506,6 +573,7 @@ impl Node {
             routed_seen: Mutex::new(std::collections::HashSet::new()),
             live_interests: Mutex::new(BTreeMap::new()),
             claimed: Mutex::new(HashSet::new()),
+            copies: CopyCache::default(),
             cfg,
         }))
     }
@@ -585,6 +653,15 @@ impl Node {
         numbered: Numbered,
         entries: Vec<LedgerEntry>,
     ) -> Receipt {
+        for op in &ops {
+            if let Op::Delete {
+                space: Space::Notifications,
+                key,
+            } = op
+            {
+                self.copies.evict(key);
+            }
+        }
         let mut head = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         for (dest, item) in numbered.outbox {
             let oseq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
@@ -700,9 +777,8 @@ impl Node {
         let now = timefmt::now_ms();
         let env = envelope::seal(&n, self.id(), &self.key, id, seq, now);
         let bytes = envelope::encode(&env);
-        let header = envelope::inspect(&env)
-            .map_err(|e| NodeError::Internal(e.to_string()))?
-            .header;
+        let view = envelope::inspect(&env).map_err(|e| NodeError::Internal(e.to_string()))?;
+        let header = view.header.clone();
         let meta = StoredMeta {
             origin: self.id().to_string(),
             kind: n.kind.to_string(),
@@ -759,6 +835,8 @@ impl Node {
             // The origin's own copy goes too.
             ops.extend(self.recall_ops(&target, self.id(), &mut entries)?);
         }
+        self.copies
+            .insert(note_key(&id, self.id()), Arc::new(Copy { env, view }));
         self.commit_numbered(ops, numbered, entries).await?;
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(id = %id, kind = %n.kind, destinations = dests.len(), "published");
@@ -831,7 +909,7 @@ impl Node {
                 ));
                 continue;
             }
-            let (_, view) = match checked.expect("one result per transfer") {
+            let (env, view) = match checked.expect("one result per transfer") {
                 Ok(v) => v,
                 Err(e) => {
                     out.push(refuse(e.label(), e.to_string(), &mut entries));
@@ -851,6 +929,8 @@ impl Node {
                 continue;
             }
             self.counters.verified.fetch_add(1, Ordering::Relaxed);
+            let copy = Arc::new(Copy { env, view });
+            let view = &copy.view;
             let h = &view.header;
             if h.expired(now) {
                 self.counters.expired.fetch_add(1, Ordering::Relaxed);
@@ -902,6 +982,7 @@ impl Node {
                         note_key(&h.id, &d),
                         encode_stored(&meta, &t.envelope),
                     ));
+                    self.copies.insert(note_key(&h.id, &d), copy.clone());
                     ops.push(Op::put(Space::Seen, seen, Vec::new()));
                     numbered.feed.push(note_key(&h.id, &d));
                     if h.kind == tidewire_core::Kind::Recall
@@ -938,6 +1019,7 @@ impl Node {
                         note_key(&h.id, &d),
                         encode_stored(&meta, &t.envelope),
                     ));
+                    self.copies.insert(note_key(&h.id, &d), copy.clone());
                     ops.push(Op::put(Space::Seen, seen, Vec::new()));
                     let item = OutboxItem {
                         id: h.id,
@@ -985,6 +1067,24 @@ impl Node {
         Ok(ops)
     }
 
+    /// A stored copy (`key` as in [`Space::Notifications`]), decoded: from the cache of recent
+    /// copies, else read from the store and inspected.
+    pub fn stored_copy(&self, key: &[u8]) -> Result<Arc<Copy>, NoCopy> {
+        if let Some(c) = self.copies.get(key) {
+            return Ok(c);
+        }
+        let stored = match self.store.get(Space::Notifications, key) {
+            Ok(Some(v)) => v,
+            Ok(None) => return Err(NoCopy::Missing),
+            Err(e) => return Err(NoCopy::Store(e)),
+        };
+        let (_, bytes) = decode_stored(&stored).ok_or(NoCopy::Corrupt)?;
+        let env = envelope::decode(bytes).map_err(|_| NoCopy::Corrupt)?;
+        let view = envelope::inspect(&env).map_err(|_| NoCopy::Corrupt)?;
+        // Not cached: a delete queued meanwhile would leave a stale entry.
+        Ok(Arc::new(Copy { env, view }))
+    }
+
     /// THE egress path towards peers: applies this node's policy for the next hop and, when the
     /// copy is for a node behind it, for that destination too (relays narrow, never widen), then
     /// signs this node's custody entry. Nothing reaches a peer any other way.
@@ -1004,44 +1104,28 @@ impl Node {
                 entry: Some(Box::new(e)),
             }
         };
-        let stored = match self
-            .store
-            .get(Space::Notifications, &note_key(&item.id, &item.holder))
-        {
-            Ok(Some(v)) => v,
-            Ok(None) => {
+        let copy = match self.stored_copy(&note_key(&item.id, &item.holder)) {
+            Ok(c) => c,
+            Err(NoCopy::Missing) => {
                 return Err(skip(
                     "dropped",
                     None,
                     serde_json::json!({"reason": "content deleted (recalled or expired)"}),
                 ));
             }
-            Err(e) => {
+            Err(NoCopy::Corrupt) => {
+                return Err(skip(
+                    "dropped",
+                    None,
+                    serde_json::json!({"reason": "stored copy is corrupt"}),
+                ));
+            }
+            Err(NoCopy::Store(e)) => {
                 tracing::error!(error = %e, "store read failed on egress");
                 return Err(Skipped { entry: None });
             }
         };
-        let Some((_, env_bytes)) = decode_stored(&stored) else {
-            return Err(skip(
-                "dropped",
-                None,
-                serde_json::json!({"reason": "stored copy is corrupt"}),
-            ));
-        };
-        let Ok(env) = envelope::decode(env_bytes) else {
-            return Err(skip(
-                "dropped",
-                None,
-                serde_json::json!({"reason": "stored copy is corrupt"}),
-            ));
-        };
-        let Ok(view) = envelope::inspect(&env) else {
-            return Err(skip(
-                "dropped",
-                None,
-                serde_json::json!({"reason": "stored copy is corrupt"}),
-            ));
-        };
+        let (env, view) = (&copy.env, &copy.view);
         let now = timefmt::now_ms();
         if view.header.expired(now) {
             self.counters.expired.fetch_add(1, Ordering::Relaxed);
@@ -1081,7 +1165,7 @@ impl Node {
                 serde_json::json!({"reason": "no policy is configured (default deny)"}),
             ));
         };
-        let decision = match self.decide(&policy, &view, peer, dest) {
+        let decision = match self.decide(&policy, view, peer, dest) {
             Ok(d) => d,
             Err(reason) => {
                 self.counters.denied.fetch_add(1, Ordering::Relaxed);
@@ -1131,7 +1215,7 @@ impl Node {
             .withheld_fields
             .fetch_add(withhold.len() as u64, Ordering::Relaxed);
         let out = envelope::relay(
-            &env,
+            env,
             Hop {
                 node: self.id(),
                 key: &self.key,

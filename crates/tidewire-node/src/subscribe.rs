@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::Stream;
-use tidewire_core::envelope;
 use tidewire_core::model::{Kind, RoutePattern};
 use tidewire_policy::{Decision, FieldAction, Party};
 use tidewire_proto::v1 as pb;
@@ -19,7 +18,7 @@ use tracing::Instrument;
 use crate::auth::caller;
 use crate::error::NodeError;
 use crate::ledger::LedgerEntry;
-use crate::node::{Node, decode_stored};
+use crate::node::Node;
 use crate::users::User;
 
 /// `tidewire.v1.Subscriber`.
@@ -58,10 +57,8 @@ fn prepare_local(
     cursor: u64,
     note: &[u8],
 ) -> Option<(pb::Delivery, LedgerEntry)> {
-    let stored = node.store.get(Space::Notifications, note).ok()??;
-    let (_, bytes) = decode_stored(&stored)?;
-    let env = envelope::decode(bytes).ok()?;
-    let view = envelope::inspect(&env).ok()?;
+    let copy = node.stored_copy(note).ok()?;
+    let view = &copy.view;
     let h = &view.header;
     if h.expired(tidewire_core::timefmt::now_ms()) || h.handling.level() > user.clearance {
         return None;
