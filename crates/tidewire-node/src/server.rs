@@ -88,13 +88,40 @@ pub fn add_link(node: &Arc<Node>, peer: tidewire_core::NodeId, url: String) {
 
 /// Starts a node from its configuration. It runs until `shutdown` is cancelled.
 pub async fn start(cfg: NodeConfig, shutdown: CancellationToken) -> Result<Running, NodeError> {
+    start_inner(cfg, None, shutdown).await
+}
+
+/// Starts a node like [`start`], but serves gRPC on `listener` (already bound, e.g. held since
+/// its port was chosen so that no other process can take it) instead of binding `cfg.listen`,
+/// which is set to the listener's address. The metrics endpoint still binds
+/// `cfg.metrics_listen`.
+pub async fn start_with_listener(
+    cfg: NodeConfig,
+    listener: std::net::TcpListener,
+    shutdown: CancellationToken,
+) -> Result<Running, NodeError> {
+    start_inner(cfg, Some(listener), shutdown).await
+}
+
+async fn start_inner(
+    mut cfg: NodeConfig,
+    listener: Option<std::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<Running, NodeError> {
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&cfg.data_dir.join("store"))?);
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| NodeError::Config(format!("key `listen`: cannot bind {}: {e}", cfg.listen)))?;
+    let listener = match listener {
+        None => TcpListener::bind(cfg.listen).await.map_err(|e| {
+            NodeError::Config(format!("key `listen`: cannot bind {}: {e}", cfg.listen))
+        })?,
+        Some(l) => l
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(l))
+            .map_err(|e| NodeError::Internal(format!("the listener given: {e}")))?,
+    };
     let addr = listener
         .local_addr()
         .map_err(|e| NodeError::Internal(e.to_string()))?;
+    cfg.listen = addr;
     let metrics_listener = match cfg.metrics_listen {
         Some(a) => Some(TcpListener::bind(a).await.map_err(|e| {
             NodeError::Config(format!("key `metrics_listen`: cannot bind {a}: {e}"))

@@ -1,6 +1,10 @@
 //! Test kit for black-box Tidewire scenarios: real nodes, in process, on free loopback ports, in a
 //! temporary directory, with the development PKI of `tidewire pki init` and real mutual TLS.
 //!
+//! Ports are race-free: [`Kit::builder`] binds a listener for every node as it chooses its port
+//! and holds it until the node serves on it (so another test process running in parallel cannot
+//! take the port in between); a node left out keeps its port until the kit is dropped.
+//!
 //! It wraps [`tidewire::demo::LocalFederation`] (the federation `tidewire demo` runs) instead of
 //! re-implementing node start-up, and adds what tests need on top:
 //!
@@ -17,7 +21,7 @@
 mod proxy;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -102,6 +106,9 @@ pub struct Builder {
     dir: PathBuf,
     fed: Federation,
     nodes: Vec<String>,
+    /// One listener per node of the federation, bound when its port was chosen and held until
+    /// the node serves on it.
+    listeners: BTreeMap<String, TcpListener>,
 }
 
 impl Builder {
@@ -115,7 +122,7 @@ impl Builder {
         &self.fed
     }
 
-    /// The address a node will listen on (chosen free by `pki init`).
+    /// The address a node will listen on (a port the builder holds until the node starts).
     pub fn addr(&self, node: &str) -> Result<SocketAddr> {
         node_addr(&self.fed, node)
     }
@@ -125,23 +132,20 @@ impl Builder {
     /// the lexicographically smaller id.
     pub fn route_link_via(&mut self, a: &str, b: &str, via: SocketAddr) -> Result<()> {
         let (dialer, acceptor) = if a < b { (a, b) } else { (b, a) };
-        let path = self.dir.join(dialer).join("node.toml");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let mut cfg: ConfigFile =
-            toml::from_str(&text).with_context(|| format!("{} does not parse", path.display()))?;
-        let link: &mut LinkFile = cfg
-            .links
-            .iter_mut()
-            .find(|l| l.peer == acceptor)
-            .with_context(|| format!("{dialer} has no link to {acceptor} in {}", path.display()))?;
-        link.url = format!("https://{via}");
-        std::fs::write(&path, toml::to_string(&cfg)?)?;
-        Ok(())
+        edit_config(&self.dir, dialer, |cfg| {
+            let link: &mut LinkFile = cfg
+                .links
+                .iter_mut()
+                .find(|l| l.peer == acceptor)
+                .with_context(|| format!("{dialer} has no link to {acceptor}"))?;
+            link.url = format!("https://{via}");
+            Ok(true)
+        })
     }
 
     /// Leaves `node` out: it stays in the roster and in its peers' configs, but nothing runs it
-    /// (so a test can play it with its certificate and keys).
+    /// (so a test can play it with its certificate and keys). Its port stays held while the kit
+    /// lives; connections to it are accepted and closed at once, as with a refused connection.
     pub fn without(mut self, node: &str) -> Self {
         self.nodes.retain(|n| n != node);
         self
@@ -150,15 +154,65 @@ impl Builder {
     /// Starts the nodes and waits (bounded by [`CONVERGE`]) until every started node has a route
     /// to every other started node.
     pub async fn start(self) -> Result<Kit> {
-        let ids: Vec<&str> = self.nodes.iter().map(String::as_str).collect();
-        let fed = LocalFederation::start_existing(&self.dir, self.fed.clone(), &ids).await?;
+        let Builder {
+            tmp,
+            dir,
+            fed,
+            nodes,
+            mut listeners,
+        } = self;
+        let mut held = Vec::with_capacity(nodes.len());
+        for id in &nodes {
+            let l = listeners
+                .remove(id)
+                .with_context(|| format!("no node `{id}` in the federation"))?;
+            held.push((id.as_str(), Some(l)));
+        }
+        let fed = LocalFederation::start_existing_on(&dir, fed, held).await?;
+        // The nodes left out keep their ports until the kit is dropped.
+        let closed = listeners
+            .into_values()
+            .map(closed_door)
+            .collect::<std::io::Result<_>>()?;
         let kit = Kit {
             fed: Some(fed),
-            _tmp: self.tmp,
+            closed,
+            _tmp: tmp,
         };
         kit.converge(CONVERGE).await?;
         Ok(kit)
     }
+}
+
+/// Edits `DIR/<node>/node.toml`; `edit` says whether it changed anything (then it is written).
+fn edit_config(
+    dir: &Path,
+    node: &str,
+    edit: impl FnOnce(&mut ConfigFile) -> Result<bool>,
+) -> Result<()> {
+    let path = dir.join(node).join("node.toml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let mut cfg: ConfigFile =
+        toml::from_str(&text).with_context(|| format!("{} does not parse", path.display()))?;
+    if edit(&mut cfg).with_context(|| format!("editing {}", path.display()))? {
+        std::fs::write(&path, toml::to_string(&cfg)?)?;
+    }
+    Ok(())
+}
+
+/// Keeps a left-out node's port: accepts connections and closes them at once (the dialer sees its
+/// handshake fail, as with a refused connection) until the returned task is aborted.
+fn closed_door(l: TcpListener) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    l.set_nonblocking(true)?;
+    let l = tokio::net::TcpListener::from_std(l)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            if let Ok((conn, _)) = l.accept().await {
+                drop(conn);
+            }
+        }
+    }))
 }
 
 fn node_addr(fed: &Federation, node: &str) -> Result<SocketAddr> {
@@ -179,6 +233,8 @@ fn node_addr(fed: &Federation, node: &str) -> Result<SocketAddr> {
 /// [`Kit::stop`] stops them and waits for a clean drain.
 pub struct Kit {
     fed: Option<LocalFederation>,
+    /// The tasks holding the ports of the nodes left out.
+    closed: Vec<tokio::task::JoinHandle<()>>,
     _tmp: tempfile::TempDir,
 }
 
@@ -189,16 +245,24 @@ impl Drop for Kit {
                 r.node.shutdown.cancel();
             }
         }
+        for t in &self.closed {
+            t.abort();
+        }
     }
 }
 
 impl Kit {
     /// Writes a PKI for `nodes` and `links` (`"a:b"`) into a fresh temporary directory, without
     /// starting anything.
+    ///
+    /// The ports `pki init` picks are only free at the moment it looks, so the builder binds a
+    /// listener on a port of its own for every node right away, holds it, and writes those ports
+    /// instead (`listen` and link URLs in each `node.toml`, `federation.json`). The metrics
+    /// endpoint stays off.
     pub fn builder(nodes: &[&str], links: &[&str]) -> Result<Builder> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("federation");
-        let fed = pki::init(&pki::InitOptions {
+        let mut fed = pki::init(&pki::InitOptions {
             out: dir.clone(),
             nodes: nodes.iter().map(|s| s.to_string()).collect(),
             links: links.iter().map(|s| s.to_string()).collect(),
@@ -206,11 +270,23 @@ impl Kit {
             countries: Vec::new(),
             orgs: Vec::new(),
         })?;
+        let mut listeners = BTreeMap::new();
+        let mut addrs = BTreeMap::new();
+        for id in fed.nodes.keys() {
+            let l = TcpListener::bind("127.0.0.1:0").context("binding a port for a node")?;
+            addrs.insert(id.clone(), l.local_addr()?);
+            listeners.insert(id.clone(), l);
+        }
+        LocalFederation::readdress(&dir, &mut fed, &addrs)?;
+        for id in fed.nodes.keys() {
+            edit_config(&dir, id, |cfg| Ok(cfg.metrics_listen.take().is_some()))?;
+        }
         Ok(Builder {
             tmp,
             dir,
             fed,
             nodes: nodes.iter().map(|s| s.to_string()).collect(),
+            listeners,
         })
     }
 

@@ -96,21 +96,53 @@ impl LocalFederation {
 
     /// Starts `nodes` of a federation already written by [`pki::init`] (whose `node.toml` files
     /// a caller may have edited, e.g. to send a link through a proxy). Nodes of `fed` not named
-    /// are not started.
+    /// are not started. Each node binds the `listen` address of its `node.toml`.
     pub async fn start_existing(
         dir: &Path,
         fed: Federation,
         nodes: &[&str],
     ) -> Result<LocalFederation> {
+        let nodes = nodes.iter().map(|id| (*id, None)).collect();
+        LocalFederation::start_existing_on(dir, fed, nodes).await
+    }
+
+    /// Like [`LocalFederation::start_existing`], but a node given a listener serves on it
+    /// instead of binding the `listen` address of its `node.toml`. A caller that binds the
+    /// listeners when it chooses the ports (and writes them with
+    /// [`LocalFederation::readdress`]) holds every port until its node owns it, so no other
+    /// process can take one in between. If a node fails to start, the ones already started
+    /// are stopped.
+    pub async fn start_existing_on(
+        dir: &Path,
+        fed: Federation,
+        nodes: Vec<(&str, Option<std::net::TcpListener>)>,
+    ) -> Result<LocalFederation> {
         let shutdown = CancellationToken::new();
         let mut running = BTreeMap::new();
         let env = std::collections::HashMap::new();
-        for id in nodes {
-            let cfg = tidewire_node::NodeConfig::load(&dir.join(id).join("node.toml"), &env)?;
-            let r = tidewire_node::start(cfg, shutdown.child_token())
-                .await
-                .with_context(|| format!("starting {id}"))?;
-            running.insert(id.to_string(), r);
+        for (id, listener) in nodes {
+            let started = async {
+                let cfg = tidewire_node::NodeConfig::load(&dir.join(id).join("node.toml"), &env)?;
+                let token = shutdown.child_token();
+                anyhow::Ok(match listener {
+                    Some(l) => tidewire_node::server::start_with_listener(cfg, l, token).await?,
+                    None => tidewire_node::start(cfg, token).await?,
+                })
+            }
+            .await
+            .with_context(|| format!("starting {id}"));
+            match started {
+                Ok(r) => {
+                    running.insert(id.to_string(), r);
+                }
+                Err(e) => {
+                    shutdown.cancel();
+                    for (_, r) in running {
+                        r.wait().await;
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(LocalFederation {
             dir: dir.to_owned(),
@@ -118,6 +150,61 @@ impl LocalFederation {
             nodes: running,
             shutdown,
         })
+    }
+
+    /// Moves nodes of a federation written by [`pki::init`] (and not running) to new
+    /// addresses: sets `listen` in their `node.toml`, every `[[link]] url` of the other nodes
+    /// that still points at their old address, and their URLs in `fed` and `federation.json`.
+    /// Values are replaced by node and by exact old URL, never by searching text, so a new port
+    /// that happens to be another node's old one cannot be rewritten twice.
+    pub fn readdress(
+        dir: &Path,
+        fed: &mut Federation,
+        addrs: &BTreeMap<String, std::net::SocketAddr>,
+    ) -> Result<()> {
+        let mut moved = BTreeMap::new();
+        for (id, addr) in addrs {
+            let n = fed
+                .nodes
+                .get(id)
+                .with_context(|| format!("no node `{id}` in the federation"))?;
+            moved.insert(n.federation_url.clone(), format!("https://{addr}"));
+        }
+        for (id, n) in &fed.nodes {
+            let path = dir.join(&n.config);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let mut cfg: tidewire_node::config::ConfigFile = toml::from_str(&text)
+                .with_context(|| format!("{} does not parse", path.display()))?;
+            if let Some(addr) = addrs.get(id) {
+                cfg.listen = addr.to_string();
+            }
+            for link in &mut cfg.links {
+                if let Some(url) = moved.get(&link.url) {
+                    link.url.clone_from(url);
+                }
+            }
+            // Keep the comment `pki init` writes on top (toml drops comments).
+            let mut out: String = text
+                .lines()
+                .take_while(|l| l.starts_with('#'))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            out.push_str(&toml::to_string(&cfg)?);
+            std::fs::write(&path, out)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        for (id, addr) in addrs {
+            if let Some(n) = fed.nodes.get_mut(id) {
+                n.client_url = format!("https://{addr}");
+                n.federation_url.clone_from(&n.client_url);
+            }
+        }
+        std::fs::write(
+            dir.join("federation.json"),
+            serde_json::to_string_pretty(&*fed)?,
+        )?;
+        Ok(())
     }
 
     /// Waits (bounded) until every node has a route to every other.
