@@ -6,13 +6,14 @@
 //! share one fsync (group commit).
 #![forbid(unsafe_code)]
 
+mod blob;
 mod commit;
 mod mem;
 mod sled_store;
 
 pub use commit::{Committer, Receipt};
 pub use mem::MemStore;
-pub use sled_store::SledStore;
+pub use sled_store::{BLOB_THRESHOLD, SEGMENT_BYTES, SledOptions, SledStore};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,33 @@ pub enum StoreError {
     /// The committer has stopped (shutdown).
     #[error("store is shutting down")]
     Closed,
+    /// A large value's record in the blob log does not match the pointer that leads to it
+    /// (checksum, lengths or key), or the pointer leads outside its segment: the file was
+    /// damaged or edited. Only the entry read is affected.
+    #[error(
+        "blob segment {segment} is damaged at offset {offset}: {problem}; this entry cannot be \
+         read (other entries are unaffected): restore the store directory from a backup, or \
+         delete the entry"
+    )]
+    Corrupt {
+        /// Path of the segment file.
+        segment: String,
+        /// Offset of the record in it.
+        offset: u64,
+        /// What does not match.
+        problem: String,
+    },
+    /// A value in the store's index is not in the format this version writes.
+    #[error(
+        "stored value of key {key} is malformed: {problem}; the store index is damaged: restore \
+         the store directory from a backup, or delete the entry"
+    )]
+    Malformed {
+        /// The key (space byte first), in hex.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 /// The logical key spaces of a node's store.
