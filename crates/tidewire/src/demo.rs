@@ -564,10 +564,13 @@ pub struct BenchArgs {
     /// Publish rate per second (default: as fast as possible).
     #[arg(long)]
     rate: Option<u64>,
+    /// Persons per notification, 5 fields each (6: 40 fields, 1.2 KiB of JSON; 0: 10 fields).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(0..=40))]
+    persons: u64,
 }
 
-fn bench_notification(i: u64, to: &str) -> String {
-    let persons: Vec<_> = (0..6)
+fn bench_notification(i: u64, to: &str, persons: u64) -> String {
+    let persons: Vec<_> = (0..persons)
         .map(|p| serde_json::json!({"name": format!("Person {p}"), "nationality": "CO", "dob": "1979-03-02", "role": "crew", "id_number": format!("P{i:07}{p}")}))
         .collect();
     serde_json::json!({
@@ -583,6 +586,23 @@ fn bench_notification(i: u64, to: &str) -> String {
         }
     })
     .to_string()
+}
+
+/// CPU time (user + system) this process has used, in seconds, from `/proc/self/stat` (clock
+/// ticks of 1/100 s, the Linux default): everything in the benchmark (nodes, publisher,
+/// subscriber) runs in this process, so it is the cost of the whole path.
+fn process_cpu_s() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0)
 }
 
 fn peak_rss_mib() -> f64 {
@@ -618,14 +638,21 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
         .into_inner();
     let count = a.count;
     let rate = a.rate;
+    let persons = a.persons;
+    let sample = bench_notification(0, last, persons);
+    let fields = tidewire_core::Notification::from_json(sample.as_bytes())?
+        .fields
+        .len();
     let pub_ch = fedn.conn(nodes[0]).connect().await?;
     if !json {
         eprintln!(
-            "bench relay: {count} signed 1 KiB notifications over {} mTLS hop(s){}",
+            "bench relay: {count} signed notifications ({fields} fields, {} bytes of JSON) over {} mTLS hop(s){}",
+            sample.len(),
             a.hops,
             rate.map(|r| format!(" at {r}/s")).unwrap_or_default()
         );
     }
+    let cpu_before = process_cpu_s();
     let start = Instant::now();
     let target = last.to_owned();
     let publisher = tokio::spawn(async move {
@@ -637,7 +664,7 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
                     tokio::time::sleep_until(due.into()).await;
                 }
                 pb::PublishRequest {
-                    notification_json: bench_notification(i, &target),
+                    notification_json: bench_notification(i, &target, persons),
                     idempotency_key: String::new(),
                 }
             }
@@ -668,6 +695,7 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = process_cpu_s() - cpu_before;
     let (_, publish_s) = publisher.await?.map_err(status_error)?;
     latencies.sort_by(|x, y| x.total_cmp(y));
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
@@ -677,6 +705,9 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
         "publish_per_s": (count as f64 / publish_s).round(),
         "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1.0),
         "peak_rss_mib": (peak_rss_mib() * 10.0).round() / 10.0,
+        "cpu_us_per_notification": (cpu * 1e6 / count as f64).round(),
+        "cpu_cores_busy": (cpu / elapsed * 100.0).round() / 100.0,
+        "fields": fields, "json_bytes": sample.len(),
         "nodes_in_process": nodes.len(),
     });
     fedn.stop().await;
@@ -684,18 +715,19 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
         println!("{out}");
     } else {
         println!(
-            "hops  count   throughput/s   p50 ms   p99 ms   max ms   peak RSS (all {} nodes) MiB",
+            "hops  count   throughput/s   p50 ms   p99 ms   max ms   peak RSS (all {} nodes) MiB   CPU µs/notification (all)",
             nodes.len()
         );
         println!(
-            "{:<5} {:<7} {:>12}   {:>6}   {:>6}   {:>6}   {:>8}",
+            "{:<5} {:<7} {:>12}   {:>6}   {:>6}   {:>6}   {:>8}   {:>8}",
             a.hops,
             count,
             out["throughput_per_s"],
             out["p50_ms"],
             out["p99_ms"],
             out["max_ms"],
-            out["peak_rss_mib"]
+            out["peak_rss_mib"],
+            out["cpu_us_per_notification"]
         );
     }
     Ok(())
@@ -768,7 +800,7 @@ pub async fn bench_fanout(a: FanoutArgs, json: bool) -> Result<()> {
     }
     let start = Instant::now();
     let reqs = futures::stream::iter(0..count).map(|i| pb::PublishRequest {
-        notification_json: bench_notification(i, "maoc-n"),
+        notification_json: bench_notification(i, "maoc-n", 6),
         idempotency_key: String::new(),
     });
     let mut replies = pb::publisher_client::PublisherClient::new(conn.connect().await?)
