@@ -143,6 +143,12 @@ fn init_tracing(env: &std::collections::HashMap<String, String>, json: bool) {
 }
 
 fn main() {
+    // No transparent huge pages for this process: the allocator returns freed memory to the
+    // kernel, and every fault on a returned huge page zeroes 2 MiB. With THP on, the relay spent
+    // up to a quarter of its CPU in the kernel clearing pages (docs/BENCHMARKS.md), and latency
+    // got spiky — the same reason Redis and MongoDB ask for THP off. Failure is harmless.
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
