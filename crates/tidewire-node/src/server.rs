@@ -179,7 +179,10 @@ async fn start_inner(
             ))
             .max_decoding_message_size(max),
         );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // The builder's `tcp_nodelay` only applies to listeners tonic binds itself: set it on every
+    // accepted socket here, or acks, publish replies and deliveries wait out Nagle's algorithm
+    // against the peer's delayed ACK (tens of milliseconds per exchange).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let stop = shutdown.clone();
     let span = tracing::info_span!("server", node = %node.id(), addr = %addr);
     let server = tokio::spawn(
