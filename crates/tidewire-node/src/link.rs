@@ -543,7 +543,14 @@ fn complete(node: &Arc<Node>, peer: &NodeId, inflight: &mut BTreeMap<u64, Inflig
         .fetch_add(forwarded, Ordering::Relaxed);
     let n = node.clone();
     node.tracker.spawn(async move {
-        if let Err(e) = n.commit(ops, entries).await {
+        // Removing acknowledged items need not be durable at once: lost in a crash, they are
+        // sent again and the peer answers them as duplicates. Refusals are ledger records.
+        let done = if entries.is_empty() {
+            n.commit_lazy(ops).await
+        } else {
+            n.commit(ops, entries).await
+        };
+        if let Err(e) = done {
             tracing::error!(error = %e, "could not record acknowledged transfers");
         }
     });

@@ -653,15 +653,7 @@ impl Node {
         numbered: Numbered,
         entries: Vec<LedgerEntry>,
     ) -> Receipt {
-        for op in &ops {
-            if let Op::Delete {
-                space: Space::Notifications,
-                key,
-            } = op
-            {
-                self.copies.evict(key);
-            }
-        }
+        self.evict_deleted(&ops);
         let mut head = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         for (dest, item) in numbered.outbox {
             let oseq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
@@ -679,6 +671,28 @@ impl Node {
             ops.push(head.append(e));
         }
         self.committer.submit(ops)
+    }
+
+    /// Applies `ops` (which carry no ledger entries) in order with every other write, without
+    /// waiting for a sync of their own: the next durable commit covers them. Only for writes
+    /// whose loss in a crash merely repeats idempotent work (see [`Committer::submit_lazy`]).
+    pub async fn commit_lazy(&self, ops: Vec<Op>) -> Result<(), NodeError> {
+        self.evict_deleted(&ops);
+        Committer::wait(self.committer.submit_lazy(ops)).await?;
+        Ok(())
+    }
+
+    /// Drops the decoded copies that `ops` delete from the store.
+    fn evict_deleted(&self, ops: &[Op]) {
+        for op in ops {
+            if let Op::Delete {
+                space: Space::Notifications,
+                key,
+            } = op
+            {
+                self.copies.evict(key);
+            }
+        }
     }
 
     /// The second half of [`Node::commit_numbered`]: waits until the batch is durable.

@@ -11,7 +11,8 @@ use tokio::sync::oneshot;
 
 use crate::{Op, Store, StoreError};
 
-type Job = (Vec<Op>, oneshot::Sender<Result<(), String>>);
+/// A batch, whether its submitter needs it durable before the answer, and where to answer.
+type Job = (Vec<Op>, bool, oneshot::Sender<Result<(), String>>);
 
 /// A submitted batch, to await with [`Committer::wait`].
 #[derive(Debug)]
@@ -51,14 +52,18 @@ impl Committer {
                     // (a group is all-or-nothing), and sled pays its per-batch cost once.
                     let ops: Vec<Op> = jobs
                         .iter_mut()
-                        .flat_map(|(ops, _)| std::mem::take(ops))
+                        .flat_map(|(ops, _, _)| std::mem::take(ops))
                         .collect();
+                    // A group of lazy batches only is applied without a sync: the next sync
+                    // (any durable batch's, or the final one at shutdown) covers it, since the
+                    // store persists in application order.
+                    let durable = jobs.iter().any(|(_, d, _)| *d);
                     let synced = store
                         .apply(&ops)
-                        .and_then(|()| store.sync())
+                        .and_then(|()| if durable { store.sync() } else { Ok(()) })
                         .map_err(|e| e.to_string());
-                    tracing::trace!(batches = jobs.len(), "group commit");
-                    for (_, reply) in jobs {
+                    tracing::trace!(batches = jobs.len(), durable, "group commit");
+                    for (_, _, reply) in jobs {
                         let _ = reply.send(synced.clone());
                     }
                 }
@@ -75,16 +80,28 @@ impl Committer {
     /// Queues `ops` now (batches are applied in submission order) and returns the receipt to
     /// await with [`Committer::wait`].
     pub fn submit(&self, ops: Vec<Op>) -> Receipt {
+        self.submit_as(ops, true)
+    }
+
+    /// Queues `ops` to be applied in order like [`Committer::submit`], but its receipt answers
+    /// once they are applied, without waiting for a sync of their own: they become durable with
+    /// the next durable batch (or the final sync at shutdown). For writes whose loss in a crash
+    /// only repeats work that is idempotent, such as removing acknowledged outbox items.
+    pub fn submit_lazy(&self, ops: Vec<Op>) -> Receipt {
+        self.submit_as(ops, false)
+    }
+
+    fn submit_as(&self, ops: Vec<Op>, durable: bool) -> Receipt {
         let (tx, rx) = oneshot::channel();
         if ops.is_empty() {
             let _ = tx.send(Ok(()));
-        } else if let Err(mpsc::SendError((_, tx))) = self.tx.send((ops, tx)) {
+        } else if let Err(mpsc::SendError((_, _, tx))) = self.tx.send((ops, durable, tx)) {
             let _ = tx.send(Err(StoreError::Closed.to_string()));
         }
         Receipt(rx)
     }
 
-    /// Waits until a submitted batch is durable.
+    /// Waits until a submitted batch is durable (applied, for a lazy one).
     pub async fn wait(receipt: Receipt) -> Result<(), StoreError> {
         receipt
             .0
@@ -116,6 +133,58 @@ mod tests {
             t.await.unwrap().unwrap();
         }
         assert_eq!(store.count(Space::Feed, b"").unwrap(), 200);
+    }
+
+    /// A store that counts syncs, to see which groups pay for one.
+    #[derive(Default)]
+    struct CountingStore {
+        inner: crate::MemStore,
+        syncs: std::sync::atomic::AtomicU64,
+    }
+
+    impl Store for CountingStore {
+        fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(space, key)
+        }
+        fn scan(
+            &self,
+            space: Space,
+            prefix: &[u8],
+            from: &[u8],
+            limit: usize,
+        ) -> Result<Vec<crate::Entry>, StoreError> {
+            self.inner.scan(space, prefix, from, limit)
+        }
+        fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<crate::Entry>, StoreError> {
+            self.inner.last(space, prefix)
+        }
+        fn count(&self, space: Space, prefix: &[u8]) -> Result<u64, StoreError> {
+            self.inner.count(space, prefix)
+        }
+        fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+            self.inner.apply(ops)
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.sync()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lazy_batch_is_applied_in_order_without_a_sync_of_its_own() {
+        let store = Arc::new(CountingStore::default());
+        let c = Committer::start(store.clone());
+        Committer::wait(c.submit_lazy(vec![Op::put(Space::Outbox, b"a".to_vec(), b"1".to_vec())]))
+            .await
+            .unwrap();
+        assert_eq!(store.get(Space::Outbox, b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.syncs.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // A durable batch after it syncs (and so covers the lazy one).
+        c.commit(vec![Op::delete(Space::Outbox, b"a".to_vec())])
+            .await
+            .unwrap();
+        assert_eq!(store.get(Space::Outbox, b"a").unwrap(), None);
+        assert_eq!(store.syncs.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]
