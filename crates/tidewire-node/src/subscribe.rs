@@ -281,25 +281,35 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
                             }
                         };
                     let mut entries = Vec::new();
+                    let mut deliveries = Vec::new();
                     let empty = batch.is_empty();
                     for (k, v) in batch {
                         cursor = u64::from_be_bytes(k.as_slice().try_into().unwrap_or([0; 8]));
                         if let Some((mut d, e)) = prepare_local(&node, &user, &filter, cursor, &v) {
                             d.skipped = std::mem::take(&mut skipped);
                             entries.push(e);
-                            tokio::select! {
-                                _ = stop.cancelled() => return,
-                                r = tx.send(Ok(d)) => if r.is_err() { return },
-                            }
+                            deliveries.push(d);
                         }
                     }
-                    if !entries.is_empty() {
-                        let n = node.clone();
-                        node.tracker.spawn(async move {
-                            if let Err(e) = n.commit(Vec::new(), entries).await {
-                                tracing::error!(error = %e, "could not record deliveries");
-                            }
-                        });
+                    // Like transfers, deliveries are on the ledger before they leave: a crash
+                    // in between may record a delivery the officer never saw (it is redelivered),
+                    // never the other way round.
+                    if !entries.is_empty()
+                        && let Err(e) = node.commit(Vec::new(), entries).await
+                    {
+                        tracing::error!(error = %e, "could not record deliveries; not sending them");
+                        let _ = tx
+                            .send(Err(Status::unavailable(
+                                "the node could not record deliveries; resubscribe to resume",
+                            )))
+                            .await;
+                        return;
+                    }
+                    for d in deliveries {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            r = tx.send(Ok(d)) => if r.is_err() { return },
+                        }
                     }
                     if empty {
                         tokio::select! {
