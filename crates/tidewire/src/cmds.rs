@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -258,110 +259,167 @@ fn delivery_json(d: &pb::Delivery) -> serde_json::Value {
     })
 }
 
-/// `tidewire subscribe`.
+/// `tidewire subscribe`: follows a feed until `--count` or ctrl-c. When the connection to the
+/// node is lost (node restarted, network cut), it reconnects with capped backoff and resumes
+/// right after the last notification it printed, so nothing is missed or printed twice; the
+/// first connection failing is an error, so a wrong URL or identity is reported at once.
 pub async fn subscribe(a: SubscribeArgs, json: bool) -> Result<()> {
-    let channel = a.conn.connect().await?;
-    let mut client = pb::subscriber_client::SubscriberClient::new(channel);
-    let start = match (a.cursor, a.from_start) {
-        (Some(_), _) => pb::subscribe_request::Start::Cursor,
-        (None, true) => pb::subscribe_request::Start::Beginning,
-        _ => pb::subscribe_request::Start::Now,
-    };
     let durable = a.durable.clone().unwrap_or_default();
-    let mut stream = client
-        .subscribe(pb::SubscribeRequest {
+    let mut last: Option<u64> = None;
+    let mut n = 0u64;
+    let mut backoff = Duration::from_millis(500);
+    let mut attempt = 0u32;
+    loop {
+        let start = match (last.or(a.cursor), a.from_start) {
+            (Some(_), _) => pb::subscribe_request::Start::Cursor,
+            (None, true) => pb::subscribe_request::Start::Beginning,
+            _ => pb::subscribe_request::Start::Now,
+        };
+        let req = pb::SubscribeRequest {
             routes: a.route.clone(),
             kinds: a.kind.clone(),
             start: start as i32,
-            cursor: a.cursor.unwrap_or(0),
+            cursor: last.or(a.cursor).unwrap_or(0),
             durable: durable.clone(),
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    if !json {
-        eprintln!(
-            "following {} on {} (ctrl-c to stop)",
-            if a.route.is_empty() {
-                ">".to_owned()
-            } else {
-                a.route.join(", ")
-            },
-            a.conn.node
-        );
-    }
-    let mut n = 0u64;
-    while let Some(d) = stream.next().await {
-        let d = d.map_err(status_error)?;
-        if d.skipped > 0 && !json {
-            eprintln!(
-                "warning: {} notification(s) expired from retention before you read them",
-                d.skipped
-            );
-        }
-        if json {
-            println!("{}", delivery_json(&d));
-        } else {
-            println!(
-                "── {} {} from {}  [{}] {}",
-                timefmt::format_ms(d.created_at_ms),
-                d.kind,
-                d.origin,
-                d.handling,
-                d.id
-            );
-            println!("   routes   {}", d.routes.join(", "));
-            if !d.case_ref.is_empty() {
-                println!(
-                    "   case     {}   grading {}   purposes {}",
-                    d.case_ref,
-                    d.grading,
-                    d.purposes.join(", ")
-                );
-            }
-            if !d.handling_restriction.is_empty() {
-                println!("   restriction: {}", d.handling_restriction);
-            }
-            let fields: serde_json::Value =
-                serde_json::from_str(&d.fields_json).unwrap_or_default();
-            println!(
-                "   fields   {}",
-                serde_json::to_string_pretty(&fields)
-                    .unwrap_or_default()
-                    .replace('\n', "\n            ")
-            );
-            for w in &d.withheld {
-                let what = if w.path_or_digest.len() == 64 {
-                    format!("{}…", &w.path_or_digest[..12])
-                } else {
-                    w.path_or_digest.clone()
-                };
-                println!(
-                    "   withheld {what}{}",
-                    if w.by.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" by {} ({})", w.by, w.rule)
-                    }
-                );
-            }
-            println!("   path     {}", d.path.join(" -> "));
-        }
-        if !durable.is_empty() && !a.no_ack {
-            client
-                .ack(pb::AckRequest {
-                    durable: durable.clone(),
-                    cursor: d.cursor,
-                })
+        };
+        let opened = async {
+            let channel = a.conn.connect().await?;
+            let mut client = pb::subscriber_client::SubscriberClient::new(channel);
+            let stream = client
+                .subscribe(req)
                 .await
-                .map_err(status_error)?;
+                .map_err(status_error)?
+                .into_inner();
+            anyhow::Ok((client, stream))
         }
-        n += 1;
-        if a.count.is_some_and(|c| n >= c) {
-            break;
+        .await;
+        let (mut client, mut stream) = match opened {
+            Ok(x) => x,
+            Err(e) if attempt == 0 => return Err(e),
+            Err(e) => {
+                eprintln!(
+                    "still cannot reach {} ({e:#}); retrying in {}s",
+                    a.conn.node,
+                    backoff.as_secs_f32()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        if attempt > 0 {
+            // On stderr, so also with --json: stdout carries only deliveries.
+            eprintln!(
+                "reconnected to {}; resuming after cursor {}",
+                a.conn.node,
+                last.map(|c| c.to_string())
+                    .unwrap_or_else(|| "(start)".into())
+            );
+        } else if !json {
+            eprintln!(
+                "following {} on {} (ctrl-c to stop)",
+                if a.route.is_empty() {
+                    ">".to_owned()
+                } else {
+                    a.route.join(", ")
+                },
+                a.conn.node
+            );
         }
+        attempt += 1;
+        let lost = loop {
+            let d = match stream.next().await {
+                Some(Ok(d)) => d,
+                // The node ended the stream (shutting down) or the transport failed: resume.
+                None => break "the node closed the stream".to_owned(),
+                Some(Err(e)) if is_transport(&e) => break e.message().to_owned(),
+                Some(Err(e)) => return Err(status_error(e)),
+            };
+            backoff = Duration::from_millis(500);
+            if d.skipped > 0 && !json {
+                eprintln!(
+                    "warning: {} notification(s) expired from retention before you read them",
+                    d.skipped
+                );
+            }
+            if json {
+                println!("{}", delivery_json(&d));
+            } else {
+                println!(
+                    "── {} {} from {}  [{}] {}",
+                    timefmt::format_ms(d.created_at_ms),
+                    d.kind,
+                    d.origin,
+                    d.handling,
+                    d.id
+                );
+                println!("   routes   {}", d.routes.join(", "));
+                if !d.case_ref.is_empty() {
+                    println!(
+                        "   case     {}   grading {}   purposes {}",
+                        d.case_ref,
+                        d.grading,
+                        d.purposes.join(", ")
+                    );
+                }
+                if !d.handling_restriction.is_empty() {
+                    println!("   restriction: {}", d.handling_restriction);
+                }
+                let fields: serde_json::Value =
+                    serde_json::from_str(&d.fields_json).unwrap_or_default();
+                println!(
+                    "   fields   {}",
+                    serde_json::to_string_pretty(&fields)
+                        .unwrap_or_default()
+                        .replace('\n', "\n            ")
+                );
+                for w in &d.withheld {
+                    let what = if w.path_or_digest.len() == 64 {
+                        format!("{}…", &w.path_or_digest[..12])
+                    } else {
+                        w.path_or_digest.clone()
+                    };
+                    println!(
+                        "   withheld {what}{}",
+                        if w.by.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" by {} ({})", w.by, w.rule)
+                        }
+                    );
+                }
+                println!("   path     {}", d.path.join(" -> "));
+            }
+            if !durable.is_empty() && !a.no_ack {
+                client
+                    .ack(pb::AckRequest {
+                        durable: durable.clone(),
+                        cursor: d.cursor,
+                    })
+                    .await
+                    .map_err(status_error)?;
+            }
+            last = Some(d.cursor);
+            n += 1;
+            if a.count.is_some_and(|c| n >= c) {
+                return Ok(());
+            }
+        };
+        eprintln!(
+            "connection to {} lost ({lost}); reconnecting in {}s",
+            a.conn.node,
+            backoff.as_secs_f32()
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
-    Ok(())
+}
+
+/// Whether a status means the connection failed (worth reconnecting), not that the node
+/// refused or failed the request.
+fn is_transport(e: &tonic::Status) -> bool {
+    matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Cancelled)
+        || (e.code() == tonic::Code::Unknown && e.message().contains("h2 protocol error"))
 }
 
 /// `tidewire status`.

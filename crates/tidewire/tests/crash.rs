@@ -1,8 +1,9 @@
-//! Proves invariant 5 ("acknowledged means durable") against the real binary: two `tidewire node
-//! run` processes `a – b` from `tidewire pki init`; a client streams publishes to `a`, and `a` is
-//! killed with SIGKILL in the middle of the stream. After `a` restarts on the same data
+//! Crashes of the real binary. Proves invariant 5 ("acknowledged means durable"): two `tidewire
+//! node run` processes `a – b` from `tidewire pki init`; a client streams publishes to `a`, and
+//! `a` is killed with SIGKILL in the middle of the stream. After `a` restarts on the same data
 //! directory, every publish `a` had acknowledged reaches `b` exactly once, and `a`'s disclosure
-//! ledger still verifies.
+//! ledger still verifies. And a liaison officer's `tidewire subscribe` rides out its node being
+//! killed and restarted without missing or repeating a notification.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -154,10 +155,9 @@ async fn stream_publishes(
     bail!("the stream ended before the kill")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_stream_loses_no_acknowledged_publish() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let dir = tmp.path().join("fed");
+/// `tidewire pki init` for `a – b` into `tmp/fed`.
+fn pki_init(tmp: &Path) -> Result<PathBuf> {
+    let dir = tmp.join("fed");
     let init = Command::new(env!("CARGO_BIN_EXE_tidewire"))
         .args(["pki", "init", "--nodes", "a,b", "--links", "a:b", "--out"])
         .arg(&dir)
@@ -168,6 +168,13 @@ async fn kill_9_mid_stream_loses_no_acknowledged_publish() -> Result<()> {
         "pki init failed: {}",
         String::from_utf8_lossy(&init.stderr)
     );
+    Ok(dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_loses_no_acknowledged_publish() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = pki_init(tmp.path())?;
     let mut a = NodeProcess::start(&dir, "a", 1)?;
     let _b = NodeProcess::start(&dir, "b", 1)?;
     eventually(
@@ -253,5 +260,101 @@ async fn kill_9_mid_stream_loses_no_acknowledged_publish() -> Result<()> {
         .await?
         .into_inner();
     assert!(verify.ok, "a's ledger after kill -9: {}", verify.problem);
+    Ok(())
+}
+
+/// Publishes `notification(i)` at `a` (unary); returns its id.
+async fn publish_one(dir: &Path, i: u64) -> Result<String> {
+    let ch = conn(dir, "a").connect().await?;
+    let r = pb::publisher_client::PublisherClient::new(ch)
+        .publish(pb::PublishRequest {
+            notification_json: notification(i),
+            idempotency_key: format!("reconnect-{i}"),
+        })
+        .await?
+        .into_inner();
+    Ok(r.id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscribe_command_rides_out_its_node_being_killed_and_restarted() -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+
+    let tmp = tempfile::tempdir()?;
+    let dir = pki_init(tmp.path())?;
+    let _a = NodeProcess::start(&dir, "a", 1)?;
+    let mut b = NodeProcess::start(&dir, "b", 1)?;
+    eventually(
+        Duration::from_secs(20),
+        "the a–b link comes up",
+        async || link_up(&dir, "a", "b").await,
+    )
+    .await;
+
+    // The officer follows b's feed from the start of retained data, six notifications in all.
+    let officer_log = std::fs::File::create(tmp.path().join("subscribe.err"))?;
+    let mut officer = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidewire"))
+        .args([
+            "--json",
+            "subscribe",
+            "--node",
+            "b",
+            "--from-start",
+            "--count",
+            "6",
+        ])
+        .arg("--federation")
+        .arg(&dir)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(officer_log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawning tidewire subscribe")?;
+    let mut lines = tokio::io::BufReader::new(officer.stdout.take().context("stdout")?).lines();
+    let mut seen = Vec::new();
+    let mut read = async |seen: &mut Vec<String>, n: usize| -> Result<()> {
+        for _ in 0..n {
+            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                .await
+                .context("no delivery printed for 30 s")??
+                .context("tidewire subscribe exited early")?;
+            let d: serde_json::Value = serde_json::from_str(&line)?;
+            seen.push(d["id"].as_str().unwrap_or_default().to_owned());
+        }
+        Ok(())
+    };
+
+    let mut published = Vec::new();
+    for i in 0..3 {
+        published.push(publish_one(&dir, i).await?);
+    }
+    read(&mut seen, 3).await?;
+
+    // b dies without warning and comes back on the same data directory.
+    b.kill_9()?;
+    let _b = NodeProcess::start(&dir, "b", 2)?;
+    eventually(
+        Duration::from_secs(20),
+        "b restarts and relinks with a",
+        async || link_up(&dir, "a", "b").await,
+    )
+    .await;
+    for i in 3..6 {
+        published.push(publish_one(&dir, i).await?);
+    }
+    read(&mut seen, 3).await?;
+
+    let status = tokio::time::timeout(Duration::from_secs(10), officer.wait())
+        .await
+        .context("tidewire subscribe did not stop after --count")??;
+    let err = std::fs::read_to_string(tmp.path().join("subscribe.err"))?;
+    assert!(status.success(), "tidewire subscribe failed: {err}");
+    assert!(
+        err.contains("reconnected to b"),
+        "the command did not report its reconnection: {err}"
+    );
+    assert_eq!(seen, published, "every notification once, in order");
     Ok(())
 }
