@@ -297,13 +297,8 @@ pub async fn subscribe(a: SubscribeArgs, json: bool) -> Result<()> {
             Ok(x) => x,
             Err(e) if attempt == 0 => return Err(e),
             Err(e) => {
-                eprintln!(
-                    "still cannot reach {} ({e:#}); retrying in {}s",
-                    a.conn.node,
-                    backoff.as_secs_f32()
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                let why = format!("still cannot reach {} ({e:#})", a.conn.node);
+                pause(&why, &mut backoff).await;
                 continue;
             }
         };
@@ -405,14 +400,17 @@ pub async fn subscribe(a: SubscribeArgs, json: bool) -> Result<()> {
                 return Ok(());
             }
         };
-        eprintln!(
-            "connection to {} lost ({lost}); reconnecting in {}s",
-            a.conn.node,
-            backoff.as_secs_f32()
-        );
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        let why = format!("connection to {} lost ({lost})", a.conn.node);
+        pause(&why, &mut backoff).await;
     }
+}
+
+/// Says why and how long `subscribe` waits before reconnecting, waits, and doubles the wait
+/// (up to 30 s).
+async fn pause(why: &str, backoff: &mut Duration) {
+    eprintln!("{why}; reconnecting in {:.1}s", backoff.as_secs_f32());
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(Duration::from_secs(30));
 }
 
 /// Whether a status means the connection failed (worth reconnecting), not that the node
