@@ -5,6 +5,7 @@
 //! the way, and the destination, can check it; all of it is on the ledgers.
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use tidewire_core::envelope;
@@ -18,6 +19,9 @@ use tidewire_store::{Op, Space};
 use crate::error::NodeError;
 use crate::ledger::LedgerEntry;
 use crate::node::{ConsentRecord, Node, Numbered, OutboxItem, decode_stored, note_key};
+
+/// How long a held consent request that reached the next hop waits before it is sent again.
+pub const CONSENT_RESEND: Duration = Duration::from_secs(30);
 
 /// Signing domain of routed control messages.
 pub const ROUTED_DOMAIN: &[u8] = b"tidewire/v1/routed\0";
@@ -33,7 +37,7 @@ pub enum Asked {
     /// Inside the audience, or onward transfer allowed: queued now.
     Queued,
     /// Held; the origin was asked.
-    Held(ConsentRecord),
+    Held(Box<ConsentRecord>),
 }
 
 impl Node {
@@ -197,14 +201,6 @@ impl Node {
                 h.origin
             )));
         }
-        let routed = self.sign_routed(
-            &h.origin,
-            RoutedMessage::ConsentRequest(pb::ConsentRequest {
-                notification: nid.to_string(),
-                destination: dest.to_string(),
-                reason: reason.to_owned(),
-            }),
-        );
         let rec = ConsentRecord {
             id: format!("{nid}-{dest}"),
             notification: nid.to_string(),
@@ -214,6 +210,8 @@ impl Node {
             kind: h.kind.to_string(),
             case_ref: h.case_ref.clone(),
             at_ms: timefmt::now_ms(),
+            origin: h.origin.to_string(),
+            reason: reason.to_owned(),
         };
         let mut e = LedgerEntry::new("consent_requested");
         e.notification = nid.to_string();
@@ -228,8 +226,88 @@ impl Node {
             vec![e],
         )
         .await?;
-        self.send_routed(&h.origin, routed)?;
-        Ok(Asked::Held(rec))
+        // Held durably first; if the origin cannot be reached now, `retry_consent` sends the
+        // request again until it answers.
+        self.send_request(&rec);
+        Ok(Asked::Held(Box::new(rec)))
+    }
+
+    /// Signs and sends `rec`'s consent request towards its origin; remembers when it left.
+    fn send_request(&self, rec: &ConsentRecord) -> bool {
+        let Ok(origin) = rec.origin.parse::<NodeId>() else {
+            return false;
+        };
+        let routed = self.sign_routed(
+            &origin,
+            RoutedMessage::ConsentRequest(pb::ConsentRequest {
+                notification: rec.notification.clone(),
+                destination: rec.destination.clone(),
+                reason: rec.reason.clone(),
+            }),
+        );
+        match self.send_routed(&origin, routed) {
+            Ok(()) => {
+                self.consent_sent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(rec.id.clone(), Instant::now());
+                true
+            }
+            Err(e) => {
+                tracing::info!(id = %rec.id, origin = %origin, reason = %e, "consent request not sent yet; will retry");
+                false
+            }
+        }
+    }
+
+    /// Sends again every held request the origin has not answered: those never sent (no route
+    /// when asked) at once, the others every [`CONSENT_RESEND`] (an answer may have been lost
+    /// while this node was unreachable: the origin answers a repeated request from its recorded
+    /// decision). A request whose notification is gone (expired, recalled) is closed. Returns
+    /// how many requests were sent.
+    pub async fn retry_consent(&self) -> Result<usize, NodeError> {
+        let mut sent = 0;
+        for rec in self.held_items()? {
+            if rec.state != "held" || rec.origin.is_empty() {
+                continue;
+            }
+            let nid: NotificationId = match rec.notification.parse() {
+                Ok(n) => n,
+                Err(_) => continue,
+            };
+            if self
+                .store
+                .get(Space::Notifications, &note_key(&nid, self.id()))?
+                .is_none()
+            {
+                let mut closed = rec.clone();
+                closed.state = "expired".into();
+                let mut e = LedgerEntry::new("dropped");
+                e.notification = rec.notification.clone();
+                e.destination = format!("node:{}", rec.destination);
+                e.detail = serde_json::json!({"reason": "the notification expired or was recalled before the origin answered"});
+                self.commit(
+                    vec![Op::put(
+                        Space::Held,
+                        closed.id.as_bytes().to_vec(),
+                        serde_json::to_vec(&closed).unwrap_or_default(),
+                    )],
+                    vec![e],
+                )
+                .await?;
+                continue;
+            }
+            let recent = self
+                .consent_sent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&rec.id)
+                .is_some_and(|t| t.elapsed() < CONSENT_RESEND);
+            if !recent && self.send_request(&rec) {
+                sent += 1;
+            }
+        }
+        Ok(sent)
     }
 
     async fn queue_for(
@@ -287,6 +365,19 @@ impl Node {
                 "consent asked for {nid}, which this node did not originate or no longer holds"
             )));
         };
+        if let Some(v) = self
+            .store
+            .get(Space::Consent, format!("{nid}-{dest}").as_bytes())?
+            && let Ok(earlier) = serde_json::from_slice::<ConsentRecord>(&v)
+        {
+            // A repeated request (the relay retries until it hears back): answer from the
+            // recorded decision, or keep waiting for the administrator.
+            return match earlier.state.as_str() {
+                "granted" => self.answer_consent(&earlier, true, "an earlier decision"),
+                "refused" => self.answer_consent(&earlier, false, "an earlier decision"),
+                _ => Ok(()),
+            };
+        }
         let standing = match (self.policy(), self.roster.get(dest.as_str())) {
             (Some((p, _)), Some(n)) => p
                 .standing_consent(&header, &Party::from_roster(n))
@@ -303,6 +394,8 @@ impl Node {
             kind: header.kind.to_string(),
             case_ref: header.case_ref.clone(),
             at_ms: timefmt::now_ms(),
+            origin: self.id().to_string(),
+            reason: req.reason.clone(),
         };
         let mut e = LedgerEntry::new("consent_requested");
         e.notification = nid.to_string();

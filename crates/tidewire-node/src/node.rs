@@ -223,6 +223,12 @@ pub struct ConsentRecord {
     pub case_ref: String,
     /// When asked.
     pub at_ms: i64,
+    /// At the relay: the origin asked (to re-send the request until it answers).
+    #[serde(default)]
+    pub origin: String,
+    /// At the relay: the reason given, sent again with every retry.
+    #[serde(default)]
+    pub reason: String,
 }
 
 impl ConsentRecord {
@@ -287,6 +293,8 @@ pub struct Node {
     pub live_interests: Mutex<BTreeMap<String, usize>>,
     /// Ids of routed control messages already handled.
     pub routed_seen: Mutex<std::collections::HashSet<Vec<u8>>>,
+    /// When each held consent request last reached the next hop towards its origin.
+    pub consent_sent: Mutex<std::collections::HashMap<String, Instant>>,
     /// Seen-set keys claimed by ingests whose commit is still in flight (see [`Claims`]).
     claimed: Mutex<HashSet<Vec<u8>>>,
     /// Recently stored copies, decoded (see [`CopyCache`]).
@@ -571,6 +579,7 @@ impl Node {
             publish_bucket: Mutex::new((Instant::now(), 0.0)),
             sessions: crate::link::Sessions::default(),
             routed_seen: Mutex::new(std::collections::HashSet::new()),
+            consent_sent: Mutex::new(std::collections::HashMap::new()),
             live_interests: Mutex::new(BTreeMap::new()),
             claimed: Mutex::new(HashSet::new()),
             copies: CopyCache::default(),

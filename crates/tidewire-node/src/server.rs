@@ -203,10 +203,20 @@ async fn start_inner(
     let stop = shutdown.child_token();
     node.tracker.spawn(
         async move {
-            loop {
+            // Every 2 s: send held consent requests that have not reached the origin's side
+            // yet; every 10 s: purge expired content.
+            for tick in 1u64.. {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+                match n.retry_consent().await {
+                    Ok(0) => {}
+                    Ok(count) => tracing::info!(count, "consent requests sent again"),
+                    Err(e) => tracing::error!(error = %e, "consent retry failed"),
+                }
+                if tick % 5 != 0 {
+                    continue;
                 }
                 match crate::link::purge_expired(&n).await {
                     Ok(0) => {}
@@ -215,7 +225,7 @@ async fn start_inner(
                 }
             }
         }
-        .instrument(tracing::info_span!("purge")),
+        .instrument(tracing::info_span!("housekeeping")),
     );
 
     if let Some(l) = metrics_listener {

@@ -251,3 +251,72 @@ async fn onward_transfer_false_without_h2_is_refused_outright() {
     );
     f.stop().await;
 }
+
+/// The items the origin holds for its administrator, by state.
+async fn origin_items(f: &LocalFederation) -> Vec<pb::ConsentItem> {
+    admin(f, "maoc-n")
+        .await
+        .consent_list(pb::ConsentListRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .items
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_asked_while_the_origin_is_down_reaches_it_when_it_returns() {
+    let (_tmp, mut f) = line().await;
+    let id = publish(&f, "maoc-n", "MAOC-H2-LATER").await;
+    wait_for(Duration::from_secs(10), "dakar to receive", || {
+        has(&f, "dakar", &id, "received")
+    })
+    .await;
+
+    // The origin goes away; the relay's administrator asks anyway.
+    let origin = f.nodes.remove("maoc-n").expect("maoc-n runs");
+    origin.stop().await;
+    let asked = admin(&f, "dakar")
+        .await
+        .consent_ask(pb::ConsentAskRequest {
+            notification: id.clone(),
+            destination: "accra".into(),
+            reason: "joint operation".into(),
+        })
+        .await
+        .expect("the ask is held even though the origin is unreachable")
+        .into_inner();
+    assert_eq!(asked.state, "held");
+
+    // The origin comes back on the same data directory: the relay's retry reaches it, once.
+    let back = LocalFederation::start_existing(&f.dir, f.fed.clone(), &["maoc-n"])
+        .await
+        .expect("restart maoc-n");
+    wait_for(
+        Duration::from_secs(20),
+        "the held request to reach maoc-n after it returns",
+        || async { origin_items(&f).await.iter().any(|i| i.state == "pending") },
+    )
+    .await;
+    let pending = origin_items(&f).await;
+    assert_eq!(pending.len(), 1, "one request, however often it was sent");
+    let decided = admin(&f, "maoc-n")
+        .await
+        .consent_decide(pb::ConsentDecideRequest {
+            id: pending[0].id.clone(),
+            grant: true,
+        })
+        .await
+        .expect("grant")
+        .into_inner();
+    assert_eq!(decided.state, "granted");
+    wait_for(
+        Duration::from_secs(20),
+        "accra to receive after the grant",
+        || has(&f, "accra", &id, "received"),
+    )
+    .await;
+    assert_eq!(events(&f, "maoc-n", &id, "consent_requested").await, 1);
+    assert_eq!(events(&f, "dakar", &id, "released").await, 1);
+    back.stop().await;
+    f.stop().await;
+}
