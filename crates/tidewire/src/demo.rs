@@ -45,53 +45,20 @@ impl LocalFederation {
             countries: Vec::new(),
             orgs: Vec::new(),
         })?;
-        // Bind every node on port 0 (no race for ports picked in advance), then link them by
-        // their real addresses and write those back for clients and later restarts.
+        // Bind every node's socket on port 0 first (no race for ports picked in advance), write
+        // the real addresses into the configs and federation.json (for clients and restarts),
+        // then start each node on the socket it was given.
         let mut fed = fed;
-        let shutdown = CancellationToken::new();
-        let env = std::collections::HashMap::new();
-        let mut running = BTreeMap::new();
-        let mut links_of = BTreeMap::new();
-        let mut old_addr = BTreeMap::new();
+        let mut addrs = BTreeMap::new();
+        let mut listeners = Vec::new();
         for id in nodes {
-            let mut cfg = tidewire_node::NodeConfig::load(&dir.join(id).join("node.toml"), &env)?;
-            old_addr.insert(id.to_string(), cfg.listen.to_string());
-            cfg.listen = "127.0.0.1:0".parse().expect("valid address");
-            links_of.insert(id.to_string(), std::mem::take(&mut cfg.links));
-            let r = tidewire_node::start(cfg, shutdown.child_token())
-                .await
-                .with_context(|| format!("starting {id}"))?;
-            let url = format!("https://{}", r.addr);
-            if let Some(n) = fed.nodes.get_mut(*id) {
-                n.client_url = url.clone();
-                n.federation_url = url;
-            }
-            running.insert(id.to_string(), r);
+            let l = std::net::TcpListener::bind("127.0.0.1:0")
+                .with_context(|| format!("binding a loopback port for {id}"))?;
+            addrs.insert(id.to_string(), l.local_addr()?);
+            listeners.push((*id, Some(l)));
         }
-        for (id, links) in links_of {
-            for (peer, _) in links {
-                let url = fed.nodes[peer.as_str()].federation_url.clone();
-                tidewire_node::server::add_link(&running[&id].node, peer, url);
-            }
-        }
-        for id in nodes {
-            let path = dir.join(id).join("node.toml");
-            let mut text = std::fs::read_to_string(&path)?;
-            for (other, old) in &old_addr {
-                text = text.replace(old.as_str(), &running[other].addr.to_string());
-            }
-            std::fs::write(&path, text)?;
-        }
-        std::fs::write(
-            dir.join("federation.json"),
-            serde_json::to_string_pretty(&fed)?,
-        )?;
-        Ok(LocalFederation {
-            dir: dir.to_owned(),
-            fed,
-            nodes: running,
-            shutdown,
-        })
+        LocalFederation::readdress(dir, &mut fed, &addrs)?;
+        LocalFederation::start_existing_on(dir, fed, listeners).await
     }
 
     /// Starts `nodes` of a federation already written by [`pki::init`] (whose `node.toml` files
