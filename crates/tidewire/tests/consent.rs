@@ -71,30 +71,8 @@ async fn h2_outside_the_audience_is_held_until_the_origin_grants() {
     // Held: nothing reached accra yet.
     assert_eq!(events(&f, "accra", &id, "received").await, 0);
 
-    let req = admin(&f, "maoc-n")
-        .await
-        .consent_list(pb::ConsentListRequest {})
-        .await
-        .expect("list")
-        .into_inner()
-        .items
-        .remove(0);
-    let decided = admin(&f, "maoc-n")
-        .await
-        .consent_decide(pb::ConsentDecideRequest {
-            id: req.id,
-            grant: true,
-        })
-        .await
-        .expect("grant")
-        .into_inner();
-    assert_eq!(decided.state, "granted");
-    wait_for(
-        Duration::from_secs(10),
-        "accra to receive after the grant",
-        || has(&f, "accra", &id, "received"),
-    )
-    .await;
+    let req = origin_items(&f).await.remove(0);
+    grant_and_wait_for_accra(&f, &req.id, &id).await;
     assert_eq!(events(&f, "maoc-n", &id, "consent_granted").await, 1);
     assert_eq!(events(&f, "dakar", &id, "released").await, 1);
     f.stop().await;
@@ -252,6 +230,26 @@ async fn onward_transfer_false_without_h2_is_refused_outright() {
     f.stop().await;
 }
 
+/// MAOC-N's administrator grants request `req`; waits until notification `id` reaches Accra.
+async fn grant_and_wait_for_accra(f: &LocalFederation, req: &str, id: &str) {
+    let decided = admin(f, "maoc-n")
+        .await
+        .consent_decide(pb::ConsentDecideRequest {
+            id: req.to_owned(),
+            grant: true,
+        })
+        .await
+        .expect("grant")
+        .into_inner();
+    assert_eq!(decided.state, "granted");
+    wait_for(
+        Duration::from_secs(20),
+        "accra to receive after the grant",
+        || has(f, "accra", id, "received"),
+    )
+    .await;
+}
+
 /// The items the origin holds for its administrator, by state.
 async fn origin_items(f: &LocalFederation) -> Vec<pb::ConsentItem> {
     admin(f, "maoc-n")
@@ -299,22 +297,7 @@ async fn a_request_asked_while_the_origin_is_down_reaches_it_when_it_returns() {
     .await;
     let pending = origin_items(&f).await;
     assert_eq!(pending.len(), 1, "one request, however often it was sent");
-    let decided = admin(&f, "maoc-n")
-        .await
-        .consent_decide(pb::ConsentDecideRequest {
-            id: pending[0].id.clone(),
-            grant: true,
-        })
-        .await
-        .expect("grant")
-        .into_inner();
-    assert_eq!(decided.state, "granted");
-    wait_for(
-        Duration::from_secs(20),
-        "accra to receive after the grant",
-        || has(&f, "accra", &id, "received"),
-    )
-    .await;
+    grant_and_wait_for_accra(&f, &pending[0].id, &id).await;
     assert_eq!(events(&f, "maoc-n", &id, "consent_requested").await, 1);
     assert_eq!(events(&f, "dakar", &id, "released").await, 1);
     back.stop().await;
