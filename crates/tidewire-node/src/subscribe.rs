@@ -196,6 +196,9 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
         } else {
             routes.iter().map(|p| p.to_string()).collect()
         };
+        // Compared before the durable interest is stored: `add_interest` alone would see it
+        // as already announced, and a durable subscription's routes never reached the others.
+        let announced = node.interests();
         if !r.durable.is_empty() {
             node.commit(
                 vec![Op::put(
@@ -211,7 +214,8 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
             )
             .await?;
         }
-        if node.add_interest(&patterns) {
+        node.add_interest(&patterns);
+        if node.interests() != announced {
             crate::link::announce(&node);
         }
         let guard = InterestGuard {
@@ -355,5 +359,52 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
                 .await?;
         }
         Ok(Response::new(pb::AckReply { cursor }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %self.0.id()))]
+    async fn forget(
+        &self,
+        req: Request<pb::ForgetRequest>,
+    ) -> Result<Response<pb::ForgetReply>, Status> {
+        let who = caller(&self.0, &req)?;
+        let user = who.require(&["subscriber", "admin"], "ending a subscription")?;
+        let r = req.into_inner();
+        if r.durable.is_empty() {
+            return Err(NodeError::Invalid("name the durable subscription to end".into()).into());
+        }
+        let key = cursor_key(&user.name, &r.durable);
+        let interest = [b"interest\0".as_slice(), &key].concat();
+        let node = &self.0;
+        let cursor = node
+            .store
+            .get(Space::Cursors, &key)
+            .map_err(NodeError::from)?;
+        let had_interest = node
+            .store
+            .get(Space::Meta, &interest)
+            .map_err(NodeError::from)?
+            .is_some();
+        if cursor.is_none() && !had_interest {
+            return Err(NodeError::NotFound(format!(
+                "`{}` has no durable subscription named `{}` on this node",
+                user.name, r.durable
+            ))
+            .into());
+        }
+        node.commit(
+            vec![
+                Op::delete(Space::Cursors, key),
+                Op::delete(Space::Meta, interest),
+            ],
+            Vec::new(),
+        )
+        .await?;
+        // Withdraw the interest (live subscriptions keep theirs: they hold their own count).
+        crate::link::announce(node);
+        tracing::info!(user = %user.name, durable = %r.durable, "durable subscription ended");
+        let cursor = cursor
+            .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])))
+            .unwrap_or(0);
+        Ok(Response::new(pb::ForgetReply { cursor }))
     }
 }

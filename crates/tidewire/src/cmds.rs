@@ -405,6 +405,40 @@ pub async fn subscribe(a: SubscribeArgs, json: bool) -> Result<()> {
     }
 }
 
+/// `tidewire unsubscribe`.
+#[derive(Debug, Args)]
+pub struct UnsubscribeArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// The durable subscription to end.
+    #[arg(long)]
+    durable: String,
+}
+
+/// `tidewire unsubscribe`: ends one of the caller's durable subscriptions.
+pub async fn unsubscribe(a: UnsubscribeArgs, json: bool) -> Result<()> {
+    let channel = a.conn.connect().await?;
+    let r = pb::subscriber_client::SubscriberClient::new(channel)
+        .forget(pb::ForgetRequest {
+            durable: a.durable.clone(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"durable": a.durable, "node": a.conn.node, "cursor": r.cursor})
+        );
+    } else {
+        println!(
+            "ended durable subscription `{}` on {} (it had acknowledged up to cursor {}); the node no longer draws notifications for it",
+            a.durable, a.conn.node, r.cursor
+        );
+    }
+    Ok(())
+}
+
 /// Says why and how long `subscribe` waits before reconnecting, waits, and doubles the wait
 /// (up to 30 s).
 async fn pause(why: &str, backoff: &mut Duration) {

@@ -45,6 +45,8 @@ enum Command {
     Publish(cmds::PublishArgs),
     /// Follow route feeds.
     Subscribe(cmds::SubscribeArgs),
+    /// End a durable subscription (the node forgets its cursor and its route interest).
+    Unsubscribe(cmds::UnsubscribeArgs),
     /// A node's links, routes and counters.
     Status(cmds::StatusArgs),
     /// Check, explain, apply and show data-protection policies.
@@ -227,6 +229,7 @@ async fn run(cli: Cli, env: std::collections::HashMap<String, String>) -> anyhow
         Command::Envelope(c) => envelope_cmd::run(c, json),
         Command::Publish(a) => cmds::publish(a, json).await,
         Command::Subscribe(a) => cmds::subscribe(a, json).await,
+        Command::Unsubscribe(a) => cmds::unsubscribe(a, json).await,
         Command::Status(a) => cmds::status(a, json).await,
         Command::Policy(c) => cmds::policy(c, json).await,
         Command::Consent(c) => cmds::consent(c, json).await,

@@ -965,3 +965,82 @@ async fn wildcard_audiences_reach_only_nodes_with_interest() {
     drop(feed);
     f.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_a_durable_subscription_withdraws_its_interest_and_its_cursor() {
+    let (_tmp, f) = line().await;
+    let id = issue(&f.dir, "accra", "rotating-officer", "H3", ALL);
+    let me = who(&f.dir, "accra", &id);
+    let accra: tidewire_core::NodeId = "accra".parse().expect("id");
+    let route: tidewire_core::Route = "caribbean.lesser-antilles".parse().expect("route");
+    let maoc_n_sees_interest = || {
+        f.nodes["maoc-n"]
+            .node
+            .routing
+            .lock()
+            .expect("routing")
+            .interested(std::slice::from_ref(&route))
+            .contains(&accra)
+    };
+
+    // A durable subscription keeps drawing its routes to Accra while its officer is away.
+    let feed = Feed::open(
+        me.clone(),
+        &["caribbean.>"],
+        &[],
+        pb::subscribe_request::Start::Now,
+        "caribbean-desk",
+    )
+    .await;
+    drop(feed);
+    wait_for(
+        Duration::from_secs(20),
+        "maoc-n to learn the durable interest",
+        || {
+            let ok = maoc_n_sees_interest();
+            async move { ok }
+        },
+    )
+    .await;
+
+    // The officer leaves the post and ends it.
+    let mut client =
+        pb::subscriber_client::SubscriberClient::new(me.connect().await.expect("connect"));
+    client
+        .forget(pb::ForgetRequest {
+            durable: "caribbean-desk".into(),
+        })
+        .await
+        .expect("forget");
+    wait_for(
+        Duration::from_secs(20),
+        "maoc-n to drop the withdrawn interest",
+        || {
+            let gone = !maoc_n_sees_interest();
+            async move { gone }
+        },
+    )
+    .await;
+    assert!(
+        !f.nodes["accra"]
+            .node
+            .interests()
+            .iter()
+            .any(|p| p == "caribbean.>"),
+        "accra still announces the forgotten subscription"
+    );
+
+    // Forgetting it again is a clear NOT_FOUND, and changes nothing.
+    let again = client
+        .forget(pb::ForgetRequest {
+            durable: "caribbean-desk".into(),
+        })
+        .await
+        .expect_err("already forgotten");
+    assert_eq!(again.code(), tonic::Code::NotFound);
+    assert!(
+        again.message().contains("caribbean-desk"),
+        "{}",
+        again.message()
+    );
+}
