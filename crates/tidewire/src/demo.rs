@@ -531,9 +531,133 @@ pub struct BenchArgs {
     /// Publish rate per second (default: as fast as possible).
     #[arg(long)]
     rate: Option<u64>,
-    /// Persons per notification, 5 fields each (6: 40 fields, 1.2 KiB of JSON; 0: 10 fields).
+    /// Persons per notification, 5 fields each (6: 42 fields, 1.1 KiB of JSON; 0: 12 fields).
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(0..=40))]
     persons: u64,
+    /// Run every node as its own `tidewire node run` process (reports peak RSS and CPU per
+    /// node) instead of in this process.
+    #[arg(long)]
+    processes: bool,
+}
+
+/// The nodes a benchmark runs: in this process, or as `tidewire node run` child processes.
+enum BenchNodes {
+    InProcess(LocalFederation),
+    Processes {
+        dir: PathBuf,
+        children: Vec<(String, std::process::Child)>,
+    },
+}
+
+impl BenchNodes {
+    async fn start(dir: &Path, nodes: &[&str], links: &[&str], processes: bool) -> Result<Self> {
+        if !processes {
+            let f = LocalFederation::start(dir, nodes, links).await?;
+            f.converge(Duration::from_secs(20)).await?;
+            return Ok(BenchNodes::InProcess(f));
+        }
+        pki::init(&pki::InitOptions {
+            out: dir.to_owned(),
+            nodes: nodes.iter().map(|s| s.to_string()).collect(),
+            links: links.iter().map(|s| s.to_string()).collect(),
+            base_port: None,
+            countries: Vec::new(),
+            orgs: Vec::new(),
+        })?;
+        let exe = std::env::current_exe().context("locating the tidewire binary")?;
+        let mut children = Vec::new();
+        for id in nodes {
+            let log = std::fs::File::create(dir.join(format!("{id}.log")))?;
+            let child = std::process::Command::new(&exe)
+                .args(["node", "run", "--config"])
+                .arg(dir.join(id).join("node.toml"))
+                .env("TIDEWIRE_LOG", "warn")
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting node {id}"))?;
+            children.push((id.to_string(), child));
+        }
+        let started = BenchNodes::Processes {
+            dir: dir.to_owned(),
+            children,
+        };
+        // Converged when every node has a route to every other.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for id in nodes {
+            loop {
+                let routes = async {
+                    let ch = started.conn(id).connect().await?;
+                    let s = pb::admin_client::AdminClient::new(ch)
+                        .status(pb::StatusRequest {})
+                        .await?
+                        .into_inner();
+                    anyhow::Ok(s.routes.len())
+                }
+                .await;
+                if routes.is_ok_and(|n| n + 1 == nodes.len()) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "node {id} did not reach every other node within 30 s (see {})",
+                        dir.join(format!("{id}.log")).display()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(started)
+    }
+
+    fn conn(&self, node: &str) -> Conn {
+        match self {
+            BenchNodes::InProcess(f) => f.conn(node),
+            BenchNodes::Processes { dir, .. } => Conn {
+                node: node.to_owned(),
+                federation: Some(dir.clone()),
+                identity: None,
+            },
+        }
+    }
+
+    /// CPU seconds used so far by the nodes' processes (0 when they run in this one).
+    fn children_cpu_s(&self) -> f64 {
+        match self {
+            BenchNodes::InProcess(_) => 0.0,
+            BenchNodes::Processes { children, .. } => children
+                .iter()
+                .map(|(_, c)| proc_cpu_s(&format!("/proc/{}/stat", c.id())))
+                .sum(),
+        }
+    }
+
+    /// Peak RSS per node process, in MiB (empty when the nodes run in this process).
+    fn peak_rss_per_node(&self) -> BTreeMap<String, f64> {
+        match self {
+            BenchNodes::InProcess(_) => BTreeMap::new(),
+            BenchNodes::Processes { children, .. } => children
+                .iter()
+                .map(|(id, c)| {
+                    let mib = peak_rss_of(&format!("/proc/{}/status", c.id()));
+                    (id.clone(), (mib * 10.0).round() / 10.0)
+                })
+                .collect(),
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            BenchNodes::InProcess(f) => f.stop().await,
+            BenchNodes::Processes { children, .. } => {
+                for (_, mut c) in children {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+    }
 }
 
 fn bench_notification(i: u64, to: &str, persons: u64) -> String {
@@ -555,11 +679,16 @@ fn bench_notification(i: u64, to: &str, persons: u64) -> String {
     .to_string()
 }
 
-/// CPU time (user + system) this process has used, in seconds, from `/proc/self/stat` (clock
-/// ticks of 1/100 s, the Linux default): everything in the benchmark (nodes, publisher,
-/// subscriber) runs in this process, so it is the cost of the whole path.
+/// CPU time (user + system) this process has used, in seconds: with the nodes in process, the
+/// whole benchmark (nodes, publisher, subscriber).
 fn process_cpu_s() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
+    proc_cpu_s("/proc/self/stat")
+}
+
+/// CPU seconds (user + system) from a `/proc/PID/stat` file (clock ticks of 1/100 s, the Linux
+/// default); 0 if it cannot be read.
+fn proc_cpu_s(path: &str) -> f64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
             // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
@@ -573,7 +702,12 @@ fn process_cpu_s() -> f64 {
 }
 
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    peak_rss_of("/proc/self/status")
+}
+
+/// Peak resident set (VmHWM) from a `/proc/PID/status` file, in MiB; 0 if it cannot be read.
+fn peak_rss_of(path: &str) -> f64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
             s.lines()
@@ -593,8 +727,7 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
         (vec!["a", "b", "c"], vec!["a:b", "b:c"])
     };
     let last = *nodes.last().expect("nodes");
-    let fedn = LocalFederation::start(&tmp.path().join("f"), &nodes, &links).await?;
-    fedn.converge(Duration::from_secs(20)).await?;
+    let fedn = BenchNodes::start(&tmp.path().join("f"), &nodes, &links, a.processes).await?;
     let mut sub = pb::subscriber_client::SubscriberClient::new(fedn.conn(last).connect().await?)
         .subscribe(pb::SubscribeRequest {
             start: pb::subscribe_request::Start::Now as i32,
@@ -619,7 +752,7 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
             rate.map(|r| format!(" at {r}/s")).unwrap_or_default()
         );
     }
-    let cpu_before = process_cpu_s();
+    let cpu_before = process_cpu_s() + fedn.children_cpu_s();
     let start = Instant::now();
     let target = last.to_owned();
     let publisher = tokio::spawn(async move {
@@ -662,7 +795,8 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = process_cpu_s() - cpu_before;
+    let cpu = process_cpu_s() + fedn.children_cpu_s() - cpu_before;
+    let per_node = fedn.peak_rss_per_node();
     let (_, publish_s) = publisher.await?.map_err(status_error)?;
     latencies.sort_by(|x, y| x.total_cmp(y));
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
@@ -671,19 +805,28 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
         "throughput_per_s": (count as f64 / elapsed).round(),
         "publish_per_s": (count as f64 / publish_s).round(),
         "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1.0),
-        "peak_rss_mib": (peak_rss_mib() * 10.0).round() / 10.0,
+        "peak_rss_mib": if per_node.is_empty() {
+            (peak_rss_mib() * 10.0).round() / 10.0
+        } else {
+            per_node.values().copied().fold(0.0, f64::max)
+        },
+        "peak_rss_mib_per_node": per_node,
         "cpu_us_per_notification": (cpu * 1e6 / count as f64).round(),
         "cpu_cores_busy": (cpu / elapsed * 100.0).round() / 100.0,
         "fields": fields, "json_bytes": sample.len(),
-        "nodes_in_process": nodes.len(),
+        "nodes_in_process": if a.processes { 0 } else { nodes.len() },
     });
     fedn.stop().await;
     if json {
         println!("{out}");
     } else {
+        let rss = if a.processes {
+            "peak RSS (largest node) MiB".to_owned()
+        } else {
+            format!("peak RSS (all {} nodes) MiB", nodes.len())
+        };
         println!(
-            "hops  count   throughput/s   p50 ms   p99 ms   max ms   peak RSS (all {} nodes) MiB   CPU µs/notification (all)",
-            nodes.len()
+            "hops  count   throughput/s   p50 ms   p99 ms   max ms   {rss}   CPU µs/notification (all)"
         );
         println!(
             "{:<5} {:<7} {:>12}   {:>6}   {:>6}   {:>6}   {:>8}   {:>8}",
@@ -696,6 +839,13 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
             out["peak_rss_mib"],
             out["cpu_us_per_notification"]
         );
+        if let Some(per) = out["peak_rss_mib_per_node"]
+            .as_object()
+            .filter(|m| !m.is_empty())
+        {
+            let list: Vec<String> = per.iter().map(|(n, m)| format!("{n} {m} MiB")).collect();
+            println!("peak RSS per node: {}", list.join(", "));
+        }
     }
     Ok(())
 }
