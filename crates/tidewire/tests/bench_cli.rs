@@ -1,0 +1,77 @@
+//! The benchmark's contract as a user runs it: `tidewire bench relay … --json` prints one JSON
+//! object with `throughput_per_s`, `p50_ms`, `p99_ms` and `peak_rss_mib` (docs/BENCHMARKS.md),
+//! in process and with every node as its own process. Small counts: this checks the command and
+//! its output, not the speed (speed is measured, never asserted).
+
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+
+fn bench(args: &[&str]) -> Result<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidewire"))
+        .args(["bench", "relay", "--json"])
+        .args(args)
+        .env_clear()
+        .output()
+        .context("running tidewire bench relay")?;
+    ensure!(
+        out.status.success(),
+        "tidewire bench relay {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout)?;
+    let line = stdout.lines().last().context("no output")?;
+    serde_json::from_str(line).with_context(|| format!("not one JSON object: {line}"))
+}
+
+fn assert_sane(r: &serde_json::Value, count: u64) {
+    let n = |k: &str| {
+        r[k].as_f64()
+            .unwrap_or_else(|| panic!("`{k}` missing or not a number in {r}"))
+    };
+    assert_eq!(r["count"].as_u64(), Some(count), "{r}");
+    assert!(n("throughput_per_s") > 0.0, "{r}");
+    assert!(
+        n("p50_ms") <= n("p99_ms") && n("p99_ms") <= n("max_ms"),
+        "{r}"
+    );
+    assert!(n("peak_rss_mib") > 0.0, "{r}");
+    assert!(n("cpu_us_per_notification") > 0.0, "{r}");
+}
+
+#[test]
+fn bench_relay_in_process_prints_the_documented_json() -> Result<()> {
+    let r = bench(&["--hops", "2", "--count", "60"])?;
+    assert_sane(&r, 60);
+    assert_eq!(r["hops"].as_u64(), Some(2));
+    assert_eq!(r["nodes_in_process"].as_u64(), Some(3));
+    Ok(())
+}
+
+#[test]
+fn bench_relay_with_processes_reports_peak_rss_per_node() -> Result<()> {
+    let r = bench(&[
+        "--processes",
+        "--hops",
+        "1",
+        "--count",
+        "60",
+        "--persons",
+        "0",
+    ])?;
+    assert_sane(&r, 60);
+    assert_eq!(r["fields"].as_u64(), Some(12), "--persons 0: {r}");
+    let per = r["peak_rss_mib_per_node"]
+        .as_object()
+        .context("peak_rss_mib_per_node")?;
+    assert_eq!(
+        per.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["a", "b"],
+        "{r}"
+    );
+    assert!(
+        per.values().all(|v| v.as_f64().is_some_and(|m| m > 0.0)),
+        "{r}"
+    );
+    Ok(())
+}
