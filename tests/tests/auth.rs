@@ -57,14 +57,11 @@ async fn unknown_ca_is_refused() -> anyhow::Result<()> {
     let kit = Kit::start(&["a"], &[]).await?;
     // Same node and client names, but a separate federation with its own CA.
     let foreign = tempfile::tempdir()?;
-    tidewire::pki::init(&tidewire::pki::InitOptions {
-        out: foreign.path().to_owned(),
-        nodes: vec!["a".into()],
-        links: Vec::new(),
-        base_port: None,
-        countries: Vec::new(),
-        orgs: Vec::new(),
-    })?;
+    tidewire::pki::init(&tidewire::pki::InitOptions::dev(
+        foreign.path(),
+        &["a"],
+        &[],
+    ))?;
     let (cert, key) = (
         foreign.path().join("client/admin.pem"),
         foreign.path().join("client/admin.key"),

@@ -9,14 +9,7 @@ use tidewire_node::NodeConfig;
 
 /// A real `node.toml` from `tidewire pki init`, with its path (relative paths resolve next to it).
 fn real_config(dir: &Path) -> anyhow::Result<(std::path::PathBuf, String)> {
-    tidewire::pki::init(&tidewire::pki::InitOptions {
-        out: dir.to_owned(),
-        nodes: vec!["a".into(), "b".into()],
-        links: vec!["a:b".into()],
-        base_port: None,
-        countries: Vec::new(),
-        orgs: Vec::new(),
-    })?;
+    tidewire::pki::init(&tidewire::pki::InitOptions::dev(dir, &["a", "b"], &["a:b"]))?;
     let path = dir.join("a/node.toml");
     let text = std::fs::read_to_string(&path)?;
     Ok((path, text))

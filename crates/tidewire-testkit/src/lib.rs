@@ -262,14 +262,7 @@ impl Kit {
     pub fn builder(nodes: &[&str], links: &[&str]) -> Result<Builder> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("federation");
-        let mut fed = pki::init(&pki::InitOptions {
-            out: dir.clone(),
-            nodes: nodes.iter().map(|s| s.to_string()).collect(),
-            links: links.iter().map(|s| s.to_string()).collect(),
-            base_port: None,
-            countries: Vec::new(),
-            orgs: Vec::new(),
-        })?;
+        let mut fed = pki::init(&pki::InitOptions::dev(&dir, nodes, links))?;
         let mut listeners = BTreeMap::new();
         let mut addrs = BTreeMap::new();
         for id in fed.nodes.keys() {

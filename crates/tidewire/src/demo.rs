@@ -37,14 +37,7 @@ pub struct LocalFederation {
 impl LocalFederation {
     /// Writes a PKI and starts every node.
     pub async fn start(dir: &Path, nodes: &[&str], links: &[&str]) -> Result<LocalFederation> {
-        let fed = pki::init(&pki::InitOptions {
-            out: dir.to_owned(),
-            nodes: nodes.iter().map(|s| s.to_string()).collect(),
-            links: links.iter().map(|s| s.to_string()).collect(),
-            base_port: None,
-            countries: Vec::new(),
-            orgs: Vec::new(),
-        })?;
+        let fed = pki::init(&pki::InitOptions::dev(dir, nodes, links))?;
         // Bind every node's socket on port 0 first (no race for ports picked in advance), write
         // the real addresses into the configs and federation.json (for clients and restarts),
         // then start each node on the socket it was given.
@@ -556,14 +549,7 @@ impl BenchNodes {
             f.converge(Duration::from_secs(20)).await?;
             return Ok(BenchNodes::InProcess(f));
         }
-        pki::init(&pki::InitOptions {
-            out: dir.to_owned(),
-            nodes: nodes.iter().map(|s| s.to_string()).collect(),
-            links: links.iter().map(|s| s.to_string()).collect(),
-            base_port: None,
-            countries: Vec::new(),
-            orgs: Vec::new(),
-        })?;
+        pki::init(&pki::InitOptions::dev(dir, nodes, links))?;
         let exe = std::env::current_exe().context("locating the tidewire binary")?;
         let mut children = Vec::new();
         for id in nodes {

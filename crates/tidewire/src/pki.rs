@@ -203,6 +203,21 @@ pub struct InitOptions {
     pub orgs: Vec<String>,
 }
 
+impl InitOptions {
+    /// A development federation of `nodes` linked by `links` (`"a:b"`) in `out`, on free ports,
+    /// with the default countries and organisations.
+    pub fn dev(out: &Path, nodes: &[&str], links: &[&str]) -> InitOptions {
+        InitOptions {
+            out: out.to_owned(),
+            nodes: nodes.iter().map(|s| s.to_string()).collect(),
+            links: links.iter().map(|s| s.to_string()).collect(),
+            base_port: None,
+            countries: Vec::new(),
+            orgs: Vec::new(),
+        }
+    }
+}
+
 fn overrides(list: &[String], what: &str) -> Result<BTreeMap<String, String>> {
     list.iter()
         .map(|s| {

@@ -20,6 +20,19 @@ async fn publish(f: &LocalFederation, node: &str, case_ref: &str) -> String {
     common::publish(f, node, &n).await
 }
 
+/// Dakar's administrator asks to pass notification `id` on to Accra.
+async fn ask(f: &LocalFederation, id: &str) -> Result<pb::ConsentItem, tonic::Status> {
+    admin(f, "dakar")
+        .await
+        .consent_ask(pb::ConsentAskRequest {
+            notification: id.to_owned(),
+            destination: "accra".into(),
+            reason: "joint operation".into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
 async fn events(f: &LocalFederation, node: &str, id: &str, event: &str) -> usize {
     common::events(f, node, id, event).await
 }
@@ -41,16 +54,7 @@ async fn h2_outside_the_audience_is_held_until_the_origin_grants() {
     })
     .await;
 
-    let asked = admin(&f, "dakar")
-        .await
-        .consent_ask(pb::ConsentAskRequest {
-            notification: id.clone(),
-            destination: "accra".into(),
-            reason: "joint operation".into(),
-        })
-        .await
-        .expect("ask")
-        .into_inner();
+    let asked = ask(&f, &id).await.expect("ask");
     assert_eq!(asked.state, "held");
     wait_for(
         Duration::from_secs(10),
@@ -86,15 +90,7 @@ async fn refused_consent_drops_the_held_notification() {
         has(&f, "dakar", &id, "received")
     })
     .await;
-    admin(&f, "dakar")
-        .await
-        .consent_ask(pb::ConsentAskRequest {
-            notification: id.clone(),
-            destination: "accra".into(),
-            reason: String::new(),
-        })
-        .await
-        .expect("ask");
+    ask(&f, &id).await.expect("ask");
     wait_for(
         Duration::from_secs(10),
         "the request to reach maoc-n",
@@ -158,15 +154,7 @@ async fn a_standing_consent_in_the_origin_policy_answers_at_once() {
         has(&f, "dakar", &id, "received")
     })
     .await;
-    admin(&f, "dakar")
-        .await
-        .consent_ask(pb::ConsentAskRequest {
-            notification: id.clone(),
-            destination: "accra".into(),
-            reason: String::new(),
-        })
-        .await
-        .expect("ask");
+    ask(&f, &id).await.expect("ask");
     wait_for(
         Duration::from_secs(10),
         "accra to receive under standing consent",
@@ -212,15 +200,7 @@ async fn onward_transfer_false_without_h2_is_refused_outright() {
         has(&f, "dakar", &id, "received")
     })
     .await;
-    let err = admin(&f, "dakar")
-        .await
-        .consent_ask(pb::ConsentAskRequest {
-            notification: id.clone(),
-            destination: "accra".into(),
-            reason: String::new(),
-        })
-        .await
-        .expect_err("must be refused");
+    let err = ask(&f, &id).await.expect_err("must be refused");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert!(
         err.message().contains("onward_transfer = false"),
@@ -273,16 +253,9 @@ async fn a_request_asked_while_the_origin_is_down_reaches_it_when_it_returns() {
     // The origin goes away; the relay's administrator asks anyway.
     let origin = f.nodes.remove("maoc-n").expect("maoc-n runs");
     origin.stop().await;
-    let asked = admin(&f, "dakar")
+    let asked = ask(&f, &id)
         .await
-        .consent_ask(pb::ConsentAskRequest {
-            notification: id.clone(),
-            destination: "accra".into(),
-            reason: "joint operation".into(),
-        })
-        .await
-        .expect("the ask is held even though the origin is unreachable")
-        .into_inner();
+        .expect("the ask is held even though the origin is unreachable");
     assert_eq!(asked.state, "held");
 
     // The origin comes back on the same data directory: the relay's retry reaches it, once.

@@ -692,14 +692,11 @@ async fn the_bytes_sent_to_a_destination_never_contain_a_withheld_value() {
     // its own choosing, and the recording peer plays accra with accra's real certificate.
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("f");
-    let mut fed = tidewire::pki::init(&tidewire::pki::InitOptions {
-        out: dir.clone(),
-        nodes: vec!["maoc-n".into(), "accra".into()],
-        links: vec!["maoc-n:accra".into()],
-        base_port: None,
-        countries: Vec::new(),
-        orgs: Vec::new(),
-    })
+    let mut fed = tidewire::pki::init(&tidewire::pki::InitOptions::dev(
+        &dir,
+        &["maoc-n", "accra"],
+        &["maoc-n:accra"],
+    ))
     .expect("pki init");
     let config = dir.join("maoc-n").join("node.toml");
     let text = std::fs::read_to_string(&config).expect("node.toml");
