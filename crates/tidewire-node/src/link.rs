@@ -94,6 +94,13 @@ impl Sessions {
 /// Builds and signs this node's current link-state announcement.
 pub fn own_link_state(node: &Node) -> pb::LinkState {
     let seq = node.ls_seq.fetch_add(1, Ordering::SeqCst) + 1;
+    let interests = node.interests();
+    interests.clone_into(
+        &mut node
+            .announced_interests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
     let neighbours = node
         .routing
         .lock()
@@ -107,7 +114,7 @@ pub fn own_link_state(node: &Node) -> pb::LinkState {
         seq,
         at_ms: timefmt::now_ms(),
         neighbours,
-        interests: node.interests(),
+        interests,
         key_id: node.key().key_id().to_owned(),
     }
     .encode_to_vec();
@@ -125,6 +132,19 @@ pub fn announce(node: &Node) {
         let _ = tx.try_send(pb::LinkFrame {
             frame: Some(Frame::LinkState(ls.clone())),
         });
+    }
+}
+
+/// Announces this node again if its route interests (live and durable subscriptions) differ
+/// from those its last announcement carried; every subscription change ends with this.
+pub fn announce_interests(node: &Node) {
+    let changed = *node
+        .announced_interests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        != node.interests();
+    if changed {
+        announce(node);
     }
 }
 

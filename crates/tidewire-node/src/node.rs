@@ -291,6 +291,8 @@ pub struct Node {
     pub sessions: crate::link::Sessions,
     /// Route patterns of live subscriptions, with reference counts.
     pub live_interests: Mutex<BTreeMap<String, usize>>,
+    /// The route interests carried by this node's last link-state announcement.
+    pub announced_interests: Mutex<Vec<String>>,
     /// Ids of routed control messages already handled.
     pub routed_seen: Mutex<std::collections::HashSet<Vec<u8>>>,
     /// When each held consent request last reached the next hop towards its origin.
@@ -578,6 +580,7 @@ impl Node {
             users,
             publish_bucket: Mutex::new((Instant::now(), 0.0)),
             sessions: crate::link::Sessions::default(),
+            announced_interests: Mutex::new(Vec::new()),
             routed_seen: Mutex::new(std::collections::HashSet::new()),
             consent_sent: Mutex::new(std::collections::HashMap::new()),
             live_interests: Mutex::new(BTreeMap::new()),
@@ -1342,9 +1345,8 @@ impl Node {
         kept
     }
 
-    /// Registers a live subscription's patterns; returns whether the announced set changed.
-    pub fn add_interest(&self, patterns: &[String]) -> bool {
-        let before = self.interests();
+    /// Registers a live subscription's patterns (announce with [`crate::link::announce_interests`]).
+    pub fn add_interest(&self, patterns: &[String]) {
         let mut live = self
             .live_interests
             .lock()
@@ -1352,13 +1354,10 @@ impl Node {
         for p in patterns {
             *live.entry(p.clone()).or_insert(0) += 1;
         }
-        drop(live);
-        before != self.interests()
     }
 
-    /// Removes a live subscription's patterns; returns whether the announced set changed.
-    pub fn remove_interest(&self, patterns: &[String]) -> bool {
-        let before = self.interests();
+    /// Removes a live subscription's patterns (announce with [`crate::link::announce_interests`]).
+    pub fn remove_interest(&self, patterns: &[String]) {
         let mut live = self
             .live_interests
             .lock()
@@ -1371,8 +1370,6 @@ impl Node {
                 }
             }
         }
-        drop(live);
-        before != self.interests()
     }
 
     /// Where a notification published here goes: every roster node an explicit audience entry

@@ -37,9 +37,8 @@ struct InterestGuard {
 
 impl Drop for InterestGuard {
     fn drop(&mut self) {
-        if self.node.remove_interest(&self.patterns) {
-            crate::link::announce(&self.node);
-        }
+        self.node.remove_interest(&self.patterns);
+        crate::link::announce_interests(&self.node);
     }
 }
 
@@ -196,9 +195,6 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
         } else {
             routes.iter().map(|p| p.to_string()).collect()
         };
-        // Compared before the durable interest is stored: `add_interest` alone would see it
-        // as already announced, and a durable subscription's routes never reached the others.
-        let announced = node.interests();
         if !r.durable.is_empty() {
             node.commit(
                 vec![Op::put(
@@ -215,9 +211,7 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
             .await?;
         }
         node.add_interest(&patterns);
-        if node.interests() != announced {
-            crate::link::announce(&node);
-        }
+        crate::link::announce_interests(&node);
         let guard = InterestGuard {
             node: node.clone(),
             patterns,
@@ -400,7 +394,7 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
         )
         .await?;
         // Withdraw the interest (live subscriptions keep theirs: they hold their own count).
-        crate::link::announce(node);
+        crate::link::announce_interests(node);
         tracing::info!(user = %user.name, durable = %r.durable, "durable subscription ended");
         let cursor = cursor
             .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])))
