@@ -33,6 +33,17 @@ async fn ask(f: &LocalFederation, id: &str) -> Result<pb::ConsentItem, tonic::St
         .map(|r| r.into_inner())
 }
 
+/// The items the origin holds for its administrator, by state.
+async fn origin_items(f: &LocalFederation) -> Vec<pb::ConsentItem> {
+    admin(f, "maoc-n")
+        .await
+        .consent_list(pb::ConsentListRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .items
+}
+
 async fn events(f: &LocalFederation, node: &str, id: &str, event: &str) -> usize {
     common::events(f, node, id, event).await
 }
@@ -59,17 +70,7 @@ async fn h2_outside_the_audience_is_held_until_the_origin_grants() {
     wait_for(
         Duration::from_secs(10),
         "the request to reach maoc-n",
-        || async {
-            admin(&f, "maoc-n")
-                .await
-                .consent_list(pb::ConsentListRequest {})
-                .await
-                .expect("list")
-                .into_inner()
-                .items
-                .iter()
-                .any(|i| i.state == "pending")
-        },
+        || async { origin_items(&f).await.iter().any(|i| i.state == "pending") },
     )
     .await;
     // Held: nothing reached accra yet.
@@ -94,26 +95,10 @@ async fn refused_consent_drops_the_held_notification() {
     wait_for(
         Duration::from_secs(10),
         "the request to reach maoc-n",
-        || async {
-            !admin(&f, "maoc-n")
-                .await
-                .consent_list(pb::ConsentListRequest {})
-                .await
-                .expect("list")
-                .into_inner()
-                .items
-                .is_empty()
-        },
+        || async { !origin_items(&f).await.is_empty() },
     )
     .await;
-    let req = admin(&f, "maoc-n")
-        .await
-        .consent_list(pb::ConsentListRequest {})
-        .await
-        .expect("list")
-        .into_inner()
-        .items
-        .remove(0);
+    let req = origin_items(&f).await.remove(0);
     admin(&f, "maoc-n")
         .await
         .consent_decide(pb::ConsentDecideRequest {
@@ -185,17 +170,7 @@ async fn onward_transfer_false_without_h2_is_refused_outright() {
         "kind": "alert", "routes": ["atlantic.west-africa"], "handling": "H1",
         "audience": ["node:dakar"], "onward_transfer": false, "fields": {"narrative": "x"}
     });
-    let id = pb::publisher_client::PublisherClient::new(
-        f.conn("maoc-n").connect().await.expect("connect"),
-    )
-    .publish(pb::PublishRequest {
-        notification_json: n.to_string(),
-        idempotency_key: String::new(),
-    })
-    .await
-    .expect("publish")
-    .into_inner()
-    .id;
+    let id = common::publish(&f, "maoc-n", &n).await;
     wait_for(Duration::from_secs(10), "dakar to receive", || {
         has(&f, "dakar", &id, "received")
     })
@@ -228,17 +203,6 @@ async fn grant_and_wait_for_accra(f: &LocalFederation, req: &str, id: &str) {
         || has(f, "accra", id, "received"),
     )
     .await;
-}
-
-/// The items the origin holds for its administrator, by state.
-async fn origin_items(f: &LocalFederation) -> Vec<pb::ConsentItem> {
-    admin(f, "maoc-n")
-        .await
-        .consent_list(pb::ConsentListRequest {})
-        .await
-        .expect("list")
-        .into_inner()
-        .items
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

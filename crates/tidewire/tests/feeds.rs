@@ -29,7 +29,7 @@ const LINKS: [&str; 2] = ["maoc-n:dakar", "dakar:accra"];
 
 mod common;
 
-use common::{admin, audit, wait_for};
+use common::{admin, audit, publish, wait_for};
 
 async fn line() -> (tempfile::TempDir, LocalFederation) {
     common::federation(&NODES, &LINKS).await
@@ -148,19 +148,6 @@ impl Feed {
             }
         }
     }
-}
-
-/// Publishes one notification (unary); returns its id.
-async fn publish(f: &LocalFederation, node: &str, n: &serde_json::Value) -> String {
-    pb::publisher_client::PublisherClient::new(f.conn(node).connect().await.expect("connect"))
-        .publish(pb::PublishRequest {
-            notification_json: n.to_string(),
-            idempotency_key: String::new(),
-        })
-        .await
-        .expect("publish")
-        .into_inner()
-        .id
 }
 
 /// Publishes many notifications on one PublishStream, each with its case reference as the
@@ -861,6 +848,19 @@ fn wildcard(case_ref: &str, route: &str, audience: &str) -> serde_json::Value {
     })
 }
 
+/// Whether MAOC-N's routing has learned that Accra's subscribers follow `route`.
+fn maoc_n_draws_to_accra(f: &LocalFederation, route: &str) -> bool {
+    let accra: tidewire_core::NodeId = "accra".parse().expect("id");
+    let route: tidewire_core::Route = route.parse().expect("route");
+    f.nodes["maoc-n"]
+        .node
+        .routing
+        .lock()
+        .expect("routing")
+        .interested(std::slice::from_ref(&route))
+        .contains(&accra)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcard_audiences_reach_only_nodes_with_interest() {
     let (_tmp, f) = line().await;
@@ -912,19 +912,11 @@ async fn wildcard_audiences_reach_only_nodes_with_interest() {
         "",
     )
     .await;
-    let accra: tidewire_core::NodeId = "accra".parse().expect("id");
-    let route: tidewire_core::Route = "atlantic.west-africa".parse().expect("route");
     wait_for(
         Duration::from_secs(20),
         "maoc-n to learn accra's interest",
         || {
-            let ok = f.nodes["maoc-n"]
-                .node
-                .routing
-                .lock()
-                .expect("routing")
-                .interested(std::slice::from_ref(&route))
-                .contains(&accra);
+            let ok = maoc_n_draws_to_accra(&f, "atlantic.west-africa");
             async move { ok }
         },
     )
@@ -971,17 +963,7 @@ async fn ending_a_durable_subscription_withdraws_its_interest_and_its_cursor() {
     let (_tmp, f) = line().await;
     let id = issue(&f.dir, "accra", "rotating-officer", "H3", ALL);
     let me = who(&f.dir, "accra", &id);
-    let accra: tidewire_core::NodeId = "accra".parse().expect("id");
-    let route: tidewire_core::Route = "caribbean.lesser-antilles".parse().expect("route");
-    let maoc_n_sees_interest = || {
-        f.nodes["maoc-n"]
-            .node
-            .routing
-            .lock()
-            .expect("routing")
-            .interested(std::slice::from_ref(&route))
-            .contains(&accra)
-    };
+    let maoc_n_sees_interest = || maoc_n_draws_to_accra(&f, "caribbean.lesser-antilles");
 
     // A durable subscription keeps drawing its routes to Accra while its officer is away.
     let feed = Feed::open(
