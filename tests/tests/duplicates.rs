@@ -13,7 +13,6 @@ use tidewire_core::{NodeId, Notification, NotificationId, timefmt};
 use tidewire_proto::v1 as pb;
 use tidewire_proto::v1::link_frame::Frame;
 use tidewire_testkit::{Kit, counter, counts, notification};
-use tokio_stream::wrappers::ReceiverStream;
 
 const N: u64 = 200;
 
@@ -61,25 +60,7 @@ async fn copies_arriving_at_once_over_two_links_are_delivered_once() -> anyhow::
 
     let mut senders = Vec::new();
     for (who, envelopes) in [("a", direct), ("b", relayed)] {
-        let channel = kit
-            .channel_as(
-                "c",
-                &dir.join(format!("{who}/tls.pem")),
-                &dir.join(format!("{who}/tls.key")),
-            )
-            .await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tx.send(pb::LinkFrame {
-            frame: Some(Frame::Hello(pb::Hello {
-                node: who.into(),
-                protocol: 1,
-            })),
-        })
-        .await?;
-        let mut inbound = pb::federation_client::FederationClient::new(channel)
-            .link(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let (tx, mut inbound) = kit.link_as("c", who).await?;
         // One transfer at a time, each acknowledged before the next, so that the two links
         // interleave copy by copy.
         senders.push(tokio::spawn(async move {

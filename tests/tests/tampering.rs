@@ -13,7 +13,6 @@ use tidewire_core::{NodeId, Notification, NotificationId, timefmt};
 use tidewire_proto::v1 as pb;
 use tidewire_proto::v1::link_frame::Frame;
 use tidewire_testkit::{Kit, eventually, notification};
-use tokio_stream::wrappers::ReceiverStream;
 
 /// Seals `case_ref` as `a` and relays it to `b`, as node `a` would.
 fn sealed_by_a(key: &SigningKey, case_ref: &str) -> anyhow::Result<(String, envelope::Envelope)> {
@@ -56,20 +55,8 @@ async fn tampered_envelope_is_refused_counted_and_not_forwarded() -> anyhow::Res
     field.value[1] ^= 0x01; // "MV Example" -> "LV Example": still valid JSON, no longer committed
     let (good_id, good) = sealed_by_a(&key, "INTACT-1")?;
 
-    let channel = kit
-        .channel_as("b", &dir.join("a/tls.pem"), &dir.join("a/tls.key"))
-        .await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let (tx, mut inbound) = kit.link_as("b", "a").await?;
     let frame = |f: Frame| pb::LinkFrame { frame: Some(f) };
-    tx.send(frame(Frame::Hello(pb::Hello {
-        node: "a".into(),
-        protocol: 1,
-    })))
-    .await?;
-    let mut inbound = pb::federation_client::FederationClient::new(channel)
-        .link(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
     for (seq, env) in [(1, &bad), (2, &good)] {
         tx.send(frame(Frame::Transfer(pb::Transfer {
             seq,

@@ -377,6 +377,40 @@ impl Kit {
             .map_err(|e| anyhow::anyhow!("{}", tidewire_node::tls::error_chain(&e)))
     }
 
+    /// Opens a federation link to `node` playing node `who`: mTLS with `who`'s own certificate
+    /// from the federation directory, then the `Hello`. Returns the sender for further frames
+    /// and the node's side of the stream (acks, link-state).
+    pub async fn link_as(
+        &self,
+        node: &str,
+        who: &str,
+    ) -> Result<(
+        tokio::sync::mpsc::Sender<pb::LinkFrame>,
+        tonic::Streaming<pb::LinkFrame>,
+    )> {
+        let dir = self.dir();
+        let channel = self
+            .channel_as(
+                node,
+                &dir.join(who).join("tls.pem"),
+                &dir.join(who).join("tls.key"),
+            )
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.send(pb::LinkFrame {
+            frame: Some(pb::link_frame::Frame::Hello(pb::Hello {
+                node: who.into(),
+                protocol: 1,
+            })),
+        })
+        .await?;
+        let inbound = pb::federation_client::FederationClient::new(channel)
+            .link(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok((tx, inbound))
+    }
+
     /// Performs only a TLS handshake with `node`, presenting the certificate and key in the given
     /// PEM files (and trusting the federation CA), then reads the node's first answer. Returns
     /// the reason the node gave if it refused the certificate (the TLS alert, through
