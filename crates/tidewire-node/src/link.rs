@@ -93,14 +93,11 @@ impl Sessions {
 
 /// Builds and signs this node's current link-state announcement.
 pub fn own_link_state(node: &Node) -> pb::LinkState {
+    link_state(node, node.interests())
+}
+
+fn link_state(node: &Node, interests: Vec<String>) -> pb::LinkState {
     let seq = node.ls_seq.fetch_add(1, Ordering::SeqCst) + 1;
-    let interests = node.interests();
-    interests.clone_into(
-        &mut node
-            .announced_interests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()),
-    );
     let neighbours = node
         .routing
         .lock()
@@ -125,9 +122,17 @@ pub fn own_link_state(node: &Node) -> pb::LinkState {
     }
 }
 
-/// Sends this node's announcement to every live session.
+/// Sends this node's announcement to every live session, and remembers the interests it carried
+/// (for [`announce_interests`]).
 pub fn announce(node: &Node) {
-    let ls = own_link_state(node);
+    let interests = node.interests();
+    interests.clone_into(
+        &mut node
+            .announced_interests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
+    let ls = link_state(node, interests);
     for (_, tx) in node.sessions.others(None) {
         let _ = tx.try_send(pb::LinkFrame {
             frame: Some(Frame::LinkState(ls.clone())),

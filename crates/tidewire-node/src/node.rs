@@ -291,7 +291,7 @@ pub struct Node {
     pub sessions: crate::link::Sessions,
     /// Route patterns of live subscriptions, with reference counts.
     pub live_interests: Mutex<BTreeMap<String, usize>>,
-    /// The route interests carried by this node's last link-state announcement.
+    /// The route interests carried by the last link-state announcement sent to every session.
     pub announced_interests: Mutex<Vec<String>>,
     /// Ids of routed control messages already handled.
     pub routed_seen: Mutex<std::collections::HashSet<Vec<u8>>>,
