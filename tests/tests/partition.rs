@@ -68,6 +68,20 @@ async fn partition_then_restore_delivers_all_exactly_once_in_order() -> anyhow::
         assert_eq!(d.path, ["a", "b"]);
     }
 
+    // Every acknowledgement empties its outbox entry: the backlogs status reports go to zero.
+    eventually!(
+        Duration::from_secs(10),
+        "every backlog drains once c has everything",
+        {
+            for n in ["a", "b"] {
+                let s = kit.status(n).await?;
+                let left: u64 = s.links.iter().map(|l| l.backlog).sum();
+                ensure!(left == 0, "{n}'s links: {:?}", s.links);
+            }
+            Ok(())
+        }
+    );
+
     // The ledger agrees, and nothing more trickles in as duplicates.
     let received = kit.received_ids("c").await?;
     check_sequence("c's `received` ledger entries", &received, &ids)?;

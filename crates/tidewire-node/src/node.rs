@@ -1,7 +1,7 @@
 //! The node's shared state and its three paths: publish (origin), ingest (from a peer) and the
 //! one egress path ([`Node::prepare_egress`]) that every byte leaving the node goes through.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -301,6 +301,9 @@ pub struct Node {
     claimed: Mutex<HashSet<Vec<u8>>>,
     /// Recently stored copies, decoded (see [`CopyCache`]).
     copies: CopyCache,
+    /// The outbox sequence numbers queued per destination, kept in step with the store where
+    /// outbox writes are submitted, so that a status call counts a backlog without reading it.
+    outbox_index: Mutex<HashMap<NodeId, BTreeSet<u64>>>,
 }
 
 /// A stored copy, decoded and inspected once.
@@ -535,13 +538,27 @@ impl Node {
         // Outbox queues are per destination (`dest ‖ 0 ‖ seq`): the last key of each queue is
         // enough to continue numbering, without reading a whole backlog at start-up.
         let mut outbox_seq = 0;
+        let mut outbox_index: HashMap<NodeId, BTreeSet<u64>> = HashMap::new();
+        let indexing = Instant::now();
         for n in roster.nodes() {
-            if let Some((k, _)) = store.last(
-                Space::Outbox,
-                &outbox_key(&n.id, 0)[..n.id.as_str().len() + 1],
-            )? {
-                outbox_seq = outbox_seq.max(be_u64(&k[k.len().saturating_sub(8)..]));
+            let prefix = &outbox_key(&n.id, 0)[..n.id.as_str().len() + 1];
+            let queued: BTreeSet<u64> = store
+                .scan(Space::Outbox, prefix, prefix, usize::MAX)?
+                .iter()
+                .map(|(k, _)| be_u64(&k[k.len().saturating_sub(8)..]))
+                .collect();
+            if let Some(last) = queued.last() {
+                outbox_seq = outbox_seq.max(*last);
+                outbox_index.insert(n.id.clone(), queued);
             }
+        }
+        let backlog: usize = outbox_index.values().map(BTreeSet::len).sum();
+        if backlog > 0 {
+            tracing::info!(
+                backlog,
+                ms = indexing.elapsed().as_millis() as u64,
+                "outbox backlog indexed"
+            );
         }
         let head = ledger::Head::load(store.as_ref())?;
         let committer = Committer::start(store.clone());
@@ -586,6 +603,7 @@ impl Node {
             live_interests: Mutex::new(BTreeMap::new()),
             claimed: Mutex::new(HashSet::new()),
             copies: CopyCache::default(),
+            outbox_index: Mutex::new(outbox_index),
             cfg,
         }))
     }
@@ -667,8 +685,13 @@ impl Node {
     ) -> Receipt {
         self.evict_deleted(&ops);
         let mut head = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let mut index = (!numbered.outbox.is_empty())
+            .then(|| self.outbox_index.lock().unwrap_or_else(|p| p.into_inner()));
         for (dest, item) in numbered.outbox {
             let oseq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
+            if let Some(index) = index.as_mut() {
+                index.entry(dest.clone()).or_default().insert(oseq);
+            }
             ops.push(Op::put(
                 Space::Outbox,
                 outbox_key(&dest, oseq),
@@ -694,15 +717,41 @@ impl Node {
         Ok(())
     }
 
-    /// Drops the decoded copies that `ops` delete from the store.
+    /// Drops the decoded copies that `ops` delete from the store, and the outbox items they
+    /// delete from the outbox index. Removal is idempotent: an item acknowledged twice (sent
+    /// again after a reconnect, before the first removal was applied) is counted once.
     fn evict_deleted(&self, ops: &[Op]) {
+        let mut index = None;
         for op in ops {
-            if let Op::Delete {
-                space: Space::Notifications,
-                key,
-            } = op
-            {
-                self.copies.evict(key);
+            match op {
+                Op::Delete {
+                    space: Space::Notifications,
+                    key,
+                } => self.copies.evict(key),
+                Op::Delete {
+                    space: Space::Outbox,
+                    key,
+                } => {
+                    let Some(pos) = key.iter().position(|b| *b == 0) else {
+                        continue;
+                    };
+                    let Some(dest) = std::str::from_utf8(&key[..pos])
+                        .ok()
+                        .and_then(|d| d.parse::<NodeId>().ok())
+                    else {
+                        continue;
+                    };
+                    let index = index.get_or_insert_with(|| {
+                        self.outbox_index.lock().unwrap_or_else(|p| p.into_inner())
+                    });
+                    if let Some(queued) = index.get_mut(&dest) {
+                        queued.remove(&be_u64(&key[key.len().saturating_sub(8)..]));
+                        if queued.is_empty() {
+                            index.remove(&dest);
+                        }
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -1299,19 +1348,12 @@ impl Node {
 
     /// Backlog towards each destination.
     pub fn backlog_by_dest(&self) -> BTreeMap<NodeId, u64> {
-        let mut out = BTreeMap::new();
-        if let Ok(items) = self.store.scan(Space::Outbox, b"", b"", usize::MAX) {
-            for (k, _) in items {
-                if let Some(pos) = k.iter().position(|b| *b == 0)
-                    && let Some(d) = std::str::from_utf8(&k[..pos])
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                {
-                    *out.entry(d).or_insert(0) += 1;
-                }
-            }
-        }
-        out
+        self.outbox_index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(d, q)| (d.clone(), q.len() as u64))
+            .collect()
     }
 
     /// Route patterns this node's subscribers follow, aggregated for link-state announcements.

@@ -200,6 +200,28 @@ impl LocalFederation {
         }
     }
 
+    /// Stops one node (gracefully: drained and flushed), leaving the others running.
+    pub async fn stop_node(&mut self, id: &str) -> Result<()> {
+        let r = self
+            .nodes
+            .remove(id)
+            .with_context(|| format!("node `{id}` is not running"))?;
+        r.stop().await;
+        Ok(())
+    }
+
+    /// Starts a node of this federation again on its data directory, at the address of its
+    /// `node.toml`.
+    pub async fn restart_node(&mut self, id: &str) -> Result<()> {
+        let env = std::collections::HashMap::new();
+        let cfg = tidewire_node::NodeConfig::load(&self.dir.join(id).join("node.toml"), &env)?;
+        let r = tidewire_node::start(cfg, self.shutdown.child_token())
+            .await
+            .with_context(|| format!("restarting {id}"))?;
+        self.nodes.insert(id.to_owned(), r);
+        Ok(())
+    }
+
     /// Stops every node.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -531,6 +553,11 @@ pub struct BenchArgs {
     /// node) instead of in this process.
     #[arg(long)]
     processes: bool,
+    /// Measure the hop alone (with `--hops 1`): stop b, publish everything at a (queued on
+    /// disk), start b again and time how fast the backlog drains, every envelope verified,
+    /// stored and flushed by b before it is acknowledged.
+    #[arg(long)]
+    backlog: bool,
 }
 
 /// The nodes a benchmark runs: in this process, or as `tidewire node run` child processes.
@@ -550,20 +577,9 @@ impl BenchNodes {
             return Ok(BenchNodes::InProcess(f));
         }
         pki::init(&pki::InitOptions::dev(dir, nodes, links))?;
-        let exe = std::env::current_exe().context("locating the tidewire binary")?;
         let mut children = Vec::new();
         for id in nodes {
-            let log = std::fs::File::create(dir.join(format!("{id}.log")))?;
-            let child = std::process::Command::new(&exe)
-                .args(["node", "run", "--config"])
-                .arg(dir.join(id).join("node.toml"))
-                .env("TIDEWIRE_LOG", "warn")
-                .stdin(std::process::Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("starting node {id}"))?;
-            children.push((id.to_string(), child));
+            children.push((id.to_string(), spawn_node(dir, id)?));
         }
         let started = BenchNodes::Processes {
             dir: dir.to_owned(),
@@ -595,6 +611,34 @@ impl BenchNodes {
             }
         }
         Ok(started)
+    }
+
+    /// Stops one node.
+    async fn stop_node(&mut self, id: &str) -> Result<()> {
+        match self {
+            BenchNodes::InProcess(f) => f.stop_node(id).await,
+            BenchNodes::Processes { children, .. } => {
+                for (_, c) in children.iter_mut().filter(|(n, _)| n == id) {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts a stopped node again on its data directory.
+    async fn restart_node(&mut self, id: &str) -> Result<()> {
+        match self {
+            BenchNodes::InProcess(f) => f.restart_node(id).await,
+            BenchNodes::Processes { dir, children } => {
+                let Some((_, c)) = children.iter_mut().find(|(n, _)| n == id) else {
+                    bail!("node `{id}` is not part of this benchmark")
+                };
+                *c = spawn_node(dir, id)?;
+                Ok(())
+            }
+        }
     }
 
     fn conn(&self, node: &str) -> Conn {
@@ -644,6 +688,25 @@ impl BenchNodes {
             }
         }
     }
+}
+
+/// Starts `tidewire node run` for node `id` of the federation in `dir`, logging to
+/// `dir/<id>.log` (appended, so a restart keeps the first run's log).
+fn spawn_node(dir: &Path, id: &str) -> Result<std::process::Child> {
+    let exe = std::env::current_exe().context("locating the tidewire binary")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{id}.log")))?;
+    std::process::Command::new(&exe)
+        .args(["node", "run", "--config"])
+        .arg(dir.join(id).join("node.toml"))
+        .env("TIDEWIRE_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting node {id}"))
 }
 
 fn bench_notification(i: u64, to: &str, persons: u64) -> String {
@@ -706,6 +769,9 @@ fn peak_rss_of(path: &str) -> f64 {
 
 /// `tidewire bench relay`.
 pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
+    if a.backlog && a.hops != 1 {
+        bail!("--backlog measures one hop: use it with --hops 1");
+    }
     let tmp = tempfile::tempdir()?;
     let (nodes, links): (Vec<&str>, Vec<&str>) = if a.hops == 1 {
         (vec!["a", "b"], vec!["a:b"])
@@ -714,6 +780,9 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
     };
     let last = *nodes.last().expect("nodes");
     let fedn = BenchNodes::start(&tmp.path().join("f"), &nodes, &links, a.processes).await?;
+    if a.backlog {
+        return bench_backlog(&a, fedn, &nodes, json).await;
+    }
     let mut sub = pb::subscriber_client::SubscriberClient::new(fedn.conn(last).connect().await?)
         .subscribe(pb::SubscribeRequest {
             start: pb::subscribe_request::Start::Now as i32,
@@ -832,6 +901,141 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
             let list: Vec<String> = per.iter().map(|(n, m)| format!("{n} {m} MiB")).collect();
             println!("peak RSS per node: {}", list.join(", "));
         }
+    }
+    Ok(())
+}
+
+/// `tidewire bench relay --backlog`: the last hop alone. Its receiver is stopped, everything is
+/// published and queued on disk at the node before it, the receiver is started again, and the
+/// drain is timed from the first acknowledgement to the last (each one sent only after the
+/// receiver verified, stored and flushed the envelope).
+async fn bench_backlog(
+    a: &BenchArgs,
+    mut fedn: BenchNodes,
+    nodes: &[&str],
+    json: bool,
+) -> Result<()> {
+    let last = *nodes.last().expect("nodes");
+    let before = nodes[nodes.len() - 2];
+    let count = a.count;
+    let persons = a.persons;
+    let sample = bench_notification(0, last, persons);
+    let fields = tidewire_core::Notification::from_json(sample.as_bytes())?
+        .fields
+        .len();
+    fedn.stop_node(last).await?;
+    if !json {
+        eprintln!(
+            "bench relay --backlog: {last} stopped; publishing {count} notifications ({fields} fields, {} bytes of JSON) at {}",
+            sample.len(),
+            nodes[0]
+        );
+    }
+    let target = last.to_owned();
+    let reqs = futures::stream::iter(0..count).map(move |i| pb::PublishRequest {
+        notification_json: bench_notification(i, &target, persons),
+        idempotency_key: String::new(),
+    });
+    let mut replies =
+        pb::publisher_client::PublisherClient::new(fedn.conn(nodes[0]).connect().await?)
+            .publish_stream(reqs)
+            .await
+            .map_err(status_error)?
+            .into_inner();
+    while let Some(r) = replies.next().await {
+        r.map_err(status_error)?;
+    }
+    let mut admin = pb::admin_client::AdminClient::new(fedn.conn(before).connect().await?);
+    // (backlog for `last`, whether the link to it is up)
+    let mut link = async || -> Result<(u64, bool)> {
+        let s = admin
+            .status(pb::StatusRequest {})
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        Ok(s.links
+            .iter()
+            .find(|l| l.peer == last)
+            .map_or((0, false), |l| (l.backlog, l.up)))
+    };
+    // Publish replies come once each copy is stored; its outbox entry is in the same commit.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let queued = loop {
+        let (b, _) = link().await?;
+        if b >= count {
+            break b;
+        }
+        if Instant::now() > deadline {
+            bail!("only {b} of {count} notifications were queued for {last} within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    if !json {
+        eprintln!("  {queued} queued at {before} for {last}; starting {last}");
+    }
+    let cpu_now = |f: &BenchNodes| process_cpu_s() + f.children_cpu_s();
+    fedn.restart_node(last).await?;
+    let restarted = (Instant::now(), cpu_now(&fedn));
+    // Timed from the moment the link is seen up (or the first acknowledgement, if that is
+    // seen first) to the last acknowledgement.
+    let mut started: Option<(Instant, u64, f64)> = None;
+    let mut progress = (Instant::now(), queued);
+    let mut last_report = Instant::now();
+    loop {
+        let (b, up) = link().await?;
+        if started.is_none() && (up || b < queued) && b > 0 {
+            started = Some((Instant::now(), b, cpu_now(&fedn)));
+        }
+        if b == 0 {
+            break;
+        }
+        if b < progress.1 {
+            progress = (Instant::now(), b);
+        } else if progress.0.elapsed() > Duration::from_secs(60) {
+            bail!("the backlog stalled at {b} for 60 s");
+        }
+        if !json && last_report.elapsed() > Duration::from_secs(2) {
+            eprintln!("  {} / {queued} acknowledged", queued - b);
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Drained before it was seen under way (a small backlog): time it from the restart.
+    let (t0, left, cpu0) = started.unwrap_or((restarted.0, queued, restarted.1));
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = cpu_now(&fedn) - cpu0;
+    let per_node = fedn.peak_rss_per_node();
+    let out = serde_json::json!({
+        "hops": a.hops, "count": count, "mode": "backlog", "drained": left,
+        "throughput_per_s": (left as f64 / elapsed).round(),
+        "p50_ms": null, "p99_ms": null, "max_ms": null,
+        "peak_rss_mib": if per_node.is_empty() {
+            (peak_rss_mib() * 10.0).round() / 10.0
+        } else {
+            per_node.values().copied().fold(0.0, f64::max)
+        },
+        "peak_rss_mib_per_node": per_node,
+        "cpu_us_per_notification": (cpu * 1e6 / left as f64).round(),
+        "cpu_cores_busy": (cpu / elapsed * 100.0).round() / 100.0,
+        "fields": fields, "json_bytes": sample.len(),
+        "nodes_in_process": if a.processes { 0 } else { nodes.len() },
+    });
+    fedn.stop().await;
+    if json {
+        println!("{out}");
+    } else {
+        println!(
+            "hop          drained   throughput/s   CPU µs/notification   CPU cores busy   peak RSS MiB"
+        );
+        println!(
+            "{:<12} {:>7}   {:>12}   {:>19}   {:>14}   {:>12}",
+            format!("{before}→{last}"),
+            left,
+            out["throughput_per_s"],
+            out["cpu_us_per_notification"],
+            out["cpu_cores_busy"],
+            out["peak_rss_mib"]
+        );
     }
     Ok(())
 }
