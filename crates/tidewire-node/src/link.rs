@@ -2,7 +2,7 @@
 //! link-state. The node with the smaller id dials (with capped exponential backoff and jitter);
 //! the other accepts. Both ends then run the same [`run_session`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::ledger::LedgerEntry;
-use crate::node::{Node, Numbered, OutboxItem, PendingIngest, Received};
+use crate::node::{Node, Numbered, OutboxItem, PendingIngest, Received, be_u64};
 use crate::routing::Announcement;
 
 /// Signing domain of link-state announcements.
@@ -658,8 +658,6 @@ async fn connect(
 /// to `limits.retention_hours`; subscribers that fall behind are told how much they missed.
 pub async fn purge_expired(node: &Arc<Node>) -> Result<u64, crate::error::NodeError> {
     let now = timefmt::now_ms();
-    let mut ops = Vec::new();
-    let mut entries = Vec::new();
     let horizon = now - (node.cfg.limits.retention_hours as i64) * 3_600_000;
     let mut trimmed = 0u64;
     'feed: loop {
@@ -690,31 +688,42 @@ pub async fn purge_expired(node: &Arc<Node>) -> Result<u64, crate::error::NodeEr
     if trimmed > 0 {
         tracing::info!(entries = trimmed, "feed trimmed to retention");
     }
-    let mut from = Vec::new();
+    // Expired copies, from the expiry index (never by reading every stored copy). Their
+    // seen-set entries go too: a late duplicate of an expired notification is refused as
+    // expired before the seen-set is consulted, so the set need not remember it.
+    let mut n = 0u64;
     loop {
-        let batch = node.store.scan(Space::Notifications, b"", &from, 1024)?;
-        if batch.is_empty() {
-            break;
-        }
-        for (k, v) in &batch {
-            if let Some((meta, _)) = crate::node::decode_stored(v)
-                && meta.expires_at_ms != 0
-                && meta.expires_at_ms <= now
-            {
-                ops.push(Op::delete(Space::Notifications, k.clone()));
+        let batch = node.store.scan(Space::Expiry, b"", b"", 1024)?;
+        let mut ops = Vec::new();
+        let mut entries = Vec::new();
+        let mut ids = HashSet::new();
+        for (k, _) in batch.iter().take_while(|(k, _)| {
+            k.len() > 8 && i64::try_from(be_u64(&k[..8])).is_ok_and(|at| at <= now)
+        }) {
+            let note = &k[8..];
+            ops.push(Op::delete(Space::Expiry, k.clone()));
+            if node.store.get(Space::Notifications, note)?.is_some() {
+                ops.push(Op::delete(Space::Notifications, note.to_vec()));
                 let mut e = LedgerEntry::new("expired");
-                e.notification = hex::encode(&k[..16.min(k.len())]);
+                e.notification = hex::encode(&note[..16.min(note.len())]);
                 entries.push(e);
             }
+            if note.len() >= 16 && ids.insert(note[..16].to_vec()) {
+                for (seen, _) in
+                    node.store
+                        .scan(Space::Seen, &note[..16], &note[..16], usize::MAX)?
+                {
+                    ops.push(Op::delete(Space::Seen, seen));
+                }
+            }
         }
-        from = batch
-            .last()
-            .map(|(k, _)| [k.as_slice(), &[0]].concat())
-            .unwrap_or_default();
-    }
-    let n = ops.len() as u64;
-    if n > 0 {
+        if ops.is_empty() {
+            break;
+        }
+        n += entries.len() as u64;
         node.commit(ops, entries).await?;
+    }
+    if n > 0 {
         node.bump_outbox();
     }
     Ok(n)

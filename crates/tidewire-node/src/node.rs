@@ -131,6 +131,66 @@ pub fn note_key(id: &NotificationId, holder: &NodeId) -> Vec<u8> {
     k
 }
 
+/// Expiry index key (see [`Space::Expiry`]): when, then which copy.
+pub fn expiry_key(expires_at_ms: i64, note: &[u8]) -> Vec<u8> {
+    let mut k = (expires_at_ms.max(0) as u64).to_be_bytes().to_vec();
+    k.extend_from_slice(note);
+    k
+}
+
+/// The writes that store a copy under `key`: the copy, and its expiry index entry if it
+/// expires.
+fn put_copy(ops: &mut Vec<Op>, key: Vec<u8>, meta: &StoredMeta, envelope: &[u8]) {
+    if meta.expires_at_ms > 0 {
+        ops.push(Op::put(
+            Space::Expiry,
+            expiry_key(meta.expires_at_ms, &key),
+            Vec::new(),
+        ));
+    }
+    ops.push(Op::put(
+        Space::Notifications,
+        key,
+        encode_stored(meta, envelope),
+    ));
+}
+
+/// Builds the expiry index once, for a store written before the index existed.
+fn index_expiry(store: &dyn Store) -> Result<(), NodeError> {
+    const DONE: &[u8] = b"expiry_indexed";
+    if store.get(Space::Meta, DONE)?.is_some() {
+        return Ok(());
+    }
+    let mut from = Vec::new();
+    let mut indexed = 0u64;
+    loop {
+        let batch = store.scan(Space::Notifications, b"", &from, 1024)?;
+        let Some((last, _)) = batch.last() else {
+            break;
+        };
+        from = [last.as_slice(), &[0]].concat();
+        let ops: Vec<Op> = batch
+            .iter()
+            .filter_map(|(k, v)| {
+                let (m, _) = decode_stored(v)?;
+                (m.expires_at_ms > 0)
+                    .then(|| Op::put(Space::Expiry, expiry_key(m.expires_at_ms, k), Vec::new()))
+            })
+            .collect();
+        indexed += ops.len() as u64;
+        store.apply(&ops)?;
+    }
+    store.apply(&[Op::put(Space::Meta, DONE.to_vec(), vec![1])])?;
+    store.sync()?;
+    if indexed > 0 {
+        tracing::info!(
+            indexed,
+            "expiry index built for a store written before it existed"
+        );
+    }
+    Ok(())
+}
+
 /// Seen-set key for forwarding responsibility towards `dest`.
 fn seen_fwd_key(id: &NotificationId, dest: &NodeId) -> Vec<u8> {
     let mut k = id.0.to_vec();
@@ -482,7 +542,7 @@ impl std::fmt::Debug for Node {
     }
 }
 
-fn be_u64(b: &[u8]) -> u64 {
+pub(crate) fn be_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(b.try_into().unwrap_or([0; 8]))
 }
 
@@ -560,6 +620,7 @@ impl Node {
                 "outbox backlog indexed"
             );
         }
+        index_expiry(store.as_ref())?;
         let head = ledger::Head::load(store.as_ref())?;
         let committer = Committer::start(store.clone());
         let me = Party::peer(cfg.id.clone(), cfg.country, cfg.org.clone());
@@ -864,19 +925,16 @@ impl Node {
             from: String::new(),
             received_at_ms: now,
         };
-        let mut ops = vec![
-            Op::put(
-                Space::Notifications,
-                note_key(&id, self.id()),
-                encode_stored(&meta, &bytes),
-            ),
+        let mut ops = Vec::with_capacity(8);
+        put_copy(&mut ops, note_key(&id, self.id()), &meta, &bytes);
+        ops.extend([
             Op::put(Space::Seen, id.0.to_vec(), Vec::new()),
             Op::put(
                 Space::Meta,
                 b"origin_seq".to_vec(),
                 seq.to_be_bytes().to_vec(),
             ),
-        ];
+        ]);
         if !idempotency_key.is_empty() {
             let mut v = id.0.to_vec();
             v.extend_from_slice(&seq.to_be_bytes());
@@ -1052,11 +1110,7 @@ impl Node {
                         self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    ops.push(Op::put(
-                        Space::Notifications,
-                        note_key(&h.id, &d),
-                        encode_stored(&meta, &t.envelope),
-                    ));
+                    put_copy(&mut ops, note_key(&h.id, &d), &meta, &t.envelope);
                     self.copies.insert(note_key(&h.id, &d), copy.clone());
                     ops.push(Op::put(Space::Seen, seen, Vec::new()));
                     numbered.feed.push(note_key(&h.id, &d));
@@ -1089,11 +1143,7 @@ impl Node {
                         self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    ops.push(Op::put(
-                        Space::Notifications,
-                        note_key(&h.id, &d),
-                        encode_stored(&meta, &t.envelope),
-                    ));
+                    put_copy(&mut ops, note_key(&h.id, &d), &meta, &t.envelope);
                     self.copies.insert(note_key(&h.id, &d), copy.clone());
                     ops.push(Op::put(Space::Seen, seen, Vec::new()));
                     let item = OutboxItem {
@@ -1499,5 +1549,63 @@ impl Node {
             tracing::warn!(error = %err, requester = %rec.requester, "consent decided but the answer could not be sent yet");
         }
         Ok(rec.to_pb())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidewire_store::MemStore;
+
+    fn meta(expires_at_ms: i64) -> StoredMeta {
+        StoredMeta {
+            origin: "maoc-n".into(),
+            kind: "alert".into(),
+            case_ref: String::new(),
+            routes: vec!["atlantic.west-africa".into()],
+            created_at_ms: 1,
+            expires_at_ms,
+            from: String::new(),
+            received_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn an_older_store_gets_its_expiry_index_once() {
+        let store = MemStore::default();
+        let expiring = note_key(&NotificationId([1; 16]), &"dakar".parse().unwrap());
+        let lasting = note_key(&NotificationId([2; 16]), &"dakar".parse().unwrap());
+        store
+            .apply(&[
+                Op::put(
+                    Space::Notifications,
+                    expiring.clone(),
+                    encode_stored(&meta(5_000), b"env"),
+                ),
+                Op::put(
+                    Space::Notifications,
+                    lasting,
+                    encode_stored(&meta(0), b"env"),
+                ),
+            ])
+            .unwrap();
+        index_expiry(&store).unwrap();
+        let index = store.scan(Space::Expiry, b"", b"", usize::MAX).unwrap();
+        assert_eq!(
+            index.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+            [expiry_key(5_000, &expiring)],
+            "only the copy that expires is indexed"
+        );
+        // Built once: an entry removed since (purged) is not indexed again on the next open.
+        store
+            .apply(&[Op::delete(Space::Expiry, expiry_key(5_000, &expiring))])
+            .unwrap();
+        index_expiry(&store).unwrap();
+        assert!(
+            store
+                .scan(Space::Expiry, b"", b"", usize::MAX)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -89,6 +89,9 @@ pub enum Space {
     Held = 11,
     /// Origins' consent grants, by notification and destination.
     Grants = 12,
+    /// Expiry index: expiry (Unix ms, big-endian u64) ‖ notification key → nothing. What the
+    /// purge deletes, and when, without reading every stored copy.
+    Expiry = 13,
 }
 
 /// One write.

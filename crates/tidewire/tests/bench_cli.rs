@@ -83,7 +83,10 @@ fn bench_relay_backlog_times_the_drain_of_the_last_hop() -> Result<()> {
     assert_eq!(r["count"].as_u64(), Some(200), "{r}");
     let drained = r["drained"].as_u64().context("drained")?;
     assert!(drained > 0 && drained <= 200, "{r}");
-    assert!(r["throughput_per_s"].as_f64().is_some_and(|t| t > 0.0), "{r}");
+    assert!(
+        r["throughput_per_s"].as_f64().is_some_and(|t| t > 0.0),
+        "{r}"
+    );
     assert!(r["peak_rss_mib"].as_f64().is_some_and(|m| m > 0.0), "{r}");
     assert!(r["p99_ms"].is_null(), "no latency in backlog mode: {r}");
     Ok(())

@@ -101,3 +101,47 @@ async fn a_signed_recall_deletes_the_content_where_it_is_held() {
     assert_eq!(events(&f, "dakar", &id, "recalled").await, 1);
     f.stop().await;
 }
+
+/// The seen-set entries a node keeps for notification `id` (hex).
+fn seen_entries(f: &LocalFederation, node: &str, id: &str) -> usize {
+    let id = hex::decode(id).expect("hex id");
+    f.nodes[node]
+        .node
+        .store
+        .scan(tidewire_store::Space::Seen, &id, &id, usize::MAX)
+        .expect("scan")
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_content_is_purged_everywhere_with_its_seen_set_entries() {
+    let (_tmp, f) = pair().await;
+    let soon = tidewire_core::timefmt::format_ms(tidewire_core::timefmt::now_ms() + 3_000);
+    let id = publish(
+        &f,
+        "maoc-n",
+        &serde_json::json!({
+            "kind": "alert", "routes": ["atlantic.west-africa"], "handling": "H0",
+            "audience": ["node:dakar"], "expires_at": soon, "fields": {"narrative": "brief"}
+        }),
+    )
+    .await;
+    wait_for(Duration::from_secs(10), "dakar to hold it", || async {
+        held(&f, "dakar", &id).await
+    })
+    .await;
+    assert!(seen_entries(&f, "maoc-n", &id) > 0);
+    assert!(seen_entries(&f, "dakar", &id) > 0);
+    // The purge runs every 10 s; the notification expires 3 s after it was published.
+    for node in ["maoc-n", "dakar"] {
+        wait_for(
+            Duration::from_secs(30),
+            &format!("{node} to purge the expired notification"),
+            || async { events(&f, node, &id, "expired").await > 0 },
+        )
+        .await;
+        assert!(!held(&f, node, &id).await, "{node} still holds it");
+        assert_eq!(seen_entries(&f, node, &id), 0, "{node} still remembers it");
+    }
+    f.stop().await;
+}
