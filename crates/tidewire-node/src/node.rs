@@ -679,6 +679,12 @@ impl Node {
         &self.key
     }
 
+    /// Whether the store's last group commit succeeded: false while writes are failing (disk
+    /// full, I/O errors), when nothing can be accepted durably.
+    pub fn store_writable(&self) -> bool {
+        self.committer.healthy()
+    }
+
     /// Seconds since start.
     pub fn uptime_s(&self) -> u64 {
         self.started.elapsed().as_secs()

@@ -10,6 +10,9 @@ use tidewire_proto::v1 as pb;
 use tidewire_store::{SledStore, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 use tracing::Instrument;
 
 use crate::config::NodeConfig;
@@ -86,6 +89,59 @@ pub fn add_link(node: &Arc<Node>, peer: tidewire_core::NodeId, url: String) {
     }
 }
 
+/// Every service the health service reports on: the whole server (""), then each service.
+const SERVICES: [&str; 5] = [
+    "",
+    <pb::federation_server::FederationServer<FederationService> as NamedService>::NAME,
+    <pb::publisher_server::PublisherServer<PublisherService> as NamedService>::NAME,
+    <pb::subscriber_server::SubscriberServer<crate::subscribe::SubscriberService> as NamedService>::NAME,
+    <pb::admin_server::AdminServer<AdminService> as NamedService>::NAME,
+];
+
+/// The services that need durable writes: not serving while the store's writes fail.
+const WRITERS: [&str; 3] = [
+    "",
+    <pb::federation_server::FederationServer<FederationService> as NamedService>::NAME,
+    <pb::publisher_server::PublisherServer<PublisherService> as NamedService>::NAME,
+];
+
+/// Keeps `grpc.health.v1.Health` true: the server, federation links and publishing are
+/// `NOT_SERVING` while the store cannot commit (checked every second); everything is
+/// `NOT_SERVING` once the node stops, and watch streams are then ended so that they do not hold
+/// the draining server open.
+async fn report_health(node: Arc<Node>, mut health: HealthReporter, stop: CancellationToken) {
+    let mut writable = true;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let now = node.store_writable();
+        if now == writable {
+            continue;
+        }
+        writable = now;
+        let status = if now {
+            tracing::info!("store writes succeed again: serving");
+            ServingStatus::Serving
+        } else {
+            tracing::error!("store writes are failing: links and publishing not serving");
+            ServingStatus::NotServing
+        };
+        for service in WRITERS {
+            health.set_service_status(service, status).await;
+        }
+    }
+    for service in SERVICES {
+        health
+            .set_service_status(service, ServingStatus::NotServing)
+            .await;
+    }
+    for service in SERVICES {
+        health.clear_service_status(service).await;
+    }
+}
+
 /// Starts a node from its configuration. It runs until `shutdown` is cancelled.
 pub async fn start(cfg: NodeConfig, shutdown: CancellationToken) -> Result<Running, NodeError> {
     start_inner(cfg, None, shutdown).await
@@ -133,15 +189,15 @@ async fn start_inner(
     let max = node.cfg.limits.max_message_bytes;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<pb::federation_server::FederationServer<FederationService>>()
-        .await;
-    health
-        .set_serving::<pb::publisher_server::PublisherServer<PublisherService>>()
-        .await;
-    health
-        .set_serving::<pb::admin_server::AdminServer<AdminService>>()
-        .await;
+    for service in SERVICES {
+        health
+            .set_service_status(service, ServingStatus::Serving)
+            .await;
+    }
+    node.tracker.spawn(
+        report_health(node.clone(), health, shutdown.clone())
+            .instrument(tracing::info_span!("health")),
+    );
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tidewire_proto::FILE_DESCRIPTOR_SET)
         .build_v1()

@@ -5,6 +5,7 @@
 //! covers dozens of batches; alone, a batch waits only for its own fsync.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use tokio::sync::oneshot;
@@ -22,6 +23,7 @@ pub struct Receipt(oneshot::Receiver<Result<(), String>>);
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Job>,
+    healthy: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Committer {
@@ -37,6 +39,8 @@ impl Committer {
     /// Starts the writer thread for `store`. It stops when every `Committer` clone is dropped.
     pub fn start(store: Arc<dyn Store>) -> Committer {
         let (tx, rx) = mpsc::channel::<Job>();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let health = healthy.clone();
         std::thread::Builder::new()
             .name("tidewire-commit".into())
             .spawn(move || {
@@ -62,6 +66,7 @@ impl Committer {
                         .apply(&ops)
                         .and_then(|()| if durable { store.sync() } else { Ok(()) })
                         .map_err(|e| e.to_string());
+                    health.store(synced.is_ok(), Ordering::Relaxed);
                     tracing::trace!(batches = jobs.len(), durable, "group commit");
                     for (_, _, reply) in jobs {
                         let _ = reply.send(synced.clone());
@@ -69,7 +74,12 @@ impl Committer {
                 }
             })
             .expect("spawn commit thread");
-        Committer { tx }
+        Committer { tx, healthy }
+    }
+
+    /// Whether the last group was applied (and, if durable, synced) without error.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
     }
 
     /// Applies `ops` atomically and returns once they are durable.
