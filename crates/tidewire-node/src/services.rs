@@ -317,40 +317,46 @@ impl pb::admin_server::Admin for AdminService {
         caller(&self.0, &req)?.require(&["admin", "auditor"], "querying the ledger")?;
         let q = req.into_inner();
         let limit = if q.limit == 0 { 1000 } else { q.limit as usize };
-        let mut out = Vec::new();
-        let mut after = 0;
-        'scan: loop {
-            let batch =
-                ledger::read(self.0.store.as_ref(), after, 4096).map_err(NodeError::from)?;
-            if batch.is_empty() {
-                break;
-            }
-            for e in batch {
-                after = e.seq;
-                let hit = (q.notification.is_empty()
-                    || e.notification.starts_with(&q.notification))
-                    && (q.destination.is_empty()
-                        || e.destination == q.destination
-                        || e.destination.ends_with(&format!(":{}", q.destination)))
-                    && (q.event.is_empty() || e.event == q.event);
-                if hit {
-                    out.push(pb::AuditEntry {
-                        seq: e.seq,
-                        at_ms: e.at_ms,
-                        event: e.event,
-                        notification: e.notification,
-                        destination: e.destination,
-                        policy_version: e.policy_version,
-                        rule: e.rule,
-                        detail_json: e.detail.to_string(),
-                        hash: e.hash,
-                    });
-                    if out.len() >= limit {
-                        break 'scan;
+        let node = self.0.clone();
+        // A query may read the whole ledger: off the async workers, which carry the links.
+        let out = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
+            let mut out = Vec::new();
+            let mut after = 0;
+            'scan: loop {
+                let batch = ledger::read(node.store.as_ref(), after, 4096)?;
+                if batch.is_empty() {
+                    break;
+                }
+                for e in batch {
+                    after = e.seq;
+                    let hit = (q.notification.is_empty()
+                        || e.notification.starts_with(&q.notification))
+                        && (q.destination.is_empty()
+                            || e.destination == q.destination
+                            || e.destination.ends_with(&format!(":{}", q.destination)))
+                        && (q.event.is_empty() || e.event == q.event);
+                    if hit {
+                        out.push(pb::AuditEntry {
+                            seq: e.seq,
+                            at_ms: e.at_ms,
+                            event: e.event,
+                            notification: e.notification,
+                            destination: e.destination,
+                            policy_version: e.policy_version,
+                            rule: e.rule,
+                            detail_json: e.detail.to_string(),
+                            hash: e.hash,
+                        });
+                        if out.len() >= limit {
+                            break 'scan;
+                        }
                     }
                 }
             }
-        }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| NodeError::Internal(format!("audit query task: {e}")))??;
         Ok(Response::new(pb::AuditQueryReply { entries: out }))
     }
 
@@ -359,7 +365,11 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::AuditVerifyRequest>,
     ) -> Result<Response<pb::AuditVerifyReply>, Status> {
         caller(&self.0, &req)?.require(&["admin", "auditor"], "verifying the ledger")?;
-        let c = ledger::verify(self.0.store.as_ref()).map_err(NodeError::from)?;
+        let node = self.0.clone();
+        let c = tokio::task::spawn_blocking(move || ledger::verify(node.store.as_ref()))
+            .await
+            .map_err(|e| NodeError::Internal(format!("ledger verification task: {e}")))?
+            .map_err(NodeError::from)?;
         Ok(Response::new(pb::AuditVerifyReply {
             ok: c.problem.is_none(),
             entries: c.entries,
@@ -373,41 +383,67 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::CasesListRequest>,
     ) -> Result<Response<pb::CasesListReply>, Status> {
         caller(&self.0, &req)?.require(&["admin", "auditor", "publisher"], "listing cases")?;
-        let limit = match req.into_inner().limit {
+        let q = req.into_inner();
+        let limit = match q.limit {
             0 => 1000,
             l => l as usize,
         };
-        let mut items = Vec::new();
-        let entries = self
-            .0
-            .store
-            .scan(tidewire_store::Space::Notifications, b"", b"", usize::MAX)
-            .map_err(NodeError::from)?;
-        for (k, v) in entries {
-            let Ok(id) = NotificationId::from_slice(&k[..16.min(k.len())]) else {
-                continue;
-            };
-            let holder = String::from_utf8_lossy(&k[16.min(k.len())..]).into_owned();
-            let Some((meta, _)) = crate::node::decode_stored(&v) else {
-                continue;
-            };
-            items.push(pb::CaseItem {
-                id: id.to_string(),
-                origin: meta.origin,
-                kind: meta.kind,
-                case_ref: meta.case_ref,
-                routes: meta.routes,
-                created_at_ms: meta.created_at_ms,
-                state: if holder == self.0.id().as_str() {
-                    "held".into()
-                } else {
-                    format!("in transit to {holder}")
-                },
-            });
-            if items.len() >= limit {
-                break;
-            }
+        let wanted = q.id_prefix.to_ascii_lowercase();
+        if wanted.len() > 32 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(NodeError::Invalid(format!(
+                "id prefix `{}` is not up to 32 hexadecimal digits",
+                q.id_prefix
+            ))
+            .into());
         }
+        // Whole bytes of the prefix narrow the scan; an odd last digit is checked per entry.
+        let prefix = hex::decode(&wanted[..wanted.len() / 2 * 2]).unwrap_or_default();
+        let node = self.0.clone();
+        // Read in pages, up to the limit: never every stored copy at once.
+        let items = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
+            let mut items = Vec::new();
+            let mut from = prefix.clone();
+            while items.len() < limit {
+                let page = node.store.scan(
+                    tidewire_store::Space::Notifications,
+                    &prefix,
+                    &from,
+                    (limit - items.len()).min(256),
+                )?;
+                let Some((last, _)) = page.last() else {
+                    break;
+                };
+                from = [last.as_slice(), &[0]].concat();
+                for (k, v) in page {
+                    let Ok(id) = NotificationId::from_slice(&k[..16.min(k.len())]) else {
+                        continue;
+                    };
+                    if !id.to_string().starts_with(&wanted) {
+                        continue;
+                    }
+                    let holder = String::from_utf8_lossy(&k[16.min(k.len())..]).into_owned();
+                    let Some((meta, _)) = crate::node::decode_stored(&v) else {
+                        continue;
+                    };
+                    items.push(pb::CaseItem {
+                        id: id.to_string(),
+                        origin: meta.origin,
+                        kind: meta.kind,
+                        case_ref: meta.case_ref,
+                        routes: meta.routes,
+                        created_at_ms: meta.created_at_ms,
+                        state: if holder == node.id().as_str() {
+                            "held".into()
+                        } else {
+                            format!("in transit to {holder}")
+                        },
+                    });
+                }
+            }
+            Ok(items)
+        })
+        .await
+        .map_err(|e| NodeError::Internal(format!("case listing task: {e}")))??;
         Ok(Response::new(pb::CasesListReply { items }))
     }
 }

@@ -1023,6 +1023,9 @@ pub enum CasesCmd {
     List {
         #[command(flatten)]
         conn: Conn,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
     },
     /// One notification as held, and its ledger history.
     Show {
@@ -1036,9 +1039,12 @@ pub enum CasesCmd {
 /// `tidewire cases …`
 pub async fn cases(c: CasesCmd, json: bool) -> Result<()> {
     match c {
-        CasesCmd::List { conn } => {
+        CasesCmd::List { conn, limit } => {
             let r = pb::admin_client::AdminClient::new(conn.connect().await?)
-                .cases_list(pb::CasesListRequest { limit: 0 })
+                .cases_list(pb::CasesListRequest {
+                    limit: limit.max(1),
+                    ..Default::default()
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -1064,11 +1070,14 @@ pub async fn cases(c: CasesCmd, json: bool) -> Result<()> {
         CasesCmd::Show { conn, id } => {
             let mut admin = pb::admin_client::AdminClient::new(conn.connect().await?);
             let r = admin
-                .cases_list(pb::CasesListRequest { limit: 0 })
+                .cases_list(pb::CasesListRequest {
+                    limit: 0,
+                    id_prefix: id.clone(),
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            let items: Vec<_> = r.items.iter().filter(|i| i.id.starts_with(&id)).collect();
+            let items: Vec<_> = r.items.iter().collect();
             if items.is_empty() {
                 bail!("no notification `{id}` is held by {}", conn.node);
             }

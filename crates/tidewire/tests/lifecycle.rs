@@ -13,7 +13,7 @@ use tidewire_proto::v1 as pb;
 async fn held(f: &LocalFederation, node: &str, id: &str) -> bool {
     common::admin(f, node)
         .await
-        .cases_list(pb::CasesListRequest { limit: 0 })
+        .cases_list(pb::CasesListRequest::default())
         .await
         .expect("cases")
         .into_inner()
