@@ -595,18 +595,26 @@ impl Node {
             .last(Space::Feed, b"")?
             .map(|(k, _)| be_u64(&k))
             .unwrap_or(0);
-        // Outbox queues are per destination (`dest ‖ 0 ‖ seq`): the last key of each queue is
-        // enough to continue numbering, without reading a whole backlog at start-up.
+        // Outbox queues are per destination (`dest ‖ 0 ‖ seq`). Their keys, read a page at a
+        // time, give the outbox index and the last sequence number to continue from.
         let mut outbox_seq = 0;
         let mut outbox_index: HashMap<NodeId, BTreeSet<u64>> = HashMap::new();
         let indexing = Instant::now();
         for n in roster.nodes() {
             let prefix = &outbox_key(&n.id, 0)[..n.id.as_str().len() + 1];
-            let queued: BTreeSet<u64> = store
-                .scan(Space::Outbox, prefix, prefix, usize::MAX)?
-                .iter()
-                .map(|(k, _)| be_u64(&k[k.len().saturating_sub(8)..]))
-                .collect();
+            let mut queued = BTreeSet::new();
+            let mut from = prefix.to_vec();
+            loop {
+                let page = store.scan(Space::Outbox, prefix, &from, 4096)?;
+                let Some((last, _)) = page.last() else {
+                    break;
+                };
+                from = [last.as_slice(), &[0]].concat();
+                queued.extend(
+                    page.iter()
+                        .map(|(k, _)| be_u64(&k[k.len().saturating_sub(8)..])),
+                );
+            }
             if let Some(last) = queued.last() {
                 outbox_seq = outbox_seq.max(*last);
                 outbox_index.insert(n.id.clone(), queued);
