@@ -361,10 +361,34 @@ pub struct Node {
     claimed: Mutex<HashSet<Vec<u8>>>,
     /// Recently stored copies, decoded (see [`CopyCache`]).
     copies: CopyCache,
+    /// What each role may see of recent copies (see [`Node::filtered_for`]).
+    filtered: Mutex<FilteredCache>,
     /// The outbox sequence numbers queued per destination, kept in step with the store where
     /// outbox writes are submitted, so that a status call counts a backlog without reading it.
     outbox_index: Mutex<HashMap<NodeId, BTreeSet<u64>>>,
 }
+
+/// What the policy lets subscribers with one role at this node see of one copy: the same for
+/// all of them, so it is computed once per (copy, role) and policy.
+#[derive(Debug)]
+pub struct Filtered {
+    /// The policy (content hash) that decided.
+    pub policy_hash: String,
+    /// The rule that allowed it.
+    pub rule: String,
+    /// The body the role may see, as JSON.
+    pub fields_json: String,
+    /// What the role does not see: withheld on the way, or redacted here.
+    pub withheld: Vec<pb::WithheldInfo>,
+    /// The custody path.
+    pub path: Vec<String>,
+}
+
+/// (copy key, role) → what that role may see of the copy.
+type FilteredCache = HashMap<(Vec<u8>, String), Arc<Filtered>>;
+
+/// How many (copy, role) views [`Node::filtered_for`] keeps before it starts again.
+const FILTERED_CAPACITY: usize = 8_192;
 
 /// A stored copy, decoded and inspected once.
 #[derive(Debug)]
@@ -673,6 +697,7 @@ impl Node {
             claimed: Mutex::new(HashSet::new()),
             copies: CopyCache::default(),
             outbox_index: Mutex::new(outbox_index),
+            filtered: Mutex::new(HashMap::new()),
             cfg,
         }))
     }
@@ -685,6 +710,36 @@ impl Node {
     /// The signing key.
     pub fn key(&self) -> &SigningKey {
         &self.key
+    }
+
+    /// The view `role` may have of the copy stored under `note`, decided under the policy whose
+    /// content hash is `policy_hash`: computed by `compute` at most once per (copy, role) and
+    /// policy, so that a hundred subscribers sharing a role cost one policy evaluation and one
+    /// body, not a hundred. `None` when the policy denies the role.
+    pub fn filtered_for(
+        &self,
+        note: &[u8],
+        role: &str,
+        policy_hash: &str,
+        compute: impl FnOnce() -> Option<Filtered>,
+    ) -> Option<Arc<Filtered>> {
+        let key = (note.to_vec(), role.to_owned());
+        if let Some(f) = self
+            .filtered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .filter(|f| f.policy_hash == policy_hash)
+        {
+            return Some(f.clone());
+        }
+        let f = Arc::new(compute()?);
+        let mut cache = self.filtered.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= FILTERED_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(key, f.clone());
+        Some(f)
     }
 
     /// Whether the store's last group commit succeeded: false while writes are failing (disk

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::auth::caller;
 use crate::error::NodeError;
 use crate::ledger::LedgerEntry;
-use crate::node::Node;
+use crate::node::{Filtered, Node};
 use crate::users::User;
 
 /// `tidewire.v1.Subscriber`.
@@ -70,12 +70,53 @@ fn prepare_local(
         return None;
     }
     let (policy, _) = node.policy()?;
+    let shown = node.filtered_for(note, &user.role, policy.content_hash(), || {
+        filter_for_role(node, &policy, view, &user.role)
+    })?;
+    let mut e = LedgerEntry::new("delivered");
+    e.notification = h.id.to_string();
+    e.destination = format!("user:{}", user.name);
+    e.policy_version = policy.content_hash().to_owned();
+    e.rule.clone_from(&shown.rule);
+    e.detail = serde_json::json!({"role": user.role, "withheld": shown.withheld.len()});
+    Some((
+        pb::Delivery {
+            cursor,
+            id: h.id.to_string(),
+            origin: h.origin.to_string(),
+            kind: h.kind.to_string(),
+            routes: h.routes.iter().map(|r| r.to_string()).collect(),
+            handling: h.handling.code().to_owned(),
+            handling_restriction: h.handling.restriction().unwrap_or_default().to_owned(),
+            grading: h.grading.to_string(),
+            purposes: h.purposes.clone(),
+            case_ref: h.case_ref.clone(),
+            created_at_ms: h.created_at_ms,
+            expires_at_ms: h.expires_at_ms.unwrap_or(0),
+            fields_json: shown.fields_json.clone(),
+            withheld: shown.withheld.clone(),
+            path: shown.path.clone(),
+            skipped: 0,
+        },
+        e,
+    ))
+}
+
+/// What `policy` lets a subscriber with `role` at this node see of a copy, or `None` if it is
+/// denied. The same for every subscriber with that role: [`Node::filtered_for`] keeps it.
+fn filter_for_role(
+    node: &Node,
+    policy: &tidewire_policy::Policy,
+    view: &tidewire_core::VerifiedView,
+    role: &str,
+) -> Option<Filtered> {
+    let h = &view.header;
     let origin = Party::from_roster(node.roster.get(h.origin.as_str())?);
     let dest = Party::subscriber(
         node.me.node.clone(),
         node.me.country,
         node.me.org.clone(),
-        user.role.clone(),
+        role.to_owned(),
     );
     let Decision::Allow { rule, fields } = policy.evaluate(h, &origin, &view.fields, &dest) else {
         return None;
@@ -102,38 +143,18 @@ fn prepare_local(
         }
     }
     let parsed: Vec<_> = clear
-        .iter()
-        .filter_map(|(p, v)| p.parse().ok().map(|p| (p, v.clone())))
+        .into_iter()
+        .filter_map(|(p, v)| p.parse().ok().map(|p| (p, v)))
         .collect();
     let body = tidewire_core::fields::unflatten(parsed.iter().map(|(p, v)| (p, v.clone())))
         .unwrap_or_default();
-    let mut e = LedgerEntry::new("delivered");
-    e.notification = h.id.to_string();
-    e.destination = format!("user:{}", user.name);
-    e.policy_version = policy.content_hash().to_owned();
-    e.rule = rule;
-    e.detail = serde_json::json!({"role": user.role, "withheld": withheld.len()});
-    Some((
-        pb::Delivery {
-            cursor,
-            id: h.id.to_string(),
-            origin: h.origin.to_string(),
-            kind: h.kind.to_string(),
-            routes: h.routes.iter().map(|r| r.to_string()).collect(),
-            handling: h.handling.code().to_owned(),
-            handling_restriction: h.handling.restriction().unwrap_or_default().to_owned(),
-            grading: h.grading.to_string(),
-            purposes: h.purposes.clone(),
-            case_ref: h.case_ref.clone(),
-            created_at_ms: h.created_at_ms,
-            expires_at_ms: h.expires_at_ms.unwrap_or(0),
-            fields_json: body.to_string(),
-            withheld,
-            path: view.path(),
-            skipped: 0,
-        },
-        e,
-    ))
+    Some(Filtered {
+        policy_hash: policy.content_hash().to_owned(),
+        rule,
+        fields_json: body.to_string(),
+        withheld,
+        path: view.path(),
+    })
 }
 
 #[tonic::async_trait]

@@ -884,3 +884,51 @@ async fn the_bytes_sent_to_a_destination_never_contain_a_withheld_value() {
     drop(peer);
     f.stop().await;
 }
+
+/// Local subscribers share what their role may see of a copy, decided once per copy and role;
+/// a new policy must decide again, never serve what the old one allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_policy_decides_again_what_local_subscribers_see() {
+    let (_tmp, f) = common::federation(&["dakar"], &[]).await;
+    let rule = |version: u32, redact: &str| {
+        format!(
+            "version = {version}\ndefault = \"deny\"\n\n[[rule]]\nid = \"local-v{version}\"\nto = [\"role:*\"]\nallow = [\"*\"]\nredact = [{redact}]\n"
+        )
+    };
+    let first = apply(&f, "dakar", &rule(1, "")).await;
+    let id = publish(
+        &f,
+        "dakar",
+        &json!({
+            "kind": "alert", "routes": ["atlantic.west-africa"], "handling": "H0",
+            "audience": ["node:dakar"],
+            "fields": {"vessel": {"name": "MV Example"}, "narrative": "rendezvous at dawn"}
+        }),
+    )
+    .await;
+    let ids = BTreeSet::from([id.clone()]);
+    // Two readers with the same role: both see the narrative.
+    for _ in 0..2 {
+        let got = deliveries(&f, "dakar", &ids, Duration::from_secs(10)).await;
+        assert_eq!(body(&got[&id])["narrative"], "rendezvous at dawn");
+    }
+
+    let second = apply(&f, "dakar", &rule(2, "\"narrative\"")).await;
+    assert_ne!(first, second);
+    let got = deliveries(&f, "dakar", &ids, Duration::from_secs(10)).await;
+    let d = &got[&id];
+    assert!(body(d).get("narrative").is_none(), "{}", d.fields_json);
+    assert_eq!(body(d)["vessel"]["name"], "MV Example");
+    assert!(
+        d.withheld.iter().any(|w| w.path_or_digest == "narrative"),
+        "{:?}",
+        d.withheld
+    );
+    let delivered = audit(&f, "dakar", &id, "delivered").await;
+    assert_eq!(
+        delivered.last().map(|e| e.policy_version.as_str()),
+        Some(second.as_str()),
+        "the last delivery names the policy that decided it"
+    );
+    f.stop().await;
+}
