@@ -4,31 +4,13 @@
 //! patterns). Must never panic.
 #![no_main]
 
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use tidewire_core::envelope;
-use tidewire_core::keys::{Roster, RosterNode, SigningKey};
 use tidewire_core::{NodeId, RoutePattern};
+use tidewire_fuzz::roster;
 use tidewire_proto::v1 as pb;
 use tidewire_proto::v1::link_frame::Frame;
-
-fn roster() -> &'static Roster {
-    static ROSTER: OnceLock<Roster> = OnceLock::new();
-    ROSTER.get_or_init(|| {
-        let mut r = Roster::default();
-        for (id, country, seed) in [("maoc-n", "PT", [1u8; 32]), ("dakar", "SN", [10; 32])] {
-            r.upsert(RosterNode::new(
-                id.parse().expect("node id"),
-                country.parse().expect("country"),
-                id.into(),
-                SigningKey::from_seed(seed).public(),
-            ));
-        }
-        r
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     let Ok(frame) = pb::LinkFrame::decode(data) else {

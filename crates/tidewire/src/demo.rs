@@ -767,6 +767,44 @@ fn peak_rss_of(path: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// What every `bench relay` mode reports besides its own figures.
+struct Run {
+    /// Notifications the rate and CPU figures count.
+    notifications: u64,
+    elapsed_s: f64,
+    cpu_s: f64,
+    /// Peak RSS per node process (empty when the nodes ran in this process).
+    per_node: BTreeMap<String, f64>,
+    fields: usize,
+    json_bytes: usize,
+    nodes_in_process: usize,
+}
+
+impl Run {
+    /// Adds throughput, memory and CPU figures to the JSON object `out`.
+    fn fill(self, out: &mut serde_json::Value) {
+        let n = self.notifications as f64;
+        let peak = if self.per_node.is_empty() {
+            (peak_rss_mib() * 10.0).round() / 10.0
+        } else {
+            self.per_node.values().copied().fold(0.0, f64::max)
+        };
+        let more = serde_json::json!({
+            "throughput_per_s": (n / self.elapsed_s).round(),
+            "peak_rss_mib": peak,
+            "peak_rss_mib_per_node": self.per_node,
+            "cpu_us_per_notification": (self.cpu_s * 1e6 / n).round(),
+            "cpu_cores_busy": (self.cpu_s / self.elapsed_s * 100.0).round() / 100.0,
+            "fields": self.fields,
+            "json_bytes": self.json_bytes,
+            "nodes_in_process": self.nodes_in_process,
+        });
+        if let (Some(o), serde_json::Value::Object(m)) = (out.as_object_mut(), more) {
+            o.extend(m);
+        }
+    }
+}
+
 /// `tidewire bench relay`.
 pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
     if a.backlog && a.hops != 1 {
@@ -855,22 +893,21 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
     let (_, publish_s) = publisher.await?.map_err(status_error)?;
     latencies.sort_by(|x, y| x.total_cmp(y));
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
-    let out = serde_json::json!({
+    let mut out = serde_json::json!({
         "hops": a.hops, "count": count, "rate": rate,
-        "throughput_per_s": (count as f64 / elapsed).round(),
         "publish_per_s": (count as f64 / publish_s).round(),
         "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1.0),
-        "peak_rss_mib": if per_node.is_empty() {
-            (peak_rss_mib() * 10.0).round() / 10.0
-        } else {
-            per_node.values().copied().fold(0.0, f64::max)
-        },
-        "peak_rss_mib_per_node": per_node,
-        "cpu_us_per_notification": (cpu * 1e6 / count as f64).round(),
-        "cpu_cores_busy": (cpu / elapsed * 100.0).round() / 100.0,
-        "fields": fields, "json_bytes": sample.len(),
-        "nodes_in_process": if a.processes { 0 } else { nodes.len() },
     });
+    let run = Run {
+        notifications: count,
+        elapsed_s: elapsed,
+        cpu_s: cpu,
+        per_node,
+        fields,
+        json_bytes: sample.len(),
+        nodes_in_process: if a.processes { 0 } else { nodes.len() },
+    };
+    run.fill(&mut out);
     fedn.stop().await;
     if json {
         println!("{out}");
@@ -1004,21 +1041,20 @@ async fn bench_backlog(
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = cpu_now(&fedn) - cpu0;
     let per_node = fedn.peak_rss_per_node();
-    let out = serde_json::json!({
+    let mut out = serde_json::json!({
         "hops": a.hops, "count": count, "mode": "backlog", "drained": left,
-        "throughput_per_s": (left as f64 / elapsed).round(),
         "p50_ms": null, "p99_ms": null, "max_ms": null,
-        "peak_rss_mib": if per_node.is_empty() {
-            (peak_rss_mib() * 10.0).round() / 10.0
-        } else {
-            per_node.values().copied().fold(0.0, f64::max)
-        },
-        "peak_rss_mib_per_node": per_node,
-        "cpu_us_per_notification": (cpu * 1e6 / left as f64).round(),
-        "cpu_cores_busy": (cpu / elapsed * 100.0).round() / 100.0,
-        "fields": fields, "json_bytes": sample.len(),
-        "nodes_in_process": if a.processes { 0 } else { nodes.len() },
     });
+    let run = Run {
+        notifications: left,
+        elapsed_s: elapsed,
+        cpu_s: cpu,
+        per_node,
+        fields,
+        json_bytes: sample.len(),
+        nodes_in_process: if a.processes { 0 } else { nodes.len() },
+    };
+    run.fill(&mut out);
     fedn.stop().await;
     if json {
         println!("{out}");

@@ -7,42 +7,22 @@ mod common;
 
 use std::time::Duration;
 
-use common::{admin, events, federation, publish, wait_for};
+use common::{events, federation, publish_alerts, wait_for};
 use tidewire::demo::LocalFederation;
-use tidewire_proto::v1 as pb;
 
 async fn backlog_to(f: &LocalFederation, node: &str, peer: &str) -> u64 {
-    admin(f, node)
+    common::backlogs(f, node)
         .await
-        .status(pb::StatusRequest {})
-        .await
-        .expect("status")
-        .into_inner()
-        .links
-        .iter()
-        .find(|l| l.peer == peer)
-        .map_or(0, |l| l.backlog)
+        .get(peer)
+        .copied()
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_is_counted_after_a_restart_and_drains_when_the_peer_returns() {
     let (_tmp, mut f) = federation(&["maoc-n", "dakar"], &["maoc-n:dakar"]).await;
     f.stop_node("dakar").await.expect("stop dakar");
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        ids.push(
-            publish(
-                &f,
-                "maoc-n",
-                &serde_json::json!({
-                    "kind": "alert", "case_ref": format!("MAOC-2026-{i:04}"),
-                    "routes": ["atlantic.west-africa"], "handling": "H0",
-                    "audience": ["node:dakar"], "fields": {"narrative": "queued"}
-                }),
-            )
-            .await,
-        );
-    }
+    let ids = publish_alerts(&f, "maoc-n", "node:dakar", 3).await;
     assert_eq!(backlog_to(&f, "maoc-n", "dakar").await, 3);
 
     f.stop_node("maoc-n").await.expect("stop maoc-n");

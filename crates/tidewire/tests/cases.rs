@@ -4,27 +4,13 @@
 
 mod common;
 
-use common::{admin, federation, publish};
+use common::{admin, federation, publish_alerts};
 use tidewire_proto::v1 as pb;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cases_list_honours_its_limit_and_finds_one_by_id_prefix() {
     let (_tmp, f) = federation(&["maoc-n"], &[]).await;
-    let mut ids = Vec::new();
-    for i in 0..5 {
-        ids.push(
-            publish(
-                &f,
-                "maoc-n",
-                &serde_json::json!({
-                    "kind": "alert", "case_ref": format!("MAOC-2026-{i:04}"),
-                    "routes": ["atlantic.west-africa"], "handling": "H0",
-                    "audience": ["node:maoc-n"], "fields": {"narrative": "test"}
-                }),
-            )
-            .await,
-        );
-    }
+    let ids = publish_alerts(&f, "maoc-n", "node:maoc-n", 5).await;
     let mut a = admin(&f, "maoc-n").await;
     let list = |limit, id_prefix: &str| pb::CasesListRequest {
         limit,

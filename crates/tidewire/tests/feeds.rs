@@ -29,7 +29,7 @@ const LINKS: [&str; 2] = ["maoc-n:dakar", "dakar:accra"];
 
 mod common;
 
-use common::{admin, audit, publish, wait_for};
+use common::{audit, publish, wait_for};
 
 async fn line() -> (tempfile::TempDir, LocalFederation) {
     common::federation(&NODES, &LINKS).await
@@ -829,16 +829,7 @@ async fn a_stalled_subscriber_does_not_block_others() {
 // 4. Interest routing of wildcard audiences
 
 async fn backlog(f: &LocalFederation, node: &str) -> u64 {
-    admin(f, node)
-        .await
-        .status(pb::StatusRequest {})
-        .await
-        .expect("status")
-        .into_inner()
-        .links
-        .iter()
-        .map(|l| l.backlog)
-        .sum()
+    common::backlogs(f, node).await.values().sum()
 }
 
 fn wildcard(case_ref: &str, route: &str, audience: &str) -> serde_json::Value {

@@ -83,3 +83,37 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Publishes `n` small alerts at `node` for `audience` (case refs `MAOC-2026-0000`, …) and
+/// returns their ids in publish order.
+pub async fn publish_alerts(
+    f: &LocalFederation,
+    node: &str,
+    audience: &str,
+    n: usize,
+) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let alert = serde_json::json!({
+            "kind": "alert", "case_ref": format!("MAOC-2026-{i:04}"),
+            "routes": ["atlantic.west-africa"], "handling": "H0",
+            "audience": [audience], "fields": {"narrative": "queued"}
+        });
+        ids.push(publish(f, node, &alert).await);
+    }
+    ids
+}
+
+/// The backlog `node` reports for each link, by peer.
+pub async fn backlogs(f: &LocalFederation, node: &str) -> std::collections::BTreeMap<String, u64> {
+    admin(f, node)
+        .await
+        .status(pb::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+        .links
+        .into_iter()
+        .map(|l| (l.peer, l.backlog))
+        .collect()
+}
