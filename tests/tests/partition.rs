@@ -9,9 +9,8 @@ use std::time::Duration;
 use anyhow::ensure;
 use tidewire_testkit::{Kit, Proxy, check_sequence, counter, eventually, notification};
 
-/// The issue asks for 10,000; 2,000 keeps this test fast in a debug build. Volume is covered by
-/// `tidewire bench relay --count N`.
-const N: usize = 2_000;
+/// As many as the issue asks for (about 13 s in a debug build on two cores).
+const N: usize = 10_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_then_restore_delivers_all_exactly_once_in_order() -> anyhow::Result<()> {
@@ -56,7 +55,7 @@ async fn partition_then_restore_delivers_all_exactly_once_in_order() -> anyhow::
     assert_eq!(kit.counter("c", "received").await?, 0);
 
     proxy.restore();
-    let feed = kit.deliveries("c", N, Duration::from_secs(25)).await?;
+    let feed = kit.deliveries("c", N, Duration::from_secs(120)).await?;
     let got: Vec<&str> = feed.iter().map(|d| d.id.as_str()).collect();
     check_sequence(
         "c's feed (every notification once, in publish order)",
@@ -70,7 +69,7 @@ async fn partition_then_restore_delivers_all_exactly_once_in_order() -> anyhow::
 
     // Every acknowledgement empties its outbox entry: the backlogs status reports go to zero.
     eventually!(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "every backlog drains once c has everything",
         {
             for n in ["a", "b"] {
