@@ -275,10 +275,9 @@ impl Node {
                 Ok(n) => n,
                 Err(_) => continue,
             };
-            if self
+            if !self
                 .store
-                .get(Space::Notifications, &note_key(&nid, self.id()))?
-                .is_none()
+                .contains(Space::Notifications, &note_key(&nid, self.id()))?
             {
                 let mut closed = rec.clone();
                 closed.state = "expired".into();

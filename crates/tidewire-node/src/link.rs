@@ -702,7 +702,7 @@ pub async fn purge_expired(node: &Arc<Node>) -> Result<u64, crate::error::NodeEr
         }) {
             let note = &k[8..];
             ops.push(Op::delete(Space::Expiry, k.clone()));
-            if node.store.get(Space::Notifications, note)?.is_some() {
+            if node.store.contains(Space::Notifications, note)? {
                 ops.push(Op::delete(Space::Notifications, note.to_vec()));
                 let mut e = LedgerEntry::new("expired");
                 e.notification = hex::encode(&note[..16.min(note.len())]);

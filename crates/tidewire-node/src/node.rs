@@ -158,7 +158,7 @@ fn put_copy(ops: &mut Vec<Op>, key: Vec<u8>, meta: &StoredMeta, envelope: &[u8])
 /// Builds the expiry index once, for a store written before the index existed.
 fn index_expiry(store: &dyn Store) -> Result<(), NodeError> {
     const DONE: &[u8] = b"expiry_indexed";
-    if store.get(Space::Meta, DONE)?.is_some() {
+    if store.contains(Space::Meta, DONE)? {
         return Ok(());
     }
     let mut from = Vec::new();
@@ -468,13 +468,13 @@ impl Claims {
     /// Whether `key` is already seen (on disk) or claimed.
     fn seen(&self, key: &[u8]) -> Result<bool, NodeError> {
         let claimed = self.node.claimed.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(claimed.contains(key) || self.node.store.get(Space::Seen, key)?.is_some())
+        Ok(claimed.contains(key) || self.node.store.contains(Space::Seen, key)?)
     }
 
     /// Claims `key` unless it is already seen (on disk) or claimed; returns whether it was new.
     fn claim(&mut self, key: Vec<u8>) -> Result<bool, NodeError> {
         let mut claimed = self.node.claimed.lock().unwrap_or_else(|p| p.into_inner());
-        if claimed.contains(&key) || self.node.store.get(Space::Seen, &key)?.is_some() {
+        if claimed.contains(&key) || self.node.store.contains(Space::Seen, &key)? {
             return Ok(false);
         }
         claimed.insert(key.clone());

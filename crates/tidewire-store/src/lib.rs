@@ -141,6 +141,11 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 pub trait Store: Send + Sync + 'static {
     /// Reads one value.
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Whether `key` is present. A store that keeps large values apart answers without reading
+    /// the value.
+    fn contains(&self, space: Space, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.get(space, key)?.is_some())
+    }
     /// Reads up to `limit` entries of `space` whose keys start with `prefix` and are `>= from`
     /// (`from` includes the prefix), in key order.
     fn scan(

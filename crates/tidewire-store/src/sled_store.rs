@@ -266,6 +266,10 @@ impl Store for SledStore {
         }
     }
 
+    fn contains(&self, space: Space, key: &[u8]) -> Result<bool, StoreError> {
+        self.tree.contains_key(full_key(space, key)).map_err(io)
+    }
+
     fn scan(
         &self,
         space: Space,
@@ -565,6 +569,10 @@ mod tests {
             vec![(key(2), val(3600, 22))]
         );
         assert_eq!(s.count(Space::Notifications, b"").unwrap(), 1);
+        // Presence, for large values (a pointer) as for none.
+        assert!(s.contains(Space::Notifications, &key(2)).unwrap());
+        assert!(!s.contains(Space::Notifications, &key(1)).unwrap());
+        assert!(!s.contains(Space::Feed, &key(2)).unwrap());
         // The counts of live pointers followed: deleting the last one leaves nothing live.
         s.apply(&[Op::delete(Space::Notifications, key(2))])
             .unwrap();
