@@ -207,6 +207,13 @@ pub fn outbox_key(dest: &NodeId, seq: u64) -> Vec<u8> {
     k
 }
 
+/// The destination and sequence number of an [`outbox_key`].
+fn parse_outbox_key(key: &[u8]) -> Option<(NodeId, u64)> {
+    let (dest, seq) = key.split_at_checked(key.len().checked_sub(9)?)?;
+    let dest = std::str::from_utf8(dest).ok()?.parse().ok()?;
+    (seq[0] == 0).then(|| (dest, be_u64(&seq[1..])))
+}
+
 /// An outbox item: which copy to send and with what hop budget.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxItem {
@@ -620,30 +627,25 @@ impl Node {
             .map(|(k, _)| be_u64(&k))
             .unwrap_or(0);
         // Outbox queues are per destination (`dest ‖ 0 ‖ seq`). Their keys, read a page at a
-        // time, give the outbox index and the last sequence number to continue from.
-        let mut outbox_seq = 0;
+        // time, give the outbox index, and its greatest number the one to continue from.
         let mut outbox_index: HashMap<NodeId, BTreeSet<u64>> = HashMap::new();
         let indexing = Instant::now();
-        for n in roster.nodes() {
-            let prefix = &outbox_key(&n.id, 0)[..n.id.as_str().len() + 1];
-            let mut queued = BTreeSet::new();
-            let mut from = prefix.to_vec();
-            loop {
-                let page = store.scan(Space::Outbox, prefix, &from, 4096)?;
-                let Some((last, _)) = page.last() else {
-                    break;
-                };
-                from = [last.as_slice(), &[0]].concat();
-                queued.extend(
-                    page.iter()
-                        .map(|(k, _)| be_u64(&k[k.len().saturating_sub(8)..])),
-                );
-            }
-            if let Some(last) = queued.last() {
-                outbox_seq = outbox_seq.max(*last);
-                outbox_index.insert(n.id.clone(), queued);
+        let mut from = Vec::new();
+        loop {
+            let page = store.scan(Space::Outbox, b"", &from, 4096)?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            from = [last.as_slice(), &[0]].concat();
+            for (dest, seq) in page.iter().filter_map(|(k, _)| parse_outbox_key(k)) {
+                outbox_index.entry(dest).or_default().insert(seq);
             }
         }
+        let outbox_seq = outbox_index
+            .values()
+            .filter_map(|q| q.last().copied())
+            .max()
+            .unwrap_or(0);
         let backlog: usize = outbox_index.values().map(BTreeSet::len).sum();
         if backlog > 0 {
             tracing::info!(
@@ -813,7 +815,7 @@ impl Node {
         numbered: Numbered,
         entries: Vec<LedgerEntry>,
     ) -> Receipt {
-        self.evict_deleted(&ops);
+        self.forget_deleted(&ops);
         let mut head = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let mut index = (!numbered.outbox.is_empty())
             .then(|| self.outbox_index.lock().unwrap_or_else(|p| p.into_inner()));
@@ -842,7 +844,7 @@ impl Node {
     /// waiting for a sync of their own: the next durable commit covers them. Only for writes
     /// whose loss in a crash merely repeats idempotent work (see [`Committer::submit_lazy`]).
     pub async fn commit_lazy(&self, ops: Vec<Op>) -> Result<(), NodeError> {
-        self.evict_deleted(&ops);
+        self.forget_deleted(&ops);
         Committer::wait(self.committer.submit_lazy(ops)).await?;
         Ok(())
     }
@@ -850,7 +852,7 @@ impl Node {
     /// Drops the decoded copies that `ops` delete from the store, and the outbox items they
     /// delete from the outbox index. Removal is idempotent: an item acknowledged twice (sent
     /// again after a reconnect, before the first removal was applied) is counted once.
-    fn evict_deleted(&self, ops: &[Op]) {
+    fn forget_deleted(&self, ops: &[Op]) {
         let mut index = None;
         for op in ops {
             match op {
@@ -862,20 +864,14 @@ impl Node {
                     space: Space::Outbox,
                     key,
                 } => {
-                    let Some(pos) = key.iter().position(|b| *b == 0) else {
-                        continue;
-                    };
-                    let Some(dest) = std::str::from_utf8(&key[..pos])
-                        .ok()
-                        .and_then(|d| d.parse::<NodeId>().ok())
-                    else {
+                    let Some((dest, seq)) = parse_outbox_key(key) else {
                         continue;
                     };
                     let index = index.get_or_insert_with(|| {
                         self.outbox_index.lock().unwrap_or_else(|p| p.into_inner())
                     });
                     if let Some(queued) = index.get_mut(&dest) {
-                        queued.remove(&be_u64(&key[key.len().saturating_sub(8)..]));
+                        queued.remove(&seq);
                         if queued.is_empty() {
                             index.remove(&dest);
                         }
@@ -1637,6 +1633,19 @@ mod tests {
             from: String::new(),
             received_at_ms: 1,
         }
+    }
+
+    #[test]
+    fn outbox_keys_parse_back_to_destination_and_sequence() {
+        let dest: NodeId = "jiatf-s".parse().unwrap();
+        for seq in [0, 1, 255, 256, u64::MAX] {
+            assert_eq!(
+                parse_outbox_key(&outbox_key(&dest, seq)),
+                Some((dest.clone(), seq))
+            );
+        }
+        assert_eq!(parse_outbox_key(b"short"), None);
+        assert_eq!(parse_outbox_key(b"dakar\x01\0\0\0\0\0\0\0\x01"), None);
     }
 
     #[test]
