@@ -89,7 +89,8 @@ pub fn add_link(node: &Arc<Node>, peer: tidewire_core::NodeId, url: String) {
     }
 }
 
-/// Every service the health service reports on: the whole server (""), then each service.
+/// Every service the health service reports on: the whole server (""), then each service;
+/// the first [`WRITERS`] of them need durable writes.
 const SERVICES: [&str; 5] = [
     "",
     <pb::federation_server::FederationServer<FederationService> as NamedService>::NAME,
@@ -98,12 +99,8 @@ const SERVICES: [&str; 5] = [
     <pb::admin_server::AdminServer<AdminService> as NamedService>::NAME,
 ];
 
-/// The services that need durable writes: not serving while the store's writes fail.
-const WRITERS: [&str; 3] = [
-    "",
-    <pb::federation_server::FederationServer<FederationService> as NamedService>::NAME,
-    <pb::publisher_server::PublisherServer<PublisherService> as NamedService>::NAME,
-];
+/// How many of [`SERVICES`] need durable writes: not serving while the store's writes fail.
+const WRITERS: usize = 3;
 
 /// Keeps `grpc.health.v1.Health` true: the server, federation links and publishing are
 /// `NOT_SERVING` while the store cannot commit (checked every second); everything is
@@ -128,7 +125,7 @@ async fn report_health(node: Arc<Node>, mut health: HealthReporter, stop: Cancel
             tracing::error!("store writes are failing: links and publishing not serving");
             ServingStatus::NotServing
         };
-        for service in WRITERS {
+        for service in &SERVICES[..WRITERS] {
             health.set_service_status(service, status).await;
         }
     }

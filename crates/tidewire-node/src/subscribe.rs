@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::Stream;
+use tidewire_core::fields::FieldPath;
 use tidewire_core::model::{Kind, RoutePattern};
 use tidewire_policy::{Decision, FieldAction, Party};
 use tidewire_proto::v1 as pb;
@@ -121,7 +122,7 @@ fn filter_for_role(
     let Decision::Allow { rule, fields } = policy.evaluate(h, &origin, &view.fields, &dest) else {
         return None;
     };
-    let mut clear = Vec::new();
+    let mut clear: Vec<(FieldPath, serde_json::Value)> = Vec::new();
     let mut withheld: Vec<pb::WithheldInfo> = view
         .withheld
         .iter()
@@ -132,21 +133,23 @@ fn filter_for_role(
         })
         .collect();
     for (f, d) in view.fields.iter().zip(fields) {
-        match d.action {
-            FieldAction::Clear => clear.push((f.path.clone(), f.value.clone())),
-            FieldAction::Generalise { value, .. } => clear.push((f.path.clone(), value)),
-            FieldAction::Redact => withheld.push(pb::WithheldInfo {
-                path_or_digest: f.path.clone(),
-                by: node.id().to_string(),
-                rule: d.rule.clone(),
-            }),
+        let value = match d.action {
+            FieldAction::Clear => f.value.clone(),
+            FieldAction::Generalise { value, .. } => value,
+            FieldAction::Redact => {
+                withheld.push(pb::WithheldInfo {
+                    path_or_digest: f.path.clone(),
+                    by: node.id().to_string(),
+                    rule: d.rule.clone(),
+                });
+                continue;
+            }
+        };
+        if let Ok(path) = f.path.parse() {
+            clear.push((path, value));
         }
     }
-    let parsed: Vec<_> = clear
-        .into_iter()
-        .filter_map(|(p, v)| p.parse().ok().map(|p| (p, v)))
-        .collect();
-    let body = tidewire_core::fields::unflatten(parsed.iter().map(|(p, v)| (p, v.clone())))
+    let body = tidewire_core::fields::unflatten(clear.iter_mut().map(|(p, v)| (&*p, v.take())))
         .unwrap_or_default();
     Some(Filtered {
         policy_hash: policy.content_hash().to_owned(),
