@@ -418,7 +418,8 @@ impl pb::admin_server::Admin for AdminService {
                     let Ok(id) = NotificationId::from_slice(&k[..16.min(k.len())]) else {
                         continue;
                     };
-                    if !id.to_string().starts_with(&wanted) {
+                    let id = id.to_string();
+                    if !id.starts_with(&wanted) {
                         continue;
                     }
                     let holder = String::from_utf8_lossy(&k[16.min(k.len())..]).into_owned();
@@ -426,7 +427,7 @@ impl pb::admin_server::Admin for AdminService {
                         continue;
                     };
                     items.push(pb::CaseItem {
-                        id: id.to_string(),
+                        id,
                         origin: meta.origin,
                         kind: meta.kind,
                         case_ref: meta.case_ref,

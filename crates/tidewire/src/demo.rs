@@ -709,6 +709,13 @@ fn spawn_node(dir: &Path, id: &str) -> Result<std::process::Child> {
         .with_context(|| format!("starting node {id}"))
 }
 
+/// Fields and JSON bytes of the notifications a benchmark publishes.
+fn bench_shape(to: &str, persons: u64) -> Result<(usize, usize)> {
+    let sample = bench_notification(0, to, persons);
+    let n = tidewire_core::Notification::from_json(sample.as_bytes())?;
+    Ok((n.fields.len(), sample.len()))
+}
+
 fn bench_notification(i: u64, to: &str, persons: u64) -> String {
     let persons: Vec<_> = (0..persons)
         .map(|p| serde_json::json!({"name": format!("Person {p}"), "nationality": "CO", "dob": "1979-03-02", "role": "crew", "id_number": format!("P{i:07}{p}")}))
@@ -832,15 +839,12 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
     let count = a.count;
     let rate = a.rate;
     let persons = a.persons;
-    let sample = bench_notification(0, last, persons);
-    let fields = tidewire_core::Notification::from_json(sample.as_bytes())?
-        .fields
-        .len();
+    let (fields, json_bytes) = bench_shape(last, persons)?;
     let pub_ch = fedn.conn(nodes[0]).connect().await?;
     if !json {
         eprintln!(
             "bench relay: {count} signed notifications ({fields} fields, {} bytes of JSON) over {} mTLS hop(s){}",
-            sample.len(),
+            json_bytes,
             a.hops,
             rate.map(|r| format!(" at {r}/s")).unwrap_or_default()
         );
@@ -904,7 +908,7 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
         cpu_s: cpu,
         per_node,
         fields,
-        json_bytes: sample.len(),
+        json_bytes,
         nodes_in_process: if a.processes { 0 } else { nodes.len() },
     };
     run.fill(&mut out);
@@ -956,16 +960,12 @@ async fn bench_backlog(
     let before = nodes[nodes.len() - 2];
     let count = a.count;
     let persons = a.persons;
-    let sample = bench_notification(0, last, persons);
-    let fields = tidewire_core::Notification::from_json(sample.as_bytes())?
-        .fields
-        .len();
+    let (fields, json_bytes) = bench_shape(last, persons)?;
     fedn.stop_node(last).await?;
     if !json {
         eprintln!(
             "bench relay --backlog: {last} stopped; publishing {count} notifications ({fields} fields, {} bytes of JSON) at {}",
-            sample.len(),
-            nodes[0]
+            json_bytes, nodes[0]
         );
     }
     let target = last.to_owned();
@@ -1051,7 +1051,7 @@ async fn bench_backlog(
         cpu_s: cpu,
         per_node,
         fields,
-        json_bytes: sample.len(),
+        json_bytes,
         nodes_in_process: if a.processes { 0 } else { nodes.len() },
     };
     run.fill(&mut out);
