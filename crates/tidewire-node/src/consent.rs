@@ -217,15 +217,7 @@ impl Node {
         e.notification = nid.to_string();
         e.destination = format!("node:{dest}");
         e.detail = serde_json::json!({"origin": h.origin.as_str(), "reason": reason, "by": by});
-        self.commit(
-            vec![Op::put(
-                Space::Held,
-                rec.id.as_bytes().to_vec(),
-                serde_json::to_vec(&rec).unwrap_or_default(),
-            )],
-            vec![e],
-        )
-        .await?;
+        self.commit(vec![rec.put(Space::Held)], vec![e]).await?;
         // Held durably first; if the origin cannot be reached now, `retry_consent` sends the
         // request again until it answers.
         self.send_request(&rec);
@@ -285,15 +277,7 @@ impl Node {
                 e.notification = rec.notification.clone();
                 e.destination = format!("node:{}", rec.destination);
                 e.detail = serde_json::json!({"reason": "the notification expired or was recalled before the origin answered"});
-                self.commit(
-                    vec![Op::put(
-                        Space::Held,
-                        closed.id.as_bytes().to_vec(),
-                        serde_json::to_vec(&closed).unwrap_or_default(),
-                    )],
-                    vec![e],
-                )
-                .await?;
+                self.commit(vec![closed.put(Space::Held)], vec![e]).await?;
                 continue;
             }
             let recent = self
@@ -410,15 +394,7 @@ impl Node {
             g.detail = serde_json::json!({"requester": requester, "by": "standing consent"});
             entries.push(g);
         }
-        self.commit(
-            vec![Op::put(
-                Space::Consent,
-                rec.id.as_bytes().to_vec(),
-                serde_json::to_vec(&rec).unwrap_or_default(),
-            )],
-            entries,
-        )
-        .await?;
+        self.commit(vec![rec.put(Space::Consent)], entries).await?;
         if let Some(rule) = standing {
             self.answer_consent(&rec, true, &format!("standing consent `{rule}`"))?;
         }
@@ -491,11 +467,7 @@ impl Node {
             e.detail = serde_json::json!({"consent_by": from, "decided_by": ans.decided_by});
             self.commit_numbered(
                 vec![
-                    Op::put(
-                        Space::Held,
-                        key.as_bytes().to_vec(),
-                        serde_json::to_vec(&rec).unwrap_or_default(),
-                    ),
+                    rec.put(Space::Held),
                     Op::put(Space::Grants, grant_key(&nid, &dest), grant),
                 ],
                 Numbered {
@@ -512,15 +484,7 @@ impl Node {
             e.notification = nid.to_string();
             e.destination = format!("node:{dest}");
             e.detail = serde_json::json!({"reason": "the origin refused consent", "decided_by": ans.decided_by});
-            self.commit(
-                vec![Op::put(
-                    Space::Held,
-                    key.as_bytes().to_vec(),
-                    serde_json::to_vec(&rec).unwrap_or_default(),
-                )],
-                vec![e],
-            )
-            .await?;
+            self.commit(vec![rec.put(Space::Held)], vec![e]).await?;
         }
         self.counters
             .consent_answers

@@ -299,6 +299,16 @@ pub struct ConsentRecord {
 }
 
 impl ConsentRecord {
+    /// The write that stores this record in `space` (`Held` at a relay, `Consent` at the
+    /// origin), keyed by its id.
+    pub fn put(&self, space: Space) -> Op {
+        Op::put(
+            space,
+            self.id.as_bytes().to_vec(),
+            serde_json::to_vec(self).unwrap_or_default(),
+        )
+    }
+
     /// The protobuf form.
     pub fn to_pb(&self) -> pb::ConsentItem {
         pb::ConsentItem {
@@ -1601,15 +1611,7 @@ impl Node {
         e.notification = rec.notification.clone();
         e.destination = rec.destination.clone();
         e.detail = serde_json::json!({"requester": rec.requester, "by": by});
-        self.commit(
-            vec![Op::put(
-                Space::Consent,
-                id.as_bytes().to_vec(),
-                serde_json::to_vec(&rec).unwrap_or_default(),
-            )],
-            vec![e],
-        )
-        .await?;
+        self.commit(vec![rec.put(Space::Consent)], vec![e]).await?;
         if let Err(err) = self.answer_consent(&rec, grant, by) {
             tracing::warn!(error = %err, requester = %rec.requester, "consent decided but the answer could not be sent yet");
         }
