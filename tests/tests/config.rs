@@ -81,5 +81,34 @@ fn bad_config_files_give_clear_errors() -> anyhow::Result<()> {
         msg.contains("127.0.0.1:7401"),
         "shows the form to use: {msg}"
     );
+
+    // A retention that is not a positive number of hours; fractions are fine.
+    let retention = text
+        .lines()
+        .find(|l| l.starts_with("retention_hours ="))
+        .expect("retention line")
+        .to_owned();
+    for bad in ["0", "-24", "nan", "1e9"] {
+        let msg = refused(
+            &text.replace(&retention, &format!("retention_hours = {bad}")),
+            &path,
+        );
+        assert!(
+            msg.contains("limits.retention_hours") && msg.contains("0.5 is 30 minutes"),
+            "names the key and shows the form: {msg}"
+        );
+    }
+    for good in ["0.5", "48"] {
+        let cfg = NodeConfig::parse(
+            &text.replace(&retention, &format!("retention_hours = {good}")),
+            &path,
+            &HashMap::new(),
+        )
+        .expect("a positive retention, whole or not");
+        assert_eq!(
+            cfg.retention_ms(),
+            (good.parse::<f64>()? * 3_600_000.0) as i64
+        );
+    }
     Ok(())
 }

@@ -78,6 +78,9 @@ pub struct LinkFile {
     pub url: String,
 }
 
+/// The longest `limits.retention_hours` (100 years).
+const MAX_RETENTION_HOURS: f64 = 876_000.0;
+
 /// `[limits]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -90,8 +93,11 @@ pub struct Limits {
     pub hop_budget: u32,
     /// Unacknowledged transfers in flight per link.
     pub link_window: usize,
-    /// Local feed retention, in hours.
-    pub retention_hours: u64,
+    /// How long this node keeps what it holds (stored copies, their seen-set entries, the
+    /// local feed), in hours; fractions allowed. A copy goes this long after it was created or
+    /// received, whichever is later (sooner if it expires); a copy created longer ago than
+    /// this is not accepted. The ledger is kept whole.
+    pub retention_hours: f64,
     /// Seconds a subscriber has to acknowledge before redelivery.
     pub redelivery_s: u64,
 }
@@ -103,7 +109,7 @@ impl Default for Limits {
             publish_rate_per_s: 50_000,
             hop_budget: 16,
             link_window: 2048,
-            retention_hours: 24 * 30,
+            retention_hours: 24.0 * 30.0,
             redelivery_s: 30,
         }
     }
@@ -154,6 +160,11 @@ const OVERRIDES: [&str; 6] = [
 ];
 
 impl NodeConfig {
+    /// `limits.retention_hours` in milliseconds.
+    pub fn retention_ms(&self) -> i64 {
+        (self.limits.retention_hours * 3_600_000.0) as i64
+    }
+
     /// Reads, overrides and validates a config file. `env` is the process environment (or a
     /// test's map); only `TIDEWIRE_*` keys are read.
     pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<NodeConfig, ConfigError> {
@@ -259,6 +270,13 @@ impl NodeConfig {
         }
         if f.limits.link_window == 0 {
             return Err(err("limits.link_window: at least 1".into()));
+        }
+        let r = f.limits.retention_hours;
+        if !(r.is_finite() && r > 0.0 && r <= MAX_RETENTION_HOURS) {
+            return Err(err(format!(
+                "limits.retention_hours: `{r}` is not a number of hours between 0 and \
+                 {MAX_RETENTION_HOURS} (fractions allowed: 0.5 is 30 minutes; 720 is 30 days)"
+            )));
         }
         Ok(NodeConfig {
             id,

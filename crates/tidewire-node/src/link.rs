@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::ledger::LedgerEntry;
-use crate::node::{Node, Numbered, OutboxItem, PendingIngest, Received, be_u64};
+use crate::node::{Node, Numbered, OutboxItem, PendingIngest, PurgeReason, Received, be_u64};
 use crate::routing::Announcement;
 
 /// Signing domain of link-state announcements.
@@ -654,11 +654,12 @@ async fn connect(
     }
 }
 
-/// Purges expired content (every copy, everywhere: DESIGN invariant 3) and trims the local feed
-/// to `limits.retention_hours`; subscribers that fall behind are told how much they missed.
+/// Purges expired content (every copy, everywhere: DESIGN invariant 3) and content held longer
+/// than `limits.retention_hours`, and trims the local feed to the retention; subscribers that
+/// fall behind are told how much they missed.
 pub async fn purge_expired(node: &Arc<Node>) -> Result<u64, crate::error::NodeError> {
     let now = timefmt::now_ms();
-    let horizon = now - (node.cfg.limits.retention_hours as i64) * 3_600_000;
+    let horizon = now.saturating_sub(node.cfg.retention_ms());
     let mut trimmed = 0u64;
     'feed: loop {
         let batch = node.store.scan(Space::Feed, b"", b"", 1024)?;
@@ -688,24 +689,37 @@ pub async fn purge_expired(node: &Arc<Node>) -> Result<u64, crate::error::NodeEr
     if trimmed > 0 {
         tracing::info!(entries = trimmed, "feed trimmed to retention");
     }
-    // Expired copies, from the expiry index (never by reading every stored copy). Their
-    // seen-set entries go too: a late duplicate of an expired notification is refused as
-    // expired before the seen-set is consulted, so the set need not remember it.
+    // Copies due, from the expiry index (never by reading every stored copy). Their seen-set
+    // entries go too: a late duplicate of an expired notification is refused as expired, and
+    // one of a notification held past the retention as created too long ago, before the
+    // seen-set is consulted, so the set need not remember it.
     let mut n = 0u64;
     loop {
         let batch = node.store.scan(Space::Expiry, b"", b"", 1024)?;
         let mut ops = Vec::new();
         let mut entries = Vec::new();
         let mut ids = HashSet::new();
-        for (k, _) in batch.iter().take_while(|(k, _)| {
+        for (k, why) in batch.iter().take_while(|(k, _)| {
             k.len() > 8 && i64::try_from(be_u64(&k[..8])).is_ok_and(|at| at <= now)
         }) {
             let note = &k[8..];
             ops.push(Op::delete(Space::Expiry, k.clone()));
             if node.store.contains(Space::Notifications, note)? {
                 ops.push(Op::delete(Space::Notifications, note.to_vec()));
-                let mut e = LedgerEntry::new("expired");
-                e.notification = hex::encode(&note[..16.min(note.len())]);
+                let (id, holder) = note.split_at(16.min(note.len()));
+                let mut e = match PurgeReason::from_value(why) {
+                    PurgeReason::Expired => LedgerEntry::new("expired"),
+                    PurgeReason::Retention => {
+                        let mut e = LedgerEntry::new("purged");
+                        e.detail = serde_json::json!({
+                            "reason": "retention",
+                            "retention_hours": node.cfg.limits.retention_hours,
+                            "held_for": String::from_utf8_lossy(holder),
+                        });
+                        e
+                    }
+                };
+                e.notification = hex::encode(id);
                 entries.push(e);
             }
             if note.len() >= 16 && ids.insert(note[..16].to_vec()) {

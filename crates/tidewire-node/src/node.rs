@@ -46,6 +46,8 @@ pub struct Counters {
     pub withheld_fields: AtomicU64,
     /// Expired notifications dropped.
     pub expired: AtomicU64,
+    /// Copies refused on arrival because they were created longer ago than the retention.
+    pub past_retention: AtomicU64,
     /// Consent answers acted on.
     pub consent_answers: AtomicU64,
     /// Refusals by reason.
@@ -76,6 +78,7 @@ impl Counters {
         m.insert("denied".into(), l(&self.denied));
         m.insert("withheld_fields".into(), l(&self.withheld_fields));
         m.insert("expired".into(), l(&self.expired));
+        m.insert("past_retention".into(), l(&self.past_retention));
         let refused = self
             .refused
             .lock()
@@ -131,23 +134,74 @@ pub fn note_key(id: &NotificationId, holder: &NodeId) -> Vec<u8> {
     k
 }
 
+impl StoredMeta {
+    /// When this copy goes, and why: its `expires_at`, or `retention_ms` after it was created
+    /// or received (whichever is later), whichever comes first. Counting from the later of the
+    /// two means a copy that goes for retention was created more than `retention_ms` before:
+    /// ingest refuses such a copy, so its seen-set entries can go with it.
+    pub fn purge_at(&self, retention_ms: i64) -> (i64, PurgeReason) {
+        let kept = self
+            .created_at_ms
+            .max(self.received_at_ms)
+            .saturating_add(retention_ms);
+        if self.expires_at_ms > 0 && self.expires_at_ms <= kept {
+            (self.expires_at_ms, PurgeReason::Expired)
+        } else {
+            (kept, PurgeReason::Retention)
+        }
+    }
+}
+
+/// Why a copy is purged: the value of its [`Space::Expiry`] entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeReason {
+    /// The origin's `expires_at` passed.
+    Expired,
+    /// The node's `limits.retention_hours` passed.
+    Retention,
+}
+
+impl PurgeReason {
+    /// The byte stored in the index.
+    pub fn byte(self) -> u8 {
+        match self {
+            PurgeReason::Expired => 0,
+            PurgeReason::Retention => 1,
+        }
+    }
+
+    /// The reason an index value stands for (an empty value, from an older index: expired).
+    pub fn from_value(v: &[u8]) -> PurgeReason {
+        if v.first() == Some(&1) {
+            PurgeReason::Retention
+        } else {
+            PurgeReason::Expired
+        }
+    }
+}
+
 /// Expiry index key (see [`Space::Expiry`]): when, then which copy.
-pub fn expiry_key(expires_at_ms: i64, note: &[u8]) -> Vec<u8> {
-    let mut k = (expires_at_ms.max(0) as u64).to_be_bytes().to_vec();
+pub fn expiry_key(at_ms: i64, note: &[u8]) -> Vec<u8> {
+    let mut k = (at_ms.max(0) as u64).to_be_bytes().to_vec();
     k.extend_from_slice(note);
     k
 }
 
-/// The writes that store a copy under `key`: the copy, and its expiry index entry if it
-/// expires.
-fn put_copy(ops: &mut Vec<Op>, key: Vec<u8>, meta: &StoredMeta, envelope: &[u8]) {
-    if meta.expires_at_ms > 0 {
-        ops.push(Op::put(
-            Space::Expiry,
-            expiry_key(meta.expires_at_ms, &key),
-            Vec::new(),
-        ));
-    }
+/// The expiry index entry of the copy stored under `key`.
+fn expiry_entry(key: &[u8], meta: &StoredMeta, retention_ms: i64) -> Op {
+    let (at, why) = meta.purge_at(retention_ms);
+    Op::put(Space::Expiry, expiry_key(at, key), vec![why.byte()])
+}
+
+/// The writes that store a copy under `key`: the copy, and its expiry index entry.
+fn put_copy(
+    ops: &mut Vec<Op>,
+    key: Vec<u8>,
+    meta: &StoredMeta,
+    envelope: &[u8],
+    retention_ms: i64,
+) {
+    ops.push(expiry_entry(&key, meta, retention_ms));
     ops.push(Op::put(
         Space::Notifications,
         key,
@@ -155,11 +209,25 @@ fn put_copy(ops: &mut Vec<Op>, key: Vec<u8>, meta: &StoredMeta, envelope: &[u8])
     ));
 }
 
-/// Builds the expiry index once, for a store written before the index existed.
-fn index_expiry(store: &dyn Store) -> Result<(), NodeError> {
+/// Builds the expiry index for `retention_ms`, unless it was built for it: once for a store
+/// written before the index existed, and again whenever `limits.retention_hours` changes.
+fn index_expiry(store: &dyn Store, retention_ms: i64) -> Result<(), NodeError> {
     const DONE: &[u8] = b"expiry_indexed";
-    if store.contains(Space::Meta, DONE)? {
+    let mark = retention_ms.to_be_bytes();
+    if store.get(Space::Meta, DONE)?.as_deref() == Some(&mark[..]) {
         return Ok(());
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let old = store.scan(Space::Expiry, b"", b"", 4096)?;
+        if old.is_empty() {
+            break;
+        }
+        let ops: Vec<Op> = old
+            .into_iter()
+            .map(|(k, _)| Op::delete(Space::Expiry, k))
+            .collect();
+        store.apply(&ops)?;
     }
     let mut from = Vec::new();
     let mut indexed = 0u64;
@@ -171,21 +239,19 @@ fn index_expiry(store: &dyn Store) -> Result<(), NodeError> {
         from = [last.as_slice(), &[0]].concat();
         let ops: Vec<Op> = batch
             .iter()
-            .filter_map(|(k, v)| {
-                let (m, _) = decode_stored(v)?;
-                (m.expires_at_ms > 0)
-                    .then(|| Op::put(Space::Expiry, expiry_key(m.expires_at_ms, k), Vec::new()))
-            })
+            .filter_map(|(k, v)| Some(expiry_entry(k, &decode_stored(v)?.0, retention_ms)))
             .collect();
         indexed += ops.len() as u64;
         store.apply(&ops)?;
     }
-    store.apply(&[Op::put(Space::Meta, DONE.to_vec(), vec![1])])?;
+    store.apply(&[Op::put(Space::Meta, DONE.to_vec(), mark.to_vec())])?;
     store.sync()?;
     if indexed > 0 {
         tracing::info!(
             indexed,
-            "expiry index built for a store written before it existed"
+            retention_ms,
+            ms = started.elapsed().as_millis() as u64,
+            "expiry index built for this retention"
         );
     }
     Ok(())
@@ -664,7 +730,7 @@ impl Node {
                 "outbox backlog indexed"
             );
         }
-        index_expiry(store.as_ref())?;
+        index_expiry(store.as_ref(), cfg.retention_ms())?;
         let head = ledger::Head::load(store.as_ref())?;
         let committer = Committer::start(store.clone());
         let me = Party::peer(cfg.id.clone(), cfg.country, cfg.org.clone());
@@ -1001,7 +1067,13 @@ impl Node {
             received_at_ms: now,
         };
         let mut ops = Vec::with_capacity(8);
-        put_copy(&mut ops, note_key(&id, self.id()), &meta, &bytes);
+        put_copy(
+            &mut ops,
+            note_key(&id, self.id()),
+            &meta,
+            &bytes,
+            self.cfg.retention_ms(),
+        );
         ops.extend([
             Op::put(Space::Seen, id.0.to_vec(), Vec::new()),
             Op::put(
@@ -1145,6 +1217,14 @@ impl Node {
                 out.push(Received::Accepted);
                 continue;
             }
+            // Older than this node keeps anything: acknowledged, not kept. This is also what
+            // lets the purge forget such a notification's seen-set entries (`purge_at`).
+            if h.created_at_ms < now.saturating_sub(self.cfg.retention_ms()) {
+                self.counters.past_retention.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %peer, id = %h.id, "copy older than the retention not kept");
+                out.push(Received::Accepted);
+                continue;
+            }
             let audience = self.audience_nodes(h);
             let onward_ok = h.onward_transfer && h.handling != tidewire_core::Handling::H2;
             let mut requested: BTreeSet<NodeId> = BTreeSet::new();
@@ -1185,7 +1265,13 @@ impl Node {
                         self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    put_copy(&mut ops, note_key(&h.id, &d), &meta, &t.envelope);
+                    put_copy(
+                        &mut ops,
+                        note_key(&h.id, &d),
+                        &meta,
+                        &t.envelope,
+                        self.cfg.retention_ms(),
+                    );
                     self.copies.insert(note_key(&h.id, &d), copy.clone());
                     ops.push(Op::put(Space::Seen, seen, Vec::new()));
                     numbered.feed.push(note_key(&h.id, &d));
@@ -1218,7 +1304,13 @@ impl Node {
                         self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    put_copy(&mut ops, note_key(&h.id, &d), &meta, &t.envelope);
+                    put_copy(
+                        &mut ops,
+                        note_key(&h.id, &d),
+                        &meta,
+                        &t.envelope,
+                        self.cfg.retention_ms(),
+                    );
                     self.copies.insert(note_key(&h.id, &d), copy.clone());
                     ops.push(Op::put(Space::Seen, seen, Vec::new()));
                     let item = OutboxItem {
@@ -1651,10 +1743,41 @@ mod tests {
     }
 
     #[test]
-    fn an_older_store_gets_its_expiry_index_once() {
+    fn a_copy_goes_at_its_expiry_or_after_the_retention_whichever_is_first() {
+        let mut m = meta(0);
+        m.created_at_ms = 1_000;
+        m.received_at_ms = 3_000;
+        // Counted from the later of created and received.
+        assert_eq!(m.purge_at(10_000), (13_000, PurgeReason::Retention));
+        m.expires_at_ms = 5_000;
+        assert_eq!(m.purge_at(10_000), (5_000, PurgeReason::Expired));
+        m.expires_at_ms = 20_000;
+        assert_eq!(m.purge_at(10_000), (13_000, PurgeReason::Retention));
+        // A clock ahead at the origin: created after received here.
+        m.created_at_ms = 4_000;
+        assert_eq!(m.purge_at(10_000), (14_000, PurgeReason::Retention));
+        assert_eq!(
+            PurgeReason::from_value(&[PurgeReason::Retention.byte()]),
+            PurgeReason::Retention
+        );
+        assert_eq!(PurgeReason::from_value(&[]), PurgeReason::Expired);
+    }
+
+    fn index(store: &MemStore) -> Vec<(Vec<u8>, PurgeReason)> {
+        store
+            .scan(Space::Expiry, b"", b"", usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, PurgeReason::from_value(&v)))
+            .collect()
+    }
+
+    #[test]
+    fn the_expiry_index_is_built_once_per_retention() {
         let store = MemStore::default();
         let expiring = note_key(&NotificationId([1; 16]), &"dakar".parse().unwrap());
         let lasting = note_key(&NotificationId([2; 16]), &"dakar".parse().unwrap());
+        // A store from before the index: copies, and the old one-byte mark of no retention.
         store
             .apply(&[
                 Op::put(
@@ -1664,28 +1787,37 @@ mod tests {
                 ),
                 Op::put(
                     Space::Notifications,
-                    lasting,
+                    lasting.clone(),
                     encode_stored(&meta(0), b"env"),
                 ),
             ])
             .unwrap();
-        index_expiry(&store).unwrap();
-        let index = store.scan(Space::Expiry, b"", b"", usize::MAX).unwrap();
+        index_expiry(&store, 100_000).unwrap();
         assert_eq!(
-            index.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
-            [expiry_key(5_000, &expiring)],
-            "only the copy that expires is indexed"
+            index(&store),
+            [
+                (expiry_key(5_000, &expiring), PurgeReason::Expired),
+                (expiry_key(100_001, &lasting), PurgeReason::Retention),
+            ]
         );
         // Built once: an entry removed since (purged) is not indexed again on the next open.
         store
             .apply(&[Op::delete(Space::Expiry, expiry_key(5_000, &expiring))])
             .unwrap();
-        index_expiry(&store).unwrap();
-        assert!(
-            store
-                .scan(Space::Expiry, b"", b"", usize::MAX)
-                .unwrap()
-                .is_empty()
+        index_expiry(&store, 100_000).unwrap();
+        assert_eq!(
+            index(&store),
+            [(expiry_key(100_001, &lasting), PurgeReason::Retention)]
+        );
+        // A new retention rebuilds it, with no entry left at the old times: now both copies
+        // go for retention, the expiring one before its expiry.
+        index_expiry(&store, 1_000).unwrap();
+        assert_eq!(
+            index(&store),
+            [
+                (expiry_key(1_001, &expiring), PurgeReason::Retention),
+                (expiry_key(1_001, &lasting), PurgeReason::Retention),
+            ]
         );
     }
 }

@@ -89,8 +89,9 @@ pub enum Space {
     Held = 11,
     /// Origins' consent grants, by notification and destination.
     Grants = 12,
-    /// Expiry index: expiry (Unix ms, big-endian u64) ‖ notification key → nothing. What the
-    /// purge deletes, and when, without reading every stored copy.
+    /// Expiry index: when a copy goes (Unix ms, big-endian u64) ‖ notification key → why (one
+    /// byte: its `expires_at`, or the node's retention). What the purge deletes, and when,
+    /// without reading every stored copy.
     Expiry = 13,
 }
 

@@ -145,3 +145,107 @@ async fn expired_content_is_purged_everywhere_with_its_seen_set_entries() {
     }
     f.stop().await;
 }
+
+/// Sets `limits.retention_hours` in the `node.toml` of `node` (which must be stopped).
+fn set_retention(f: &LocalFederation, node: &str, hours: &str) {
+    let path = f.dir.join(node).join("node.toml");
+    let text = std::fs::read_to_string(&path).expect("node.toml");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("retention_hours ="))
+        .expect("pki init writes retention_hours")
+        .to_owned();
+    let edited = text.replace(&line, &format!("retention_hours = {hours}"));
+    std::fs::write(&path, edited).expect("write node.toml");
+}
+
+/// A counter of `node`'s status.
+async fn counter(f: &LocalFederation, node: &str, name: &str) -> u64 {
+    common::admin(f, node)
+        .await
+        .status(pb::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+        .counters
+        .get(name)
+        .copied()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_held_past_the_retention_is_purged_and_older_copies_are_not_kept() {
+    let (_tmp, mut f) = pair().await;
+    let alert = |text: &str| {
+        serde_json::json!({
+            "kind": "alert", "routes": ["atlantic.west-africa"], "handling": "H0",
+            "audience": ["node:dakar"], "fields": {"narrative": text}
+        })
+    };
+    let kept = publish(&f, "maoc-n", &alert("received under the default retention")).await;
+    wait_for(Duration::from_secs(10), "dakar to hold it", || async {
+        held(&f, "dakar", &kept).await
+    })
+    .await;
+    assert!(seen_entries(&f, "dakar", &kept) > 0);
+
+    // While dakar is down, another one waits at maoc-n; dakar comes back keeping things for
+    // 36 ms only, so the waiting one is already too old for it when it arrives.
+    f.stop_node("dakar").await.expect("stop dakar");
+    let queued_at = tidewire_core::timefmt::now_ms();
+    let late = publish(&f, "maoc-n", &alert("older than dakar keeps anything")).await;
+    set_retention(&f, "dakar", "0.00001");
+    wait_for(
+        Duration::from_secs(5),
+        "the queued notification to be older than 36 ms",
+        || async { tidewire_core::timefmt::now_ms() - queued_at > 100 },
+    )
+    .await;
+    f.restart_node("dakar").await.expect("restart dakar");
+
+    // Acknowledged (maoc-n's backlog drains), counted, not kept and not delivered.
+    wait_for(
+        Duration::from_secs(20),
+        "the late copy to be refused",
+        || async { counter(&f, "dakar", "past_retention").await >= 1 },
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(10),
+        "maoc-n's backlog to drain",
+        || async {
+            common::backlogs(&f, "maoc-n")
+                .await
+                .values()
+                .all(|&b| b == 0)
+        },
+    )
+    .await;
+    assert!(
+        !held(&f, "dakar", &late).await,
+        "dakar kept a copy past its retention"
+    );
+    assert_eq!(events(&f, "dakar", &late, "received").await, 0);
+
+    // What dakar already held goes at the next purge (every 10 s), seen-set entries included,
+    // and the ledger says why.
+    wait_for(
+        Duration::from_secs(30),
+        "dakar to purge what it held past the retention",
+        || async { events(&f, "dakar", &kept, "purged").await > 0 },
+    )
+    .await;
+    assert!(!held(&f, "dakar", &kept).await, "dakar still holds it");
+    assert_eq!(
+        seen_entries(&f, "dakar", &kept),
+        0,
+        "dakar still remembers it"
+    );
+    let purged = common::audit(&f, "dakar", &kept, "purged").await;
+    let detail: serde_json::Value = serde_json::from_str(&purged[0].detail_json).expect("detail");
+    assert_eq!(detail["reason"], "retention");
+    assert_eq!(detail["held_for"], "dakar");
+    // maoc-n keeps its own copy under its own (default) retention.
+    assert!(held(&f, "maoc-n", &kept).await);
+    f.stop().await;
+}
