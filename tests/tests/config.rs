@@ -98,6 +98,14 @@ fn bad_config_files_give_clear_errors() -> anyhow::Result<()> {
             "names the key and shows the form: {msg}"
         );
     }
+    let msg = refused(
+        &text.replace(&retention, &format!("{retention}\ndurable_idle_hours = 0")),
+        &path,
+    );
+    assert!(
+        msg.contains("limits.durable_idle_hours"),
+        "names the key: {msg}"
+    );
     for good in ["0.5", "48"] {
         let cfg = NodeConfig::parse(
             &text.replace(&retention, &format!("retention_hours = {good}")),

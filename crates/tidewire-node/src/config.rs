@@ -78,7 +78,7 @@ pub struct LinkFile {
     pub url: String,
 }
 
-/// The longest `limits.retention_hours` (100 years).
+/// The longest `limits.retention_hours` or `limits.durable_idle_hours` (100 years).
 const MAX_RETENTION_HOURS: f64 = 876_000.0;
 
 /// `[limits]`
@@ -100,6 +100,10 @@ pub struct Limits {
     pub retention_hours: f64,
     /// Seconds a subscriber has to acknowledge before redelivery.
     pub redelivery_s: u64,
+    /// Hours a durable subscription may go unconnected before it is ended (its cursor and
+    /// interest removed, as by `tidewire unsubscribe`); fractions allowed. Absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable_idle_hours: Option<f64>,
 }
 
 impl Default for Limits {
@@ -111,6 +115,7 @@ impl Default for Limits {
             link_window: 2048,
             retention_hours: 24.0 * 30.0,
             redelivery_s: 30,
+            durable_idle_hours: None,
         }
     }
 }
@@ -163,6 +168,13 @@ impl NodeConfig {
     /// `limits.retention_hours` in milliseconds.
     pub fn retention_ms(&self) -> i64 {
         (self.limits.retention_hours * 3_600_000.0) as i64
+    }
+
+    /// `limits.durable_idle_hours` in milliseconds, if set.
+    pub fn durable_idle_ms(&self) -> Option<i64> {
+        self.limits
+            .durable_idle_hours
+            .map(|h| (h * 3_600_000.0) as i64)
     }
 
     /// Reads, overrides and validates a config file. `env` is the process environment (or a
@@ -271,12 +283,19 @@ impl NodeConfig {
         if f.limits.link_window == 0 {
             return Err(err("limits.link_window: at least 1".into()));
         }
-        let r = f.limits.retention_hours;
-        if !(r.is_finite() && r > 0.0 && r <= MAX_RETENTION_HOURS) {
-            return Err(err(format!(
-                "limits.retention_hours: `{r}` is not a number of hours between 0 and \
-                 {MAX_RETENTION_HOURS} (fractions allowed: 0.5 is 30 minutes; 720 is 30 days)"
-            )));
+        let hours = |key: &str, h: f64| {
+            if h.is_finite() && h > 0.0 && h <= MAX_RETENTION_HOURS {
+                Ok(())
+            } else {
+                Err(err(format!(
+                    "limits.{key}: `{h}` is not a number of hours between 0 and \
+                     {MAX_RETENTION_HOURS} (fractions allowed: 0.5 is 30 minutes; 720 is 30 days)"
+                )))
+            }
+        };
+        hours("retention_hours", f.limits.retention_hours)?;
+        if let Some(h) = f.limits.durable_idle_hours {
+            hours("durable_idle_hours", h)?;
         }
         Ok(NodeConfig {
             id,

@@ -15,7 +15,7 @@ pub struct LedgerEntry {
     pub at_ms: i64,
     /// `published`, `transfer`, `received`, `delivered`, `refused`, `denied`, `held`,
     /// `consent_requested`, `consent_granted`, `consent_refused`, `released`, `dropped`,
-    /// `expired`, `purged` (retention), `recalled`, `policy_applied`, `user_added`, `user_revoked`.
+    /// `expired`, `purged` (retention), `recalled`, `subscription_ended` (idle), `policy_applied`, `user_added`, `user_revoked`.
     pub event: String,
     /// Notification id (hex), if any.
     #[serde(default)]

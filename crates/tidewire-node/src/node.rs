@@ -434,6 +434,9 @@ pub struct Node {
     pub sessions: crate::link::Sessions,
     /// Route patterns of live subscriptions, with reference counts.
     pub live_interests: Mutex<BTreeMap<String, usize>>,
+    /// Durable subscriptions connected now (by cursor key), with how many streams each has:
+    /// these are never ended for idleness.
+    pub live_durables: Mutex<BTreeMap<Vec<u8>, usize>>,
     /// The route interests carried by the last link-state announcement sent to every session.
     pub announced_interests: Mutex<Vec<String>>,
     /// Ids of routed control messages already handled.
@@ -772,6 +775,7 @@ impl Node {
             routed_seen: Mutex::new(std::collections::HashSet::new()),
             consent_sent: Mutex::new(std::collections::HashMap::new()),
             live_interests: Mutex::new(BTreeMap::new()),
+            live_durables: Mutex::new(BTreeMap::new()),
             claimed: Mutex::new(HashSet::new()),
             copies: CopyCache::default(),
             outbox_index: Mutex::new(outbox_index),

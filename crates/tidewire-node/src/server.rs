@@ -257,7 +257,7 @@ async fn start_inner(
     node.tracker.spawn(
         async move {
             // Every 2 s: send held consent requests that have not reached the origin's side
-            // yet; every 10 s: purge expired content.
+            // yet; every 10 s: purge expired content and end idle durable subscriptions.
             for tick in 1u64.. {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -275,6 +275,9 @@ async fn start_inner(
                     Ok(0) => {}
                     Ok(count) => tracing::info!(count, "purged expired notifications"),
                     Err(e) => tracing::error!(error = %e, "purge failed"),
+                }
+                if let Err(e) = crate::subscribe::expire_idle_durables(&n).await {
+                    tracing::error!(error = %e, "ending idle durable subscriptions failed");
                 }
             }
         }

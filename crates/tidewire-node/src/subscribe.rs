@@ -31,6 +31,137 @@ fn cursor_key(user: &str, durable: &str) -> Vec<u8> {
 }
 
 /// Withdraws a live subscription's interest when its stream ends.
+/// `Meta` key of a durable subscription's interest (its route patterns, JSON).
+fn interest_key(cursor_key: &[u8]) -> Vec<u8> {
+    [b"interest\0".as_slice(), cursor_key].concat()
+}
+
+/// `Meta` key of when a durable subscription was last connected (Unix ms, big-endian).
+fn activity_key(cursor_key: &[u8]) -> Vec<u8> {
+    [b"active\0".as_slice(), cursor_key].concat()
+}
+
+/// The write that records a durable subscription as active now.
+fn touch(cursor_key: &[u8]) -> Op {
+    Op::put(
+        Space::Meta,
+        activity_key(cursor_key),
+        tidewire_core::timefmt::now_ms().to_be_bytes().to_vec(),
+    )
+}
+
+/// Marks a durable subscription connected while a stream serves it; when the last stream
+/// ends, records the time (durably, without waiting) from which its idleness counts.
+struct DurableGuard {
+    node: Arc<Node>,
+    key: Vec<u8>,
+}
+
+impl DurableGuard {
+    fn new(node: Arc<Node>, key: Vec<u8>) -> DurableGuard {
+        *node
+            .live_durables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_insert(0) += 1;
+        DurableGuard { node, key }
+    }
+}
+
+impl Drop for DurableGuard {
+    fn drop(&mut self) {
+        let mut live = self
+            .node
+            .live_durables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = live.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                live.remove(&self.key);
+                drop(live);
+                // Skipped if the subscription was ended meanwhile (`forget`, idle expiry).
+                if self
+                    .node
+                    .store
+                    .contains(Space::Meta, &interest_key(&self.key))
+                    .unwrap_or(false)
+                {
+                    let _ = self.node.submit_numbered(
+                        vec![touch(&self.key)],
+                        crate::node::Numbered::default(),
+                        Vec::new(),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Ends durable subscriptions that nobody has connected to for `limits.durable_idle_hours`
+/// (nothing, if it is not set): their cursor and interest go, as with `tidewire unsubscribe`,
+/// and the ledger records each. Returns how many were ended.
+pub async fn expire_idle_durables(node: &Arc<Node>) -> Result<u64, NodeError> {
+    let Some(idle) = node.cfg.durable_idle_ms() else {
+        return Ok(0);
+    };
+    let now = tidewire_core::timefmt::now_ms();
+    let durables = node
+        .store
+        .scan(Space::Meta, b"interest\0", b"interest\0", usize::MAX)?;
+    let mut ops = Vec::new();
+    let mut entries = Vec::new();
+    for (k, _) in durables {
+        let key = k[b"interest\0".len()..].to_vec();
+        if node
+            .live_durables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&key)
+        {
+            continue;
+        }
+        let last = node
+            .store
+            .get(Space::Meta, &activity_key(&key))?
+            .and_then(|v| Some(i64::from_be_bytes(v.as_slice().try_into().ok()?)));
+        match last {
+            // From before activity was recorded: idleness counts from now.
+            None => ops.push(touch(&key)),
+            Some(at) if at < now.saturating_sub(idle) => {
+                let mut parts = key.splitn(2, |b| *b == 0);
+                let user = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                let name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                tracing::info!(user = %user, durable = %name, "idle durable subscription ended");
+                let mut e = LedgerEntry::new("subscription_ended");
+                e.destination = format!("user:{user}");
+                e.detail = serde_json::json!({
+                    "durable": name,
+                    "reason": "idle",
+                    "idle_hours": node.cfg.limits.durable_idle_hours,
+                    "last_connected_at": tidewire_core::timefmt::format_ms(at),
+                });
+                entries.push(e);
+                ops.extend([
+                    Op::delete(Space::Cursors, key.clone()),
+                    Op::delete(Space::Meta, interest_key(&key)),
+                    Op::delete(Space::Meta, activity_key(&key)),
+                ]);
+            }
+            Some(_) => {}
+        }
+    }
+    let ended = entries.len() as u64;
+    if !ops.is_empty() {
+        node.commit(ops, entries).await?;
+    }
+    if ended > 0 {
+        crate::link::announce_interests(node);
+    }
+    Ok(ended)
+}
+
 struct InterestGuard {
     node: Arc<Node>,
     patterns: Vec<String>,
@@ -219,21 +350,25 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
         } else {
             routes.iter().map(|p| p.to_string()).collect()
         };
-        if !r.durable.is_empty() {
+        let durable_guard = if r.durable.is_empty() {
+            None
+        } else {
+            let key = cursor_key(&user.name, &r.durable);
+            let guard = DurableGuard::new(node.clone(), key.clone());
             node.commit(
-                vec![Op::put(
-                    Space::Meta,
-                    [
-                        b"interest\0".as_slice(),
-                        &cursor_key(&user.name, &r.durable),
-                    ]
-                    .concat(),
-                    serde_json::to_vec(&patterns).unwrap_or_default(),
-                )],
+                vec![
+                    Op::put(
+                        Space::Meta,
+                        interest_key(&key),
+                        serde_json::to_vec(&patterns).unwrap_or_default(),
+                    ),
+                    touch(&key),
+                ],
                 Vec::new(),
             )
             .await?;
-        }
+            Some(guard)
+        };
         node.add_interest(&patterns);
         crate::link::announce_interests(&node);
         let guard = InterestGuard {
@@ -248,6 +383,7 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
         node.tracker.clone().spawn(
             async move {
                 let _guard = guard;
+                let _durable = durable_guard;
                 let mut changed = node.feed_changed.subscribe();
                 let mut cursor = start;
                 let mut last_ack = start;
@@ -391,7 +527,7 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
             return Err(NodeError::Invalid("name the durable subscription to end".into()).into());
         }
         let key = cursor_key(&user.name, &r.durable);
-        let interest = [b"interest\0".as_slice(), &key].concat();
+        let interest = interest_key(&key);
         let node = &self.0;
         let cursor = node
             .store
@@ -411,6 +547,7 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
         }
         node.commit(
             vec![
+                Op::delete(Space::Meta, activity_key(&key)),
                 Op::delete(Space::Cursors, key),
                 Op::delete(Space::Meta, interest),
             ],

@@ -8,6 +8,8 @@
 //! - a durable subscription resumes after a disconnect and after a restart of the whole
 //!   federation with no gap and no duplicate of what it acknowledged;
 //! - a subscriber that stops reading holds up nobody else (and loses nothing itself);
+//! - a durable subscription left unconnected past `limits.durable_idle_hours` is ended, a
+//!   connected one never is;
 //! - wildcard audiences (`node:*`) go only to nodes whose subscribers announced interest in a
 //!   matching route (interest routing), while relays carry them without keeping a copy.
 
@@ -1016,4 +1018,78 @@ async fn ending_a_durable_subscription_withdraws_its_interest_and_its_cursor() {
         "{}",
         again.message()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_subscription_left_unconnected_past_the_idle_limit_is_ended() {
+    let (_tmp, mut f) = line().await;
+    // Accra ends durable subscriptions left unconnected for 1.8 s.
+    f.stop_node("accra").await.expect("stop accra");
+    let path = f.dir.join("accra").join("node.toml");
+    let text = std::fs::read_to_string(&path).expect("node.toml");
+    let retention = text
+        .lines()
+        .find(|l| l.starts_with("retention_hours ="))
+        .expect("pki init writes the limits")
+        .to_owned();
+    let edited = text.replace(
+        &retention,
+        &format!("{retention}\ndurable_idle_hours = 0.0005"),
+    );
+    std::fs::write(&path, edited).expect("write node.toml");
+    f.restart_node("accra").await.expect("restart accra");
+
+    let id = issue(&f.dir, "accra", "watch-officer", "H3", ALL);
+    let me = who(&f.dir, "accra", &id);
+    let open = |name: &'static str| {
+        Feed::open(
+            me.clone(),
+            &["caribbean.>"],
+            &[],
+            pb::subscribe_request::Start::Now,
+            name,
+        )
+    };
+    // One desk stays connected; the other is left.
+    let _watched = open("night-desk").await;
+    drop(open("left-desk").await);
+
+    let ended = || async {
+        audit(&f, "accra", "", "subscription_ended")
+            .await
+            .into_iter()
+            .map(|e| {
+                let d: serde_json::Value = serde_json::from_str(&e.detail_json).expect("detail");
+                assert_eq!(e.destination, "user:watch-officer");
+                assert_eq!(d["reason"], "idle");
+                d["durable"].as_str().unwrap_or_default().to_owned()
+            })
+            .collect::<Vec<_>>()
+    };
+    // The purge runs every 10 s.
+    wait_for(
+        Duration::from_secs(40),
+        "accra to end the idle durable subscription",
+        || async { !ended().await.is_empty() },
+    )
+    .await;
+    // The pass that ended the left desk also saw the connected one, which is older: kept.
+    assert_eq!(ended().await, ["left-desk"]);
+
+    let mut client =
+        pb::subscriber_client::SubscriberClient::new(me.connect().await.expect("connect"));
+    let gone = client
+        .forget(pb::ForgetRequest {
+            durable: "left-desk".into(),
+        })
+        .await
+        .expect_err("the idle subscription was ended");
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    client
+        .forget(pb::ForgetRequest {
+            durable: "night-desk".into(),
+        })
+        .await
+        .expect("the connected subscription is still there");
+    f.stop().await;
 }
