@@ -75,7 +75,15 @@ fn bad_config_files_give_clear_errors() -> anyhow::Result<()> {
         .to_owned();
     let bad_listen = text.replace(&listen, "listen = \"localhost:port\"");
     let msg = refused(&bad_listen, &path);
-    assert!(msg.contains("`listen`"), "names the key: {msg}");
+    let listen_line = text
+        .lines()
+        .position(|l| l.starts_with("listen ="))
+        .expect("listen")
+        + 1;
+    assert!(
+        msg.contains(&format!("line {listen_line}: key `listen`")),
+        "names the line and the key: {msg}"
+    );
     assert!(msg.contains("localhost:port"), "quotes the value: {msg}");
     assert!(
         msg.contains("127.0.0.1:7401"),

@@ -164,6 +164,39 @@ const OVERRIDES: [&str; 6] = [
     "TIDEWIRE_USERS",
 ];
 
+/// The line (from 1) where `key` is set in `text`: `listen`, `tls.cert`, `limits.hop_budget`,
+/// or `link[1].url` (the second `[[link]]` table).
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let (table, index, name) = match key.split_once('.') {
+        None => ("", 0, key),
+        Some((t, name)) => match t.split_once('[') {
+            Some((t, i)) => (t, i.strip_suffix(']')?.parse().ok()?, name),
+            None => (t, 0, name),
+        },
+    };
+    let mut current = "";
+    let mut at = 0usize;
+    let mut arrays: HashMap<&str, usize> = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if let Some(h) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            current = h.trim();
+            let count = arrays.entry(current).or_insert(0);
+            at = *count;
+            *count += 1;
+        } else if let Some(h) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            current = h.trim();
+            at = 0;
+        } else if current == table
+            && at == index
+            && l.split_once('=').is_some_and(|(k, _)| k.trim() == name)
+        {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
 impl NodeConfig {
     /// `limits.retention_hours` in milliseconds.
     pub fn retention_ms(&self) -> i64 {
@@ -199,25 +232,55 @@ impl NodeConfig {
         };
         let mut f: ConfigFile =
             toml::from_str(text).map_err(|e| err(e.to_string().trim_end().replace('\n', " ")))?;
+        // Keys set by an environment override, and the variable that set each.
+        let mut overridden: HashMap<&str, &str> = HashMap::new();
         for (k, v) in env {
             if !k.starts_with("TIDEWIRE_") || k == "TIDEWIRE_LOG" {
                 continue;
             }
-            match k.as_str() {
-                "TIDEWIRE_LISTEN" => f.listen = v.clone(),
-                "TIDEWIRE_METRICS_LISTEN" => f.metrics_listen = Some(v.clone()),
-                "TIDEWIRE_DATA_DIR" => f.data_dir = v.clone(),
-                "TIDEWIRE_POLICY" => f.policy = Some(v.clone()),
-                "TIDEWIRE_ROSTER" => f.roster = v.clone(),
-                "TIDEWIRE_USERS" => f.users = Some(v.clone()),
+            let key = match k.as_str() {
+                "TIDEWIRE_LISTEN" => {
+                    f.listen = v.clone();
+                    "listen"
+                }
+                "TIDEWIRE_METRICS_LISTEN" => {
+                    f.metrics_listen = Some(v.clone());
+                    "metrics_listen"
+                }
+                "TIDEWIRE_DATA_DIR" => {
+                    f.data_dir = v.clone();
+                    "data_dir"
+                }
+                "TIDEWIRE_POLICY" => {
+                    f.policy = Some(v.clone());
+                    "policy"
+                }
+                "TIDEWIRE_ROSTER" => {
+                    f.roster = v.clone();
+                    "roster"
+                }
+                "TIDEWIRE_USERS" => {
+                    f.users = Some(v.clone());
+                    "users"
+                }
                 _ => {
                     return Err(err(format!(
                         "environment variable `{k}` is not a known override; use one of {}",
                         OVERRIDES.join(", ")
                     )));
                 }
-            }
+            };
+            overridden.insert(key, k.as_str());
         }
+        // A value that is wrong: says where it was set (the line, or the variable) and which
+        // key it is.
+        let bad = |key: &str, message: String| {
+            err(match (overridden.get(key), line_of(text, key)) {
+                (Some(var), _) => format!("key `{key}` (set by {var}): {message}"),
+                (None, Some(line)) => format!("line {line}: key `{key}`: {message}"),
+                (None, None) => format!("key `{key}`: {message}"),
+            })
+        };
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let abs = |p: &str| {
             let p = Path::new(p);
@@ -227,15 +290,17 @@ impl NodeConfig {
                 base.join(p)
             }
         };
-        let id: NodeId = f.id.parse().map_err(|e| err(format!("key `id`: {e}")))?;
+        let id: NodeId =
+            f.id.parse::<NodeId>()
+                .map_err(|e| bad("id", e.to_string()))?;
         let country = f
             .country
-            .parse()
-            .map_err(|e| err(format!("key `country`: {e}")))?;
-        check_org(&f.org).map_err(|e| err(format!("key `org`: {e}")))?;
+            .parse::<CountryCode>()
+            .map_err(|e| bad("country", e.to_string()))?;
+        check_org(&f.org).map_err(|e| bad("org", e.to_string()))?;
         let addr = |key: &str, v: &str| -> Result<SocketAddr, ConfigError> {
             v.parse().map_err(|_| {
-                err(format!("key `{key}`: `{v}` is not a socket address; write e.g. `127.0.0.1:7401` (port 0 picks a free port)"))
+                bad(key, format!("`{v}` is not a socket address; write e.g. `127.0.0.1:7401` (port 0 picks a free port)"))
             })
         };
         let listen = addr("listen", &f.listen)?;
@@ -248,49 +313,65 @@ impl NodeConfig {
             if p.is_file() {
                 Ok(p)
             } else {
-                Err(err(format!(
-                    "key `{key}`: file {} does not exist; fix the path (relative paths start at the config file's directory) or run `tidewire pki init`",
-                    p.display()
-                )))
+                Err(bad(
+                    key,
+                    format!(
+                        "file {} does not exist; fix the path (relative paths start at the config file's directory) or run `tidewire pki init`",
+                        p.display()
+                    ),
+                ))
             }
         };
         let mut links = Vec::new();
         for (i, l) in f.links.iter().enumerate() {
             let peer: NodeId = l
                 .peer
-                .parse()
-                .map_err(|e| err(format!("link[{i}].peer: {e}")))?;
+                .parse::<NodeId>()
+                .map_err(|e| bad(&format!("link[{i}].peer"), e.to_string()))?;
             if peer == id {
-                return Err(err(format!("link[{i}].peer: a node cannot link to itself")));
+                return Err(bad(
+                    &format!("link[{i}].peer"),
+                    "a node cannot link to itself".into(),
+                ));
             }
             if !(l.url.starts_with("https://")) {
-                return Err(err(format!(
-                    "link[{i}].url: `{}` must be an https:// URL (links always use mutual TLS)",
-                    l.url
-                )));
+                return Err(bad(
+                    &format!("link[{i}].url"),
+                    format!(
+                        "`{}` must be an https:// URL (links always use mutual TLS)",
+                        l.url
+                    ),
+                ));
             }
             if links.iter().any(|(p, _)| *p == peer) {
-                return Err(err(format!("link[{i}].peer: `{peer}` is linked twice")));
+                return Err(bad(
+                    &format!("link[{i}].peer"),
+                    format!("`{peer}` is linked twice"),
+                ));
             }
             links.push((peer, l.url.clone()));
         }
         if f.limits.max_message_bytes < 64 * 1024 {
-            return Err(err("limits.max_message_bytes: at least 65536".into()));
+            return Err(bad("limits.max_message_bytes", "at least 65536".into()));
         }
         if f.limits.hop_budget == 0 || f.limits.hop_budget > 64 {
-            return Err(err("limits.hop_budget: between 1 and 64".into()));
+            return Err(bad("limits.hop_budget", "between 1 and 64".into()));
         }
         if f.limits.link_window == 0 {
-            return Err(err("limits.link_window: at least 1".into()));
+            return Err(bad("limits.link_window", "at least 1".into()));
         }
         let hours = |key: &str, h: f64| {
             if h.is_finite() && h > 0.0 && h <= MAX_RETENTION_HOURS {
                 Ok(())
             } else {
-                Err(err(format!(
-                    "limits.{key}: `{h}` is not a number of hours between 0 and \
-                     {MAX_RETENTION_HOURS} (fractions allowed: 0.5 is 30 minutes; 720 is 30 days)"
-                )))
+                Err(bad(
+                    &format!("limits.{key}"),
+                    format!(
+                        "`{h}` is not a number of hours above 0 and at most \
+                         {MAX_RETENTION_HOURS} (fractions allowed: 0.5 is 30 minutes; 720 is 30 \
+                         days)"
+                    ),
+                ))
             }
         };
         hours("retention_hours", f.limits.retention_hours)?;
@@ -394,5 +475,66 @@ key = "c.key"
             .unwrap_err()
             .to_string();
         assert!(e.contains("https://"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_line_or_the_variable_that_set_it() {
+        let dir = tempfile::tempdir().unwrap();
+        files(dir.path());
+        let path = dir.path().join("node.toml");
+        // The second [[link]] is the bad one.
+        let text = BASE.replace(
+            "[tls]",
+            "[[link]]\npeer = \"accra\"\nurl = \"https://127.0.0.1:7402\"\n\n\
+             [[link]]\npeer = \"maoc-n\"\nurl = \"http://127.0.0.1:7403\"\n\n[tls]",
+        );
+        let url_line = text.lines().position(|l| l.contains("7403")).unwrap() + 1;
+        let e = NodeConfig::parse(&text, &path, &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("line {url_line}: key `link[1].url`")),
+            "{e}"
+        );
+
+        let text = format!("{BASE}\n[limits]\nhop_budget = 0\n");
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("hop_budget"))
+            .unwrap()
+            + 1;
+        let e = NodeConfig::parse(&text, &path, &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "line {line}: key `limits.hop_budget`: between 1 and 64"
+            )),
+            "{e}"
+        );
+
+        // A value from the environment is blamed on the variable, not on the file's line.
+        let env: HashMap<String, String> =
+            [("TIDEWIRE_LISTEN".to_owned(), "nowhere".to_owned())].into();
+        let e = NodeConfig::parse(BASE, &path, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("key `listen` (set by TIDEWIRE_LISTEN): `nowhere`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn line_of_finds_keys_in_their_table() {
+        let text = "id = \"a\"\n[tls]\ncert = \"x\"\n[[link]]\npeer = \"b\"\n[[link]]\npeer = \"c\"\n\
+                    [limits]\nlink_window = 0\n";
+        assert_eq!(line_of(text, "id"), Some(1));
+        assert_eq!(line_of(text, "tls.cert"), Some(3));
+        assert_eq!(line_of(text, "link[0].peer"), Some(5));
+        assert_eq!(line_of(text, "link[1].peer"), Some(7));
+        assert_eq!(line_of(text, "limits.link_window"), Some(9));
+        assert_eq!(line_of(text, "limits.hop_budget"), None);
+        assert_eq!(line_of(text, "cert"), None, "a key of another table");
     }
 }
