@@ -15,7 +15,8 @@ pub struct LedgerEntry {
     pub at_ms: i64,
     /// `published`, `transfer`, `received`, `delivered`, `refused`, `denied`, `held`,
     /// `consent_requested`, `consent_granted`, `consent_refused`, `released`, `dropped`,
-    /// `expired`, `purged` (retention), `recalled`, `subscription_ended` (idle), `policy_applied`, `user_added`, `user_revoked`.
+    /// `expired`, `purged` (retention), `recalled`, `subscription_ended` (idle),
+    /// `policy_applied`, `user_added`, `user_revoked`.
     pub event: String,
     /// Notification id (hex), if any.
     #[serde(default)]
@@ -55,16 +56,28 @@ impl LedgerEntry {
         }
     }
 
+    /// The hash this entry should have: over the previous hash and the entry's JSON with
+    /// `hash` empty.
     fn compute_hash(&self) -> String {
+        if self.hash.is_empty() {
+            return chain(&self.prev, &serde_json::to_vec(self).unwrap_or_default());
+        }
         let mut copy = self.clone();
         copy.hash = String::new();
-        let bytes = serde_json::to_vec(&copy).unwrap_or_default();
-        let mut h = Sha256::new();
-        h.update(self.prev.as_bytes());
-        h.update(&bytes);
-        hex::encode(h.finalize())
+        chain(&self.prev, &serde_json::to_vec(&copy).unwrap_or_default())
     }
 }
+
+/// An entry's hash: over the previous hash and the entry's JSON with `hash` empty.
+fn chain(prev: &str, unhashed: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(prev.as_bytes());
+    h.update(unhashed);
+    hex::encode(h.finalize())
+}
+
+/// How the JSON of an entry whose `hash` is empty ends (`hash` is the last field).
+const UNHASHED_END: &[u8] = b"\"hash\":\"\"}";
 
 fn key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
@@ -98,15 +111,23 @@ impl Head {
     /// Chains `entry` onto the head and returns the op that writes it.
     pub fn append(&mut self, mut entry: LedgerEntry) -> Op {
         entry.seq = self.seq + 1;
-        entry.prev = self.hash.clone();
-        entry.hash = entry.compute_hash();
+        entry.prev = std::mem::take(&mut self.hash);
+        entry.hash = String::new();
+        // Serialised once: the hash is taken over these bytes, then written into their
+        // empty `hash` field, which gives exactly the JSON of the entry with its hash.
+        let mut bytes = serde_json::to_vec(&entry).unwrap_or_default();
+        let hash = chain(&entry.prev, &bytes);
+        if bytes.ends_with(UNHASHED_END) {
+            bytes.truncate(bytes.len() - 2);
+            bytes.extend_from_slice(hash.as_bytes());
+            bytes.extend_from_slice(b"\"}");
+        } else {
+            entry.hash = hash.clone();
+            bytes = serde_json::to_vec(&entry).unwrap_or_default();
+        }
         self.seq = entry.seq;
-        self.hash = entry.hash.clone();
-        Op::put(
-            Space::Ledger,
-            key(entry.seq).to_vec(),
-            serde_json::to_vec(&entry).unwrap_or_default(),
-        )
+        self.hash = hash;
+        Op::put(Space::Ledger, key(entry.seq).to_vec(), bytes)
     }
 }
 
@@ -210,5 +231,30 @@ mod tests {
             .unwrap();
         let bad = verify(&store).unwrap();
         assert!(bad.problem.unwrap().contains("entry 3 was altered"));
+    }
+
+    #[test]
+    fn an_appended_entry_is_written_as_its_own_json_with_its_hash() {
+        let mut head = Head::default();
+        for detail in [
+            serde_json::Value::Null,
+            serde_json::json!({"withheld": [{"path": "persons[0].dob", "rule": "r\"1"}]}),
+        ] {
+            let mut e = LedgerEntry::new("transfer");
+            e.notification = "0a".repeat(16);
+            e.destination = "node:accra".into();
+            e.detail = detail;
+            let Op::Put { value, .. } = head.append(e) else {
+                panic!("a put");
+            };
+            let written: LedgerEntry = serde_json::from_slice(&value).unwrap();
+            assert_eq!(written.hash, head.hash);
+            assert_eq!(written.compute_hash(), written.hash);
+            assert_eq!(
+                serde_json::to_vec(&written).unwrap(),
+                value,
+                "the bytes are the entry's own JSON"
+            );
+        }
     }
 }
