@@ -19,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::ledger::LedgerEntry;
-use crate::node::{Node, Numbered, OutboxItem, PendingIngest, PurgeReason, Received, be_u64};
+use crate::node::{
+    Due, Node, Numbered, OutboxItem, PendingIngest, PurgeReason, Received, be_u64, decode_expiry,
+    expiry_entry,
+};
 use crate::routing::Announcement;
 
 /// Signing domain of link-state announcements.
@@ -699,35 +702,43 @@ pub async fn purge_expired(node: &Arc<Node>) -> Result<u64, crate::error::NodeEr
         let mut ops = Vec::new();
         let mut entries = Vec::new();
         let mut ids = HashSet::new();
-        for (k, why) in batch.iter().take_while(|(k, _)| {
+        for (k, v) in batch.iter().take_while(|(k, _)| {
             k.len() > 8 && i64::try_from(be_u64(&k[..8])).is_ok_and(|at| at <= now)
         }) {
-            let note = &k[8..];
             ops.push(Op::delete(Space::Expiry, k.clone()));
-            if node.store.contains(Space::Notifications, note)? {
-                ops.push(Op::delete(Space::Notifications, note.to_vec()));
-                let (id, holder) = note.split_at(16.min(note.len()));
-                let mut e = match PurgeReason::from_value(why) {
-                    PurgeReason::Expired => LedgerEntry::new("expired"),
-                    PurgeReason::Retention => {
-                        let mut e = LedgerEntry::new("purged");
-                        e.detail = serde_json::json!({
-                            "reason": "retention",
-                            "retention_hours": node.cfg.limits.retention_hours,
-                            "held_for": String::from_utf8_lossy(holder),
-                        });
-                        e
+            // An entry lists the copies stored together; those not due yet are listed again,
+            // under the earliest of them.
+            let (due, later): (Vec<Due>, Vec<Due>) = decode_expiry(k, v)
+                .into_iter()
+                .partition(|d| d.at_ms <= now);
+            ops.extend(expiry_entry(&later));
+            for d in due {
+                let note = d.note.as_slice();
+                if node.store.contains(Space::Notifications, note)? {
+                    ops.push(Op::delete(Space::Notifications, note.to_vec()));
+                    let (id, holder) = note.split_at(16.min(note.len()));
+                    let mut e = match d.why {
+                        PurgeReason::Expired => LedgerEntry::new("expired"),
+                        PurgeReason::Retention => {
+                            let mut e = LedgerEntry::new("purged");
+                            e.detail = serde_json::json!({
+                                "reason": "retention",
+                                "retention_hours": node.cfg.limits.retention_hours,
+                                "held_for": String::from_utf8_lossy(holder),
+                            });
+                            e
+                        }
+                    };
+                    e.notification = hex::encode(id);
+                    entries.push(e);
+                }
+                if note.len() >= 16 && ids.insert(note[..16].to_vec()) {
+                    for (seen, _) in
+                        node.store
+                            .scan(Space::Seen, &note[..16], &note[..16], usize::MAX)?
+                    {
+                        ops.push(Op::delete(Space::Seen, seen));
                     }
-                };
-                e.notification = hex::encode(id);
-                entries.push(e);
-            }
-            if note.len() >= 16 && ids.insert(note[..16].to_vec()) {
-                for (seen, _) in
-                    node.store
-                        .scan(Space::Seen, &note[..16], &note[..16], usize::MAX)?
-                {
-                    ops.push(Op::delete(Space::Seen, seen));
                 }
             }
         }

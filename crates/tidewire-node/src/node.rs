@@ -152,8 +152,8 @@ impl StoredMeta {
     }
 }
 
-/// Why a copy is purged: the value of its [`Space::Expiry`] entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a copy is purged, as its [`Space::Expiry`] entry records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PurgeReason {
     /// The origin's `expires_at` passed.
     Expired,
@@ -180,28 +180,104 @@ impl PurgeReason {
     }
 }
 
-/// Expiry index key (see [`Space::Expiry`]): when, then which copy.
+/// Expiry index key (see [`Space::Expiry`]): when, then which copy (the earliest of an
+/// entry's copies).
 pub fn expiry_key(at_ms: i64, note: &[u8]) -> Vec<u8> {
     let mut k = (at_ms.max(0) as u64).to_be_bytes().to_vec();
     k.extend_from_slice(note);
     k
 }
 
-/// The expiry index entry of the copy stored under `key`.
-fn expiry_entry(key: &[u8], meta: &StoredMeta, retention_ms: i64) -> Op {
-    let (at, why) = meta.purge_at(retention_ms);
-    Op::put(Space::Expiry, expiry_key(at, key), vec![why.byte()])
+/// One stored copy in the expiry index: when it goes, why, and its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    /// When (Unix ms).
+    pub at_ms: i64,
+    /// Why.
+    pub why: PurgeReason,
+    /// The copy's key in [`Space::Notifications`].
+    pub note: Vec<u8>,
 }
 
-/// The writes that store a copy under `key`: the copy, and its expiry index entry.
+impl Due {
+    /// When and why the copy stored under `note` with `meta` goes.
+    pub fn of(note: &[u8], meta: &StoredMeta, retention_ms: i64) -> Due {
+        let (at_ms, why) = meta.purge_at(retention_ms);
+        Due {
+            at_ms,
+            why,
+            note: note.to_vec(),
+        }
+    }
+}
+
+/// First byte of an expiry index value that lists its copies.
+const DUE_LIST: u8 = 2;
+
+/// The expiry index entry for copies stored together (one publish, one receive batch): one
+/// write however many copies, keyed by the earliest, listing each (`2 ‖ (at ms, why, key
+/// length u16, key)*`). None for no copies.
+pub fn expiry_entry(dues: &[Due]) -> Option<Op> {
+    let first = dues.iter().min_by_key(|d| d.at_ms)?;
+    let mut v = Vec::with_capacity(1 + dues.iter().map(|d| 11 + d.note.len()).sum::<usize>());
+    v.push(DUE_LIST);
+    for d in dues {
+        let len = u16::try_from(d.note.len()).ok()?;
+        v.extend_from_slice(&d.at_ms.to_be_bytes());
+        v.push(d.why.byte());
+        v.extend_from_slice(&len.to_be_bytes());
+        v.extend_from_slice(&d.note);
+    }
+    Some(Op::put(
+        Space::Expiry,
+        expiry_key(first.at_ms, &first.note),
+        v,
+    ))
+}
+
+/// The copies an expiry index entry lists. An entry written before lists existed names one
+/// copy in its key (`at ‖ key → why`).
+pub fn decode_expiry(key: &[u8], value: &[u8]) -> Vec<Due> {
+    if value.len() <= 1 {
+        let (Some(at), Some(note)) = (key.get(..8), key.get(8..)) else {
+            return Vec::new();
+        };
+        return vec![Due {
+            at_ms: i64::try_from(be_u64(at)).unwrap_or(i64::MAX),
+            why: PurgeReason::from_value(value),
+            note: note.to_vec(),
+        }];
+    }
+    let mut out = Vec::new();
+    let mut rest = &value[1..];
+    while rest.len() >= 11 {
+        let at_ms = i64::from_be_bytes(rest[..8].try_into().unwrap_or_default());
+        let why = PurgeReason::from_value(&rest[8..9]);
+        let len = usize::from(u16::from_be_bytes([rest[9], rest[10]]));
+        let Some(note) = rest.get(11..11 + len) else {
+            break;
+        };
+        out.push(Due {
+            at_ms,
+            why,
+            note: note.to_vec(),
+        });
+        rest = &rest[11 + len..];
+    }
+    out
+}
+
+/// Stores a copy under `key` and notes when it goes in `dues` (written by the caller with
+/// [`expiry_entry`], in the same batch).
 fn put_copy(
     ops: &mut Vec<Op>,
+    dues: &mut Vec<Due>,
     key: Vec<u8>,
     meta: &StoredMeta,
     envelope: &[u8],
     retention_ms: i64,
 ) {
-    ops.push(expiry_entry(&key, meta, retention_ms));
+    dues.push(Due::of(&key, meta, retention_ms));
     ops.push(Op::put(
         Space::Notifications,
         key,
@@ -237,12 +313,12 @@ fn index_expiry(store: &dyn Store, retention_ms: i64) -> Result<(), NodeError> {
             break;
         };
         from = [last.as_slice(), &[0]].concat();
-        let ops: Vec<Op> = batch
+        let dues: Vec<Due> = batch
             .iter()
-            .filter_map(|(k, v)| Some(expiry_entry(k, &decode_stored(v)?.0, retention_ms)))
+            .filter_map(|(k, v)| Some(Due::of(k, &decode_stored(v)?.0, retention_ms)))
             .collect();
-        indexed += ops.len() as u64;
-        store.apply(&ops)?;
+        indexed += dues.len() as u64;
+        store.apply(&expiry_entry(&dues).into_iter().collect::<Vec<_>>())?;
     }
     store.apply(&[Op::put(Space::Meta, DONE.to_vec(), mark.to_vec())])?;
     store.sync()?;
@@ -1071,13 +1147,16 @@ impl Node {
             received_at_ms: now,
         };
         let mut ops = Vec::with_capacity(8);
+        let mut dues = Vec::with_capacity(1);
         put_copy(
             &mut ops,
+            &mut dues,
             note_key(&id, self.id()),
             &meta,
             &bytes,
             self.cfg.retention_ms(),
         );
+        ops.extend(expiry_entry(&dues));
         ops.extend([
             Op::put(Space::Seen, id.0.to_vec(), Vec::new()),
             Op::put(
@@ -1158,6 +1237,7 @@ impl Node {
             keys: Vec::new(),
         };
         let mut numbered = Numbered::default();
+        let mut dues = Vec::new();
         let mut delivered = 0u64;
         let mut queued = false;
         // One batch signature verification for the whole receive batch.
@@ -1271,6 +1351,7 @@ impl Node {
                     }
                     put_copy(
                         &mut ops,
+                        &mut dues,
                         note_key(&h.id, &d),
                         &meta,
                         &t.envelope,
@@ -1310,6 +1391,7 @@ impl Node {
                     }
                     put_copy(
                         &mut ops,
+                        &mut dues,
                         note_key(&h.id, &d),
                         &meta,
                         &t.envelope,
@@ -1328,6 +1410,7 @@ impl Node {
             }
             out.push(Received::Accepted);
         }
+        ops.extend(expiry_entry(&dues));
         let receipt = self.submit_numbered(ops, numbered, entries);
         Ok(PendingIngest {
             receipt,
@@ -1767,13 +1850,58 @@ mod tests {
         assert_eq!(PurgeReason::from_value(&[]), PurgeReason::Expired);
     }
 
-    fn index(store: &MemStore) -> Vec<(Vec<u8>, PurgeReason)> {
-        store
+    /// Every copy the expiry index lists: when, why, which.
+    fn index(store: &MemStore) -> Vec<(i64, PurgeReason, Vec<u8>)> {
+        let mut all: Vec<_> = store
             .scan(Space::Expiry, b"", b"", usize::MAX)
             .unwrap()
-            .into_iter()
-            .map(|(k, v)| (k, PurgeReason::from_value(&v)))
-            .collect()
+            .iter()
+            .flat_map(|(k, v)| decode_expiry(k, v))
+            .map(|d| (d.at_ms, d.why, d.note))
+            .collect();
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn copies_stored_together_share_one_index_entry_and_old_entries_still_read() {
+        let a = note_key(&NotificationId([1; 16]), &"dakar".parse().unwrap());
+        let b = note_key(&NotificationId([2; 16]), &"accra".parse().unwrap());
+        let dues = [
+            Due {
+                at_ms: 9_000,
+                why: PurgeReason::Retention,
+                note: a.clone(),
+            },
+            Due {
+                at_ms: 4_000,
+                why: PurgeReason::Expired,
+                note: b.clone(),
+            },
+        ];
+        let Some(Op::Put { space, key, value }) = expiry_entry(&dues) else {
+            panic!("one put");
+        };
+        assert_eq!(space, Space::Expiry);
+        assert_eq!(key, expiry_key(4_000, &b), "keyed by the earliest copy");
+        assert_eq!(decode_expiry(&key, &value), dues);
+        assert!(expiry_entry(&[]).is_none());
+        // An entry from before lists: one copy, named by its key.
+        for (value, why) in [
+            (vec![], PurgeReason::Expired),
+            (vec![1], PurgeReason::Retention),
+        ] {
+            assert_eq!(
+                decode_expiry(&expiry_key(5_000, &a), &value),
+                [Due {
+                    at_ms: 5_000,
+                    why,
+                    note: a.clone()
+                }]
+            );
+        }
+        // A truncated list yields what it holds, and nothing past the cut.
+        assert_eq!(decode_expiry(&key, &value[..value.len() - 3]), dues[..1]);
     }
 
     #[test]
@@ -1781,7 +1909,7 @@ mod tests {
         let store = MemStore::default();
         let expiring = note_key(&NotificationId([1; 16]), &"dakar".parse().unwrap());
         let lasting = note_key(&NotificationId([2; 16]), &"dakar".parse().unwrap());
-        // A store from before the index: copies, and the old one-byte mark of no retention.
+        // A store from before the index: copies, and no mark.
         store
             .apply(&[
                 Op::put(
@@ -1800,8 +1928,8 @@ mod tests {
         assert_eq!(
             index(&store),
             [
-                (expiry_key(5_000, &expiring), PurgeReason::Expired),
-                (expiry_key(100_001, &lasting), PurgeReason::Retention),
+                (5_000, PurgeReason::Expired, expiring.clone()),
+                (100_001, PurgeReason::Retention, lasting.clone()),
             ]
         );
         // Built once: an entry removed since (purged) is not indexed again on the next open.
@@ -1809,18 +1937,15 @@ mod tests {
             .apply(&[Op::delete(Space::Expiry, expiry_key(5_000, &expiring))])
             .unwrap();
         index_expiry(&store, 100_000).unwrap();
-        assert_eq!(
-            index(&store),
-            [(expiry_key(100_001, &lasting), PurgeReason::Retention)]
-        );
-        // A new retention rebuilds it, with no entry left at the old times: now both copies
-        // go for retention, the expiring one before its expiry.
+        assert!(index(&store).is_empty());
+        // A new retention rebuilds it: now both copies go for retention, the expiring one
+        // before its expiry.
         index_expiry(&store, 1_000).unwrap();
         assert_eq!(
             index(&store),
             [
-                (expiry_key(1_001, &expiring), PurgeReason::Retention),
-                (expiry_key(1_001, &lasting), PurgeReason::Retention),
+                (1_001, PurgeReason::Retention, expiring),
+                (1_001, PurgeReason::Retention, lasting),
             ]
         );
     }

@@ -89,9 +89,9 @@ pub enum Space {
     Held = 11,
     /// Origins' consent grants, by notification and destination.
     Grants = 12,
-    /// Expiry index: when a copy goes (Unix ms, big-endian u64) ‖ notification key → why (one
-    /// byte: its `expires_at`, or the node's retention). What the purge deletes, and when,
-    /// without reading every stored copy.
+    /// Expiry index: when the earliest of some copies stored together goes (Unix ms,
+    /// big-endian u64) ‖ its notification key → each of those copies with when and why it
+    /// goes. What the purge deletes, and when, without reading every stored copy.
     Expiry = 13,
 }
 

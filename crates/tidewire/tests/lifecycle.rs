@@ -115,7 +115,10 @@ fn seen_entries(f: &LocalFederation, node: &str, id: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_content_is_purged_everywhere_with_its_seen_set_entries() {
-    let (_tmp, f) = pair().await;
+    let (_tmp, mut f) = pair().await;
+    // Both wait at maoc-n while dakar is down, so that dakar receives them together: the
+    // expiring one goes, the lasting one (stored in the same batch) stays.
+    f.stop_node("dakar").await.expect("stop dakar");
     let soon = tidewire_core::timefmt::format_ms(tidewire_core::timefmt::now_ms() + 3_000);
     let id = publish(
         &f,
@@ -126,8 +129,18 @@ async fn expired_content_is_purged_everywhere_with_its_seen_set_entries() {
         }),
     )
     .await;
-    wait_for(Duration::from_secs(10), "dakar to hold it", || async {
-        held(&f, "dakar", &id).await
+    let lasting = publish(
+        &f,
+        "maoc-n",
+        &serde_json::json!({
+            "kind": "alert", "routes": ["atlantic.west-africa"], "handling": "H0",
+            "audience": ["node:dakar"], "fields": {"narrative": "for the file"}
+        }),
+    )
+    .await;
+    f.restart_node("dakar").await.expect("restart dakar");
+    wait_for(Duration::from_secs(10), "dakar to hold both", || async {
+        held(&f, "dakar", &id).await && held(&f, "dakar", &lasting).await
     })
     .await;
     assert!(seen_entries(&f, "maoc-n", &id) > 0);
@@ -142,8 +155,30 @@ async fn expired_content_is_purged_everywhere_with_its_seen_set_entries() {
         .await;
         assert!(!held(&f, node, &id).await, "{node} still holds it");
         assert_eq!(seen_entries(&f, node, &id), 0, "{node} still remembers it");
+        assert!(
+            held(&f, node, &lasting).await,
+            "{node} purged the lasting one"
+        );
+        assert!(seen_entries(&f, node, &lasting) > 0);
+        assert!(
+            indexed(&f, node, &lasting),
+            "{node}'s expiry index no longer lists the lasting one"
+        );
     }
     f.stop().await;
+}
+
+/// Whether `node`'s expiry index lists a copy of notification `id` (hex).
+fn indexed(f: &LocalFederation, node: &str, id: &str) -> bool {
+    let id = hex::decode(id).expect("hex id");
+    f.nodes[node]
+        .node
+        .store
+        .scan(tidewire_store::Space::Expiry, b"", b"", usize::MAX)
+        .expect("scan")
+        .iter()
+        .flat_map(|(k, v)| tidewire_node::node::decode_expiry(k, v))
+        .any(|d| d.note.starts_with(&id))
 }
 
 /// Sets `limits.retention_hours` in the `node.toml` of `node` (which must be stopped).
