@@ -155,14 +155,100 @@ pub struct NodeConfig {
     pub limits: Limits,
 }
 
-const OVERRIDES: [&str; 6] = [
-    "TIDEWIRE_LISTEN",
-    "TIDEWIRE_METRICS_LISTEN",
-    "TIDEWIRE_DATA_DIR",
-    "TIDEWIRE_POLICY",
-    "TIDEWIRE_ROSTER",
-    "TIDEWIRE_USERS",
+/// How an override's text becomes a TOML value.
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Integer,
+    Hours,
+}
+
+/// The keys an environment variable may override: `TIDEWIRE_` and the key's path in capitals,
+/// with `_` for `.` (`TIDEWIRE_LIMITS_HOP_BUDGET` sets `limits.hop_budget`). `[[link]]`
+/// tables are set in the file only.
+const OVERRIDES: [(&str, &str, Kind); 21] = [
+    ("TIDEWIRE_ID", "id", Kind::Text),
+    ("TIDEWIRE_COUNTRY", "country", Kind::Text),
+    ("TIDEWIRE_ORG", "org", Kind::Text),
+    ("TIDEWIRE_LISTEN", "listen", Kind::Text),
+    ("TIDEWIRE_METRICS_LISTEN", "metrics_listen", Kind::Text),
+    ("TIDEWIRE_DATA_DIR", "data_dir", Kind::Text),
+    ("TIDEWIRE_SIGNING_KEY", "signing_key", Kind::Text),
+    ("TIDEWIRE_ROSTER", "roster", Kind::Text),
+    ("TIDEWIRE_POLICY", "policy", Kind::Text),
+    ("TIDEWIRE_USERS", "users", Kind::Text),
+    ("TIDEWIRE_TLS_CA", "tls.ca", Kind::Text),
+    ("TIDEWIRE_TLS_CERT", "tls.cert", Kind::Text),
+    ("TIDEWIRE_TLS_KEY", "tls.key", Kind::Text),
+    (
+        "TIDEWIRE_LIMITS_MAX_MESSAGE_BYTES",
+        "limits.max_message_bytes",
+        Kind::Integer,
+    ),
+    (
+        "TIDEWIRE_LIMITS_PUBLISH_RATE_PER_S",
+        "limits.publish_rate_per_s",
+        Kind::Integer,
+    ),
+    (
+        "TIDEWIRE_LIMITS_HOP_BUDGET",
+        "limits.hop_budget",
+        Kind::Integer,
+    ),
+    (
+        "TIDEWIRE_LIMITS_LINK_WINDOW",
+        "limits.link_window",
+        Kind::Integer,
+    ),
+    (
+        "TIDEWIRE_LIMITS_RETENTION_HOURS",
+        "limits.retention_hours",
+        Kind::Hours,
+    ),
+    (
+        "TIDEWIRE_LIMITS_REDELIVERY_S",
+        "limits.redelivery_s",
+        Kind::Integer,
+    ),
+    (
+        "TIDEWIRE_LIMITS_DURABLE_IDLE_HOURS",
+        "limits.durable_idle_hours",
+        Kind::Hours,
+    ),
+    // Not a config key: the log filter, read by the command.
+    ("TIDEWIRE_LOG", "", Kind::Text),
 ];
+
+/// Sets `path` (`limits.hop_budget`) in `table` to `text` read as `kind`; the message says
+/// what is wrong with the text.
+fn set_override(table: &mut toml::Table, path: &str, text: &str, kind: Kind) -> Result<(), String> {
+    let value = match kind {
+        Kind::Text => toml::Value::String(text.to_owned()),
+        Kind::Integer => toml::Value::Integer(
+            text.trim()
+                .parse()
+                .map_err(|_| format!("`{text}` is not a whole number"))?,
+        ),
+        Kind::Hours => toml::Value::Float(
+            text.trim()
+                .parse()
+                .map_err(|_| format!("`{text}` is not a number of hours"))?,
+        ),
+    };
+    let (section, key) = match path.split_once('.') {
+        Some((section, key)) => (
+            table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| format!("`{section}` in the file is not a table"))?,
+            key,
+        ),
+        None => (table, path),
+    };
+    section.insert(key.to_owned(), value);
+    Ok(())
+}
 
 /// The line (from 1) where `key` is set in `text`: `listen`, `tls.cert`, `limits.hop_budget`,
 /// or `link[1].url` (the second `[[link]]` table).
@@ -234,43 +320,42 @@ impl NodeConfig {
             toml::from_str(text).map_err(|e| err(e.to_string().trim_end().replace('\n', " ")))?;
         // Keys set by an environment override, and the variable that set each.
         let mut overridden: HashMap<&str, &str> = HashMap::new();
+        let mut table: Option<toml::Table> = None;
         for (k, v) in env {
-            if !k.starts_with("TIDEWIRE_") || k == "TIDEWIRE_LOG" {
+            if !k.starts_with("TIDEWIRE_") {
                 continue;
             }
-            let key = match k.as_str() {
-                "TIDEWIRE_LISTEN" => {
-                    f.listen = v.clone();
-                    "listen"
-                }
-                "TIDEWIRE_METRICS_LISTEN" => {
-                    f.metrics_listen = Some(v.clone());
-                    "metrics_listen"
-                }
-                "TIDEWIRE_DATA_DIR" => {
-                    f.data_dir = v.clone();
-                    "data_dir"
-                }
-                "TIDEWIRE_POLICY" => {
-                    f.policy = Some(v.clone());
-                    "policy"
-                }
-                "TIDEWIRE_ROSTER" => {
-                    f.roster = v.clone();
-                    "roster"
-                }
-                "TIDEWIRE_USERS" => {
-                    f.users = Some(v.clone());
-                    "users"
-                }
-                _ => {
-                    return Err(err(format!(
-                        "environment variable `{k}` is not a known override; use one of {}",
-                        OVERRIDES.join(", ")
-                    )));
-                }
+            let Some(&(var, key, kind)) = OVERRIDES.iter().find(|(var, _, _)| var == k) else {
+                let known: Vec<&str> = OVERRIDES.iter().map(|(var, _, _)| *var).collect();
+                return Err(err(format!(
+                    "environment variable `{k}` is not a known override; use one of {}",
+                    known.join(", ")
+                )));
             };
-            overridden.insert(key, k.as_str());
+            if key.is_empty() {
+                continue;
+            }
+            if table.is_none() {
+                table = Some(
+                    toml::from_str(text)
+                        .map_err(|e| err(e.to_string().trim_end().replace('\n', " ")))?,
+                );
+            }
+            let t = table.as_mut().expect("parsed above");
+            set_override(t, key, v, kind).map_err(|m| err(format!("{var}: {m}")))?;
+            overridden.insert(key, var);
+        }
+        if let Some(t) = table {
+            f = toml::Value::Table(t)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    let vars: Vec<&str> = overridden.values().copied().collect();
+                    err(format!(
+                        "with the overrides of {}: {}",
+                        vars.join(", "),
+                        e.to_string().trim_end().replace('\n', " ")
+                    ))
+                })?;
         }
         // A value that is wrong: says where it was set (the line, or the variable) and which
         // key it is.
@@ -446,6 +531,57 @@ key = "c.key"
             cfg.signing_key,
             dir.path().join("k.key"),
             "relative paths start at the file"
+        );
+    }
+
+    #[test]
+    fn every_single_key_can_be_overridden_and_a_bad_override_names_its_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        files(dir.path());
+        std::fs::write(dir.path().join("other.pem"), "x").unwrap();
+        let path = dir.path().join("node.toml");
+        let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        // A table the file does not have ([limits]) and one it has ([tls]).
+        let cfg = NodeConfig::parse(
+            BASE,
+            &path,
+            &env(&[
+                ("TIDEWIRE_LIMITS_HOP_BUDGET", "8"),
+                ("TIDEWIRE_LIMITS_RETENTION_HOURS", "0.5"),
+                ("TIDEWIRE_LIMITS_DURABLE_IDLE_HOURS", "168"),
+                ("TIDEWIRE_TLS_CERT", "other.pem"),
+                ("TIDEWIRE_ORG", "ofnac"),
+                ("TIDEWIRE_LOG", "debug"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.limits.hop_budget, 8);
+        assert_eq!(cfg.retention_ms(), 1_800_000);
+        assert_eq!(cfg.durable_idle_ms(), Some(168 * 3_600_000));
+        assert_eq!(cfg.tls_cert, dir.path().join("other.pem"));
+        assert_eq!(cfg.org, "ofnac");
+        assert_eq!(cfg.limits.link_window, Limits::default().link_window);
+
+        let e = NodeConfig::parse(BASE, &path, &env(&[("TIDEWIRE_LIMITS_HOP_BUDGET", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("TIDEWIRE_LIMITS_HOP_BUDGET") && e.contains("not a whole number"),
+            "{e}"
+        );
+        let e = NodeConfig::parse(BASE, &path, &env(&[("TIDEWIRE_LIMITS_HOP_BUDGET", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "key `limits.hop_budget` (set by TIDEWIRE_LIMITS_HOP_BUDGET): between 1 and 64"
+            ),
+            "{e}"
         );
     }
 
