@@ -1349,15 +1349,8 @@ impl Node {
                         self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    put_copy(
-                        &mut ops,
-                        &mut dues,
-                        note_key(&h.id, &d),
-                        &meta,
-                        &t.envelope,
-                        self.cfg.retention_ms(),
-                    );
-                    self.copies.insert(note_key(&h.id, &d), copy.clone());
+                    let key = note_key(&h.id, &d);
+                    self.keep_copy(&mut ops, &mut dues, key, &meta, &t.envelope, &copy);
                     ops.push(Op::put(Space::Seen, seen, Vec::new()));
                     numbered.feed.push(note_key(&h.id, &d));
                     if h.kind == tidewire_core::Kind::Recall
@@ -1389,15 +1382,8 @@ impl Node {
                         self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    put_copy(
-                        &mut ops,
-                        &mut dues,
-                        note_key(&h.id, &d),
-                        &meta,
-                        &t.envelope,
-                        self.cfg.retention_ms(),
-                    );
-                    self.copies.insert(note_key(&h.id, &d), copy.clone());
+                    let key = note_key(&h.id, &d);
+                    self.keep_copy(&mut ops, &mut dues, key, &meta, &t.envelope, &copy);
                     ops.push(Op::put(Space::Seen, seen, Vec::new()));
                     let item = OutboxItem {
                         id: h.id,
@@ -1419,6 +1405,28 @@ impl Node {
             delivered,
             queued,
         })
+    }
+
+    /// Stores a received copy under `key` as the bytes that arrived (noting when it goes in
+    /// `dues`) and keeps it decoded for egress and local delivery.
+    fn keep_copy(
+        &self,
+        ops: &mut Vec<Op>,
+        dues: &mut Vec<Due>,
+        key: Vec<u8>,
+        meta: &StoredMeta,
+        received: &[u8],
+        copy: &Arc<Copy>,
+    ) {
+        put_copy(
+            ops,
+            dues,
+            key.clone(),
+            meta,
+            received,
+            self.cfg.retention_ms(),
+        );
+        self.copies.insert(key, copy.clone());
     }
 
     /// Deletes every copy of `target` held here if `origin` wrote it.

@@ -1025,18 +1025,7 @@ async fn a_durable_subscription_left_unconnected_past_the_idle_limit_is_ended() 
     let (_tmp, mut f) = line().await;
     // Accra ends durable subscriptions left unconnected for 1.8 s.
     f.stop_node("accra").await.expect("stop accra");
-    let path = f.dir.join("accra").join("node.toml");
-    let text = std::fs::read_to_string(&path).expect("node.toml");
-    let retention = text
-        .lines()
-        .find(|l| l.starts_with("retention_hours ="))
-        .expect("pki init writes the limits")
-        .to_owned();
-    let edited = text.replace(
-        &retention,
-        &format!("{retention}\ndurable_idle_hours = 0.0005"),
-    );
-    std::fs::write(&path, edited).expect("write node.toml");
+    common::set_limit(&f, "accra", "durable_idle_hours", "0.0005");
     f.restart_node("accra").await.expect("restart accra");
 
     let id = issue(&f.dir, "accra", "watch-officer", "H3", ALL);

@@ -181,33 +181,6 @@ fn indexed(f: &LocalFederation, node: &str, id: &str) -> bool {
         .any(|d| d.note.starts_with(&id))
 }
 
-/// Sets `limits.retention_hours` in the `node.toml` of `node` (which must be stopped).
-fn set_retention(f: &LocalFederation, node: &str, hours: &str) {
-    let path = f.dir.join(node).join("node.toml");
-    let text = std::fs::read_to_string(&path).expect("node.toml");
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("retention_hours ="))
-        .expect("pki init writes retention_hours")
-        .to_owned();
-    let edited = text.replace(&line, &format!("retention_hours = {hours}"));
-    std::fs::write(&path, edited).expect("write node.toml");
-}
-
-/// A counter of `node`'s status.
-async fn counter(f: &LocalFederation, node: &str, name: &str) -> u64 {
-    common::admin(f, node)
-        .await
-        .status(pb::StatusRequest {})
-        .await
-        .expect("status")
-        .into_inner()
-        .counters
-        .get(name)
-        .copied()
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_held_past_the_retention_is_purged_and_older_copies_are_not_kept() {
     let (_tmp, mut f) = pair().await;
@@ -229,7 +202,7 @@ async fn content_held_past_the_retention_is_purged_and_older_copies_are_not_kept
     f.stop_node("dakar").await.expect("stop dakar");
     let queued_at = tidewire_core::timefmt::now_ms();
     let late = publish(&f, "maoc-n", &alert("older than dakar keeps anything")).await;
-    set_retention(&f, "dakar", "0.00001");
+    common::set_limit(&f, "dakar", "retention_hours", "0.00001");
     wait_for(
         Duration::from_secs(5),
         "the queued notification to be older than 36 ms",
@@ -242,7 +215,7 @@ async fn content_held_past_the_retention_is_purged_and_older_copies_are_not_kept
     wait_for(
         Duration::from_secs(20),
         "the late copy to be refused",
-        || async { counter(&f, "dakar", "past_retention").await >= 1 },
+        || async { common::counter(&f, "dakar", "past_retention").await >= 1 },
     )
     .await;
     wait_for(

@@ -104,16 +104,46 @@ pub async fn publish_alerts(
     ids
 }
 
-/// The backlog `node` reports for each link, by peer.
-pub async fn backlogs(f: &LocalFederation, node: &str) -> std::collections::BTreeMap<String, u64> {
+/// `node`'s status.
+pub async fn status(f: &LocalFederation, node: &str) -> pb::StatusReply {
     admin(f, node)
         .await
         .status(pb::StatusRequest {})
         .await
         .expect("status")
         .into_inner()
+}
+
+/// The backlog `node` reports for each link, by peer.
+pub async fn backlogs(f: &LocalFederation, node: &str) -> std::collections::BTreeMap<String, u64> {
+    status(f, node)
+        .await
         .links
         .into_iter()
         .map(|l| (l.peer, l.backlog))
         .collect()
+}
+
+/// A counter of `node`'s status (0 if it has none by that name).
+pub async fn counter(f: &LocalFederation, node: &str, name: &str) -> u64 {
+    status(f, node)
+        .await
+        .counters
+        .get(name)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Sets `key = value` in the `[limits]` of `node`'s `node.toml` (which must be stopped):
+/// replaces the line if the file has it, adds it to the table otherwise.
+pub fn set_limit(f: &LocalFederation, node: &str, key: &str, value: &str) {
+    let path = f.dir.join(node).join("node.toml");
+    let text = std::fs::read_to_string(&path).expect("node.toml");
+    let setting = format!("{key} = {value}");
+    let edited = match text.lines().find(|l| l.starts_with(&format!("{key} ="))) {
+        Some(line) => text.replace(line, &setting),
+        None => text.replacen("[limits]", &format!("[limits]\n{setting}"), 1),
+    };
+    assert_ne!(edited, text, "{} has no [limits] table", path.display());
+    std::fs::write(&path, edited).expect("write node.toml");
 }
