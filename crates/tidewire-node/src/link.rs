@@ -698,7 +698,8 @@ pub async fn purge_expired(node: &Arc<Node>) -> Result<u64, crate::error::NodeEr
     // seen-set is consulted, so the set need not remember it.
     let mut n = 0u64;
     loop {
-        let batch = node.store.scan(Space::Expiry, b"", b"", 1024)?;
+        // An entry lists up to a receive batch of copies: 64 entries bound one commit.
+        let batch = node.store.scan(Space::Expiry, b"", b"", 64)?;
         let mut ops = Vec::new();
         let mut entries = Vec::new();
         let mut ids = HashSet::new();
