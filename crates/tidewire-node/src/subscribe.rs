@@ -30,7 +30,6 @@ fn cursor_key(user: &str, durable: &str) -> Vec<u8> {
     [user.as_bytes(), &[0], durable.as_bytes()].concat()
 }
 
-/// Withdraws a live subscription's interest when its stream ends.
 /// `Meta` key of a durable subscription's interest (its route patterns, JSON).
 fn interest_key(cursor_key: &[u8]) -> Vec<u8> {
     [b"interest\0".as_slice(), cursor_key].concat()
@@ -162,6 +161,7 @@ pub async fn expire_idle_durables(node: &Arc<Node>) -> Result<u64, NodeError> {
     Ok(ended)
 }
 
+/// Withdraws a live subscription's interest when its stream ends.
 struct InterestGuard {
     node: Arc<Node>,
     patterns: Vec<String>,
