@@ -163,61 +163,36 @@ enum Kind {
     Hours,
 }
 
-/// The keys an environment variable may override: `TIDEWIRE_` and the key's path in capitals,
-/// with `_` for `.` (`TIDEWIRE_LIMITS_HOP_BUDGET` sets `limits.hop_budget`). `[[link]]`
-/// tables are set in the file only.
-const OVERRIDES: [(&str, &str, Kind); 21] = [
-    ("TIDEWIRE_ID", "id", Kind::Text),
-    ("TIDEWIRE_COUNTRY", "country", Kind::Text),
-    ("TIDEWIRE_ORG", "org", Kind::Text),
-    ("TIDEWIRE_LISTEN", "listen", Kind::Text),
-    ("TIDEWIRE_METRICS_LISTEN", "metrics_listen", Kind::Text),
-    ("TIDEWIRE_DATA_DIR", "data_dir", Kind::Text),
-    ("TIDEWIRE_SIGNING_KEY", "signing_key", Kind::Text),
-    ("TIDEWIRE_ROSTER", "roster", Kind::Text),
-    ("TIDEWIRE_POLICY", "policy", Kind::Text),
-    ("TIDEWIRE_USERS", "users", Kind::Text),
-    ("TIDEWIRE_TLS_CA", "tls.ca", Kind::Text),
-    ("TIDEWIRE_TLS_CERT", "tls.cert", Kind::Text),
-    ("TIDEWIRE_TLS_KEY", "tls.key", Kind::Text),
-    (
-        "TIDEWIRE_LIMITS_MAX_MESSAGE_BYTES",
-        "limits.max_message_bytes",
-        Kind::Integer,
-    ),
-    (
-        "TIDEWIRE_LIMITS_PUBLISH_RATE_PER_S",
-        "limits.publish_rate_per_s",
-        Kind::Integer,
-    ),
-    (
-        "TIDEWIRE_LIMITS_HOP_BUDGET",
-        "limits.hop_budget",
-        Kind::Integer,
-    ),
-    (
-        "TIDEWIRE_LIMITS_LINK_WINDOW",
-        "limits.link_window",
-        Kind::Integer,
-    ),
-    (
-        "TIDEWIRE_LIMITS_RETENTION_HOURS",
-        "limits.retention_hours",
-        Kind::Hours,
-    ),
-    (
-        "TIDEWIRE_LIMITS_REDELIVERY_S",
-        "limits.redelivery_s",
-        Kind::Integer,
-    ),
-    (
-        "TIDEWIRE_LIMITS_DURABLE_IDLE_HOURS",
-        "limits.durable_idle_hours",
-        Kind::Hours,
-    ),
-    // Not a config key: the log filter, read by the command.
-    ("TIDEWIRE_LOG", "", Kind::Text),
+/// The keys an environment variable may override, each as `TIDEWIRE_` and its path in capitals
+/// with `_` for `.` ([`override_var`]: `TIDEWIRE_LIMITS_HOP_BUDGET` sets `limits.hop_budget`).
+/// `[[link]]` tables are set in the file only.
+const OVERRIDES: [(&str, Kind); 20] = [
+    ("id", Kind::Text),
+    ("country", Kind::Text),
+    ("org", Kind::Text),
+    ("listen", Kind::Text),
+    ("metrics_listen", Kind::Text),
+    ("data_dir", Kind::Text),
+    ("signing_key", Kind::Text),
+    ("roster", Kind::Text),
+    ("policy", Kind::Text),
+    ("users", Kind::Text),
+    ("tls.ca", Kind::Text),
+    ("tls.cert", Kind::Text),
+    ("tls.key", Kind::Text),
+    ("limits.max_message_bytes", Kind::Integer),
+    ("limits.publish_rate_per_s", Kind::Integer),
+    ("limits.hop_budget", Kind::Integer),
+    ("limits.link_window", Kind::Integer),
+    ("limits.retention_hours", Kind::Hours),
+    ("limits.redelivery_s", Kind::Integer),
+    ("limits.durable_idle_hours", Kind::Hours),
 ];
+
+/// The variable that overrides the key at `path`.
+fn override_var(path: &str) -> String {
+    format!("TIDEWIRE_{}", path.to_uppercase().replace('.', "_"))
+}
 
 /// Sets `path` (`limits.hop_budget`) in `table` to `text` read as `kind`; the message says
 /// what is wrong with the text.
@@ -322,19 +297,18 @@ impl NodeConfig {
         let mut overridden: HashMap<&str, &str> = HashMap::new();
         let mut table: Option<toml::Table> = None;
         for (k, v) in env {
-            if !k.starts_with("TIDEWIRE_") {
+            // TIDEWIRE_LOG is the log filter, read by the command.
+            if !k.starts_with("TIDEWIRE_") || k == "TIDEWIRE_LOG" {
                 continue;
             }
-            let Some(&(var, key, kind)) = OVERRIDES.iter().find(|(var, _, _)| var == k) else {
-                let known: Vec<&str> = OVERRIDES.iter().map(|(var, _, _)| *var).collect();
+            let Some(&(key, kind)) = OVERRIDES.iter().find(|(path, _)| override_var(path) == *k)
+            else {
+                let known: Vec<String> = OVERRIDES.iter().map(|(p, _)| override_var(p)).collect();
                 return Err(err(format!(
                     "environment variable `{k}` is not a known override; use one of {}",
                     known.join(", ")
                 )));
             };
-            if key.is_empty() {
-                continue;
-            }
             if table.is_none() {
                 table = Some(
                     toml::from_str(text)
@@ -342,8 +316,8 @@ impl NodeConfig {
                 );
             }
             let t = table.as_mut().expect("parsed above");
-            set_override(t, key, v, kind).map_err(|m| err(format!("{var}: {m}")))?;
-            overridden.insert(key, var);
+            set_override(t, key, v, kind).map_err(|m| err(format!("{k}: {m}")))?;
+            overridden.insert(key, k.as_str());
         }
         if let Some(t) = table {
             f = toml::Value::Table(t)
