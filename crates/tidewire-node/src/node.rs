@@ -290,9 +290,26 @@ fn put_copy(
 fn index_expiry(store: &dyn Store, retention_ms: i64) -> Result<(), NodeError> {
     const DONE: &[u8] = b"expiry_indexed";
     let mark = retention_ms.to_be_bytes();
-    if store.get(Space::Meta, DONE)?.as_deref() == Some(&mark[..]) {
+    let built_for = store.get(Space::Meta, DONE)?;
+    if built_for.as_deref() == Some(&mark[..]) {
         return Ok(());
     }
+    if store.scan(Space::Notifications, b"", b"", 1)?.is_empty()
+        && store.scan(Space::Expiry, b"", b"", 1)?.is_empty()
+    {
+        // Nothing stored yet (a new node): nothing to index.
+        store.apply(&[Op::put(Space::Meta, DONE.to_vec(), mark.to_vec())])?;
+        return Ok(());
+    }
+    tracing::info!(
+        retention_ms,
+        because = if built_for.is_some() {
+            "limits.retention_hours changed"
+        } else {
+            "the store has none yet"
+        },
+        "building the expiry index: reading every stored copy"
+    );
     let started = std::time::Instant::now();
     loop {
         let old = store.scan(Space::Expiry, b"", b"", 4096)?;
@@ -307,6 +324,7 @@ fn index_expiry(store: &dyn Store, retention_ms: i64) -> Result<(), NodeError> {
     }
     let mut from = Vec::new();
     let mut indexed = 0u64;
+    let mut pages = 0u64;
     loop {
         let batch = store.scan(Space::Notifications, b"", &from, 1024)?;
         let Some((last, _)) = batch.last() else {
@@ -319,6 +337,15 @@ fn index_expiry(store: &dyn Store, retention_ms: i64) -> Result<(), NodeError> {
             .collect();
         indexed += dues.len() as u64;
         store.apply(&expiry_entry(&dues).into_iter().collect::<Vec<_>>())?;
+        // Every stored copy is read: on a large store this takes a while, so say how far.
+        pages += 1;
+        if pages.is_multiple_of(64) {
+            tracing::info!(
+                indexed,
+                ms = started.elapsed().as_millis() as u64,
+                "building the expiry index"
+            );
+        }
     }
     store.apply(&[Op::put(Space::Meta, DONE.to_vec(), mark.to_vec())])?;
     store.sync()?;
