@@ -652,6 +652,36 @@ impl BenchNodes {
         }
     }
 
+    /// CPU seconds used so far by this process and the nodes' processes.
+    fn cpu_s(&self) -> f64 {
+        process_cpu_s() + self.children_cpu_s()
+    }
+
+    /// Adds the figures every mode reports (see [`Run`]) to `out` and stops the nodes.
+    async fn finish(
+        self,
+        out: &mut serde_json::Value,
+        notifications: u64,
+        elapsed_s: f64,
+        cpu_s: f64,
+        (fields, json_bytes): (usize, usize),
+    ) {
+        Run {
+            notifications,
+            elapsed_s,
+            cpu_s,
+            per_node: self.peak_rss_per_node(),
+            fields,
+            json_bytes,
+            nodes_in_process: match &self {
+                BenchNodes::InProcess(f) => f.nodes.len(),
+                BenchNodes::Processes { .. } => 0,
+            },
+        }
+        .fill(out);
+        self.stop().await;
+    }
+
     /// CPU seconds used so far by the nodes' processes (0 when they run in this one).
     fn children_cpu_s(&self) -> f64 {
         match self {
@@ -849,7 +879,7 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
             rate.map(|r| format!(" at {r}/s")).unwrap_or_default()
         );
     }
-    let cpu_before = process_cpu_s() + fedn.children_cpu_s();
+    let cpu_before = fedn.cpu_s();
     let start = Instant::now();
     let target = last.to_owned();
     let publisher = tokio::spawn(async move {
@@ -892,8 +922,7 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = process_cpu_s() + fedn.children_cpu_s() - cpu_before;
-    let per_node = fedn.peak_rss_per_node();
+    let cpu = fedn.cpu_s() - cpu_before;
     let (_, publish_s) = publisher.await?.map_err(status_error)?;
     latencies.sort_by(|x, y| x.total_cmp(y));
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
@@ -902,17 +931,8 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
         "publish_per_s": (count as f64 / publish_s).round(),
         "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1.0),
     });
-    let run = Run {
-        notifications: count,
-        elapsed_s: elapsed,
-        cpu_s: cpu,
-        per_node,
-        fields,
-        json_bytes,
-        nodes_in_process: if a.processes { 0 } else { nodes.len() },
-    };
-    run.fill(&mut out);
-    fedn.stop().await;
+    fedn.finish(&mut out, count, elapsed, cpu, (fields, json_bytes))
+        .await;
     if json {
         println!("{out}");
     } else {
@@ -1009,9 +1029,8 @@ async fn bench_backlog(
     if !json {
         eprintln!("  {queued} queued at {before} for {last}; starting {last}");
     }
-    let cpu_now = |f: &BenchNodes| process_cpu_s() + f.children_cpu_s();
     fedn.restart_node(last).await?;
-    let restarted = (Instant::now(), cpu_now(&fedn));
+    let restarted = (Instant::now(), fedn.cpu_s());
     // Timed from the first acknowledgement seen to the last: the sustained rate, without the
     // reconnection and the first round's ramp-up.
     let mut started: Option<(Instant, u64, f64)> = None;
@@ -1020,7 +1039,7 @@ async fn bench_backlog(
     loop {
         let b = link().await?;
         if started.is_none() && b < queued && b > 0 {
-            started = Some((Instant::now(), b, cpu_now(&fedn)));
+            started = Some((Instant::now(), b, fedn.cpu_s()));
         }
         if b == 0 {
             break;
@@ -1039,23 +1058,13 @@ async fn bench_backlog(
     // Drained before it was seen under way (a small backlog): time it from the restart.
     let (t0, left, cpu0) = started.unwrap_or((restarted.0, queued, restarted.1));
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = cpu_now(&fedn) - cpu0;
-    let per_node = fedn.peak_rss_per_node();
+    let cpu = fedn.cpu_s() - cpu0;
     let mut out = serde_json::json!({
         "hops": a.hops, "count": count, "mode": "backlog", "drained": left,
         "p50_ms": null, "p99_ms": null, "max_ms": null,
     });
-    let run = Run {
-        notifications: left,
-        elapsed_s: elapsed,
-        cpu_s: cpu,
-        per_node,
-        fields,
-        json_bytes,
-        nodes_in_process: if a.processes { 0 } else { nodes.len() },
-    };
-    run.fill(&mut out);
-    fedn.stop().await;
+    fedn.finish(&mut out, left, elapsed, cpu, (fields, json_bytes))
+        .await;
     if json {
         println!("{out}");
     } else {
