@@ -20,28 +20,6 @@ fn valid() -> Vec<u8> {
     .into_bytes()
 }
 
-/// Overwrites, inserts or removes `junk` at `at` (a fraction of the length).
-fn mutated(mut bytes: Vec<u8>, how: u8, at: f64, junk: &[u8]) -> Vec<u8> {
-    let i = ((bytes.len() as f64) * at) as usize;
-    match how % 3 {
-        0 => {
-            for (k, b) in junk.iter().enumerate() {
-                if let Some(slot) = bytes.get_mut(i + k) {
-                    *slot = *b;
-                }
-            }
-        }
-        1 => {
-            bytes.splice(i..i, junk.iter().copied());
-        }
-        _ => {
-            let end = (i + junk.len()).min(bytes.len());
-            bytes.drain(i..end);
-        }
-    }
-    bytes
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(3_000))]
 
@@ -51,7 +29,7 @@ proptest! {
         at in 0.0f64..1.0,
         junk in proptest::collection::vec(any::<u8>(), 1..12),
     ) {
-        let bytes = mutated(valid(), how, at, &junk);
+        let bytes = common::mutate::mutated(valid(), how, at, &junk);
         if let Ok(n) = Notification::from_json(&bytes) {
             let env = common::seal(&n);
             let view = envelope::inspect(&env).expect("a sealed notification inspects");

@@ -13,28 +13,16 @@ const EXAMPLES: [&str; 3] = [
     include_str!("../../../docs/examples/policy-accra.toml"),
 ];
 
+/// The core fuzzers' mutation, over characters (so that the text stays UTF-8).
+#[path = "../../tidewire-core/tests/common/mutate.rs"]
+mod mutate;
+
 /// Overwrites, inserts or removes `junk` at character `at` (a fraction of the length).
 fn mutated(text: &str, how: u8, at: f64, junk: &str) -> String {
-    let mut chars: Vec<char> = text.chars().collect();
-    let i = ((chars.len() as f64) * at) as usize;
     let junk: Vec<char> = junk.chars().collect();
-    match how % 3 {
-        0 => {
-            for (k, c) in junk.iter().enumerate() {
-                if let Some(slot) = chars.get_mut(i + k) {
-                    *slot = *c;
-                }
-            }
-        }
-        1 => {
-            chars.splice(i..i, junk.iter().copied());
-        }
-        _ => {
-            let end = (i + junk.len()).min(chars.len());
-            chars.drain(i..end);
-        }
-    }
-    chars.into_iter().collect()
+    mutate::mutated(text.chars().collect(), how, at, &junk)
+        .into_iter()
+        .collect()
 }
 
 proptest! {

@@ -2,6 +2,8 @@
 //! small byte helpers. Every key comes from a fixed seed, so failures reproduce.
 #![allow(dead_code)]
 
+pub mod mutate;
+
 use sha2::{Digest, Sha256};
 use tidewire_core::envelope::{self, Envelope, Hop};
 use tidewire_core::keys::{Roster, RosterNode, SigningKey};
