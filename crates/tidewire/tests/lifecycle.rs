@@ -22,6 +22,18 @@ async fn held(f: &LocalFederation, node: &str, id: &str) -> bool {
         .any(|i| i.id == id)
 }
 
+/// An H0 alert from maoc-n to dakar saying `text`, expiring at `expires_at` if given.
+fn alert(text: &str, expires_at: Option<&str>) -> serde_json::Value {
+    let mut n = serde_json::json!({
+        "kind": "alert", "routes": ["atlantic.west-africa"], "handling": "H0",
+        "audience": ["node:dakar"], "fields": {"narrative": text}
+    });
+    if let Some(at) = expires_at {
+        n["expires_at"] = at.into();
+    }
+    n
+}
+
 async fn pair() -> (tempfile::TempDir, LocalFederation) {
     federation(&["maoc-n", "dakar"], &["maoc-n:dakar"]).await
 }
@@ -29,20 +41,8 @@ async fn pair() -> (tempfile::TempDir, LocalFederation) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_notification_is_never_forwarded() {
     let (_tmp, f) = pair().await;
-    let expired = publish(&f, "maoc-n", &serde_json::json!({
-        "kind": "alert", "routes": ["atlantic.west-africa"], "handling": "H0",
-        "audience": ["node:dakar"], "expires_at": "2020-01-01T00:00:00Z", "fields": {"narrative": "stale"}
-    }))
-    .await;
-    let fresh = publish(
-        &f,
-        "maoc-n",
-        &serde_json::json!({
-            "kind": "alert", "routes": ["atlantic.west-africa"], "handling": "H0",
-            "audience": ["node:dakar"], "fields": {"narrative": "current"}
-        }),
-    )
-    .await;
+    let expired = publish(&f, "maoc-n", &alert("stale", Some("2020-01-01T00:00:00Z"))).await;
+    let fresh = publish(&f, "maoc-n", &alert("current", None)).await;
     // The fresh one, queued after the expired one, arrives: the expired one was resolved first.
     wait_for(
         Duration::from_secs(10),
@@ -120,24 +120,8 @@ async fn expired_content_is_purged_everywhere_with_its_seen_set_entries() {
     // expiring one goes, the lasting one (stored in the same batch) stays.
     f.stop_node("dakar").await.expect("stop dakar");
     let soon = tidewire_core::timefmt::format_ms(tidewire_core::timefmt::now_ms() + 3_000);
-    let id = publish(
-        &f,
-        "maoc-n",
-        &serde_json::json!({
-            "kind": "alert", "routes": ["atlantic.west-africa"], "handling": "H0",
-            "audience": ["node:dakar"], "expires_at": soon, "fields": {"narrative": "brief"}
-        }),
-    )
-    .await;
-    let lasting = publish(
-        &f,
-        "maoc-n",
-        &serde_json::json!({
-            "kind": "alert", "routes": ["atlantic.west-africa"], "handling": "H0",
-            "audience": ["node:dakar"], "fields": {"narrative": "for the file"}
-        }),
-    )
-    .await;
+    let id = publish(&f, "maoc-n", &alert("brief", Some(&soon))).await;
+    let lasting = publish(&f, "maoc-n", &alert("for the file", None)).await;
     f.restart_node("dakar").await.expect("restart dakar");
     wait_for(Duration::from_secs(10), "dakar to hold both", || async {
         held(&f, "dakar", &id).await && held(&f, "dakar", &lasting).await
@@ -184,13 +168,12 @@ fn indexed(f: &LocalFederation, node: &str, id: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_held_past_the_retention_is_purged_and_older_copies_are_not_kept() {
     let (_tmp, mut f) = pair().await;
-    let alert = |text: &str| {
-        serde_json::json!({
-            "kind": "alert", "routes": ["atlantic.west-africa"], "handling": "H0",
-            "audience": ["node:dakar"], "fields": {"narrative": text}
-        })
-    };
-    let kept = publish(&f, "maoc-n", &alert("received under the default retention")).await;
+    let kept = publish(
+        &f,
+        "maoc-n",
+        &alert("received under the default retention", None),
+    )
+    .await;
     wait_for(Duration::from_secs(10), "dakar to hold it", || async {
         held(&f, "dakar", &kept).await
     })
@@ -201,7 +184,12 @@ async fn content_held_past_the_retention_is_purged_and_older_copies_are_not_kept
     // 36 ms only, so the waiting one is already too old for it when it arrives.
     f.stop_node("dakar").await.expect("stop dakar");
     let queued_at = tidewire_core::timefmt::now_ms();
-    let late = publish(&f, "maoc-n", &alert("older than dakar keeps anything")).await;
+    let late = publish(
+        &f,
+        "maoc-n",
+        &alert("older than dakar keeps anything", None),
+    )
+    .await;
     common::set_limit(&f, "dakar", "retention_hours", "0.00001");
     wait_for(
         Duration::from_secs(5),
