@@ -951,6 +951,16 @@ async fn wildcard_audiences_reach_only_nodes_with_interest() {
     f.stop().await;
 }
 
+/// Ends the durable subscription `durable` of the identity `conn` connects as.
+async fn forget(conn: &Conn, durable: &str) -> Result<pb::ForgetReply, tonic::Status> {
+    pb::subscriber_client::SubscriberClient::new(conn.connect().await.expect("connect"))
+        .forget(pb::ForgetRequest {
+            durable: durable.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ending_a_durable_subscription_withdraws_its_interest_and_its_cursor() {
     let (_tmp, f) = line().await;
@@ -979,14 +989,7 @@ async fn ending_a_durable_subscription_withdraws_its_interest_and_its_cursor() {
     .await;
 
     // The officer leaves the post and ends it.
-    let mut client =
-        pb::subscriber_client::SubscriberClient::new(me.connect().await.expect("connect"));
-    client
-        .forget(pb::ForgetRequest {
-            durable: "caribbean-desk".into(),
-        })
-        .await
-        .expect("forget");
+    forget(&me, "caribbean-desk").await.expect("forget");
     wait_for(
         Duration::from_secs(20),
         "maoc-n to drop the withdrawn interest",
@@ -1006,10 +1009,7 @@ async fn ending_a_durable_subscription_withdraws_its_interest_and_its_cursor() {
     );
 
     // Forgetting it again is a clear NOT_FOUND, and changes nothing.
-    let again = client
-        .forget(pb::ForgetRequest {
-            durable: "caribbean-desk".into(),
-        })
+    let again = forget(&me, "caribbean-desk")
         .await
         .expect_err("already forgotten");
     assert_eq!(again.code(), tonic::Code::NotFound);
@@ -1065,19 +1065,11 @@ async fn a_durable_subscription_left_unconnected_past_the_idle_limit_is_ended() 
     // The pass that ended the left desk also saw the connected one, which is older: kept.
     assert_eq!(ended().await, ["left-desk"]);
 
-    let mut client =
-        pb::subscriber_client::SubscriberClient::new(me.connect().await.expect("connect"));
-    let gone = client
-        .forget(pb::ForgetRequest {
-            durable: "left-desk".into(),
-        })
+    let gone = forget(&me, "left-desk")
         .await
         .expect_err("the idle subscription was ended");
     assert_eq!(gone.code(), tonic::Code::NotFound);
-    client
-        .forget(pb::ForgetRequest {
-            durable: "night-desk".into(),
-        })
+    forget(&me, "night-desk")
         .await
         .expect("the connected subscription is still there");
     f.stop().await;
