@@ -767,6 +767,25 @@ fn bench_notification(i: u64, to: &str, persons: u64) -> String {
 
 /// CPU time (user + system) this process has used, in seconds: with the nodes in process, the
 /// whole benchmark (nodes, publisher, subscriber).
+/// Publishes `count` benchmark notifications for `to` through one `PublishStream` at `conn`,
+/// as fast as the node accepts them, and returns once every one is acknowledged.
+async fn publish_all(conn: &Conn, count: u64, to: &str, persons: u64) -> Result<()> {
+    let to = to.to_owned();
+    let reqs = futures::stream::iter(0..count).map(move |i| pb::PublishRequest {
+        notification_json: bench_notification(i, &to, persons),
+        idempotency_key: String::new(),
+    });
+    let mut replies = pb::publisher_client::PublisherClient::new(conn.connect().await?)
+        .publish_stream(reqs)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    while let Some(r) = replies.next().await {
+        r.map_err(status_error)?;
+    }
+    Ok(())
+}
+
 fn process_cpu_s() -> f64 {
     proc_cpu_s("/proc/self/stat")
 }
@@ -988,20 +1007,7 @@ async fn bench_backlog(
             json_bytes, nodes[0]
         );
     }
-    let target = last.to_owned();
-    let reqs = futures::stream::iter(0..count).map(move |i| pb::PublishRequest {
-        notification_json: bench_notification(i, &target, persons),
-        idempotency_key: String::new(),
-    });
-    let mut replies =
-        pb::publisher_client::PublisherClient::new(fedn.conn(nodes[0]).connect().await?)
-            .publish_stream(reqs)
-            .await
-            .map_err(status_error)?
-            .into_inner();
-    while let Some(r) = replies.next().await {
-        r.map_err(status_error)?;
-    }
+    publish_all(&fedn.conn(nodes[0]), count, last, persons).await?;
     let mut admin = pb::admin_client::AdminClient::new(fedn.conn(before).connect().await?);
     let mut link = async || -> Result<u64> {
         let s = admin
@@ -1150,18 +1156,7 @@ pub async fn bench_fanout(a: FanoutArgs, json: bool) -> Result<()> {
         );
     }
     let start = Instant::now();
-    let reqs = futures::stream::iter(0..count).map(|i| pb::PublishRequest {
-        notification_json: bench_notification(i, "maoc-n", 6),
-        idempotency_key: String::new(),
-    });
-    let mut replies = pb::publisher_client::PublisherClient::new(conn.connect().await?)
-        .publish_stream(reqs)
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    while let Some(r) = replies.next().await {
-        r.map_err(status_error)?;
-    }
+    publish_all(&conn, count, "maoc-n", 6).await?;
     let mut all = Vec::new();
     let mut complete = 0;
     for r in readers {
