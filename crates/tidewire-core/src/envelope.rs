@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{CoreError, VerifyError};
 use crate::fields::{FieldPath, PathPattern};
 use crate::keys::{Roster, SigningKey};
+use crate::merkle;
 use crate::model::{AudienceEntry, Grading, Handling, Kind, NodeId, NotificationId, Route};
 use crate::notification::Notification;
 use crate::timefmt;
@@ -28,6 +29,12 @@ pub use crate::wire::Envelope;
 pub const HEADER_DOMAIN: &[u8] = b"tidewire/v1/header\0";
 /// Domain separator for custody signatures.
 pub const CUSTODY_DOMAIN: &[u8] = b"tidewire/v1/custody\0";
+/// Domain separator for a signature over a round's Merkle root ([`crate::merkle`]); the signed
+/// message goes on with the domain of what the round's leaves are.
+pub const ROUND_DOMAIN: &[u8] = b"tidewire/v1/round\0";
+/// Most custody entries one round signature covers: a path of six hashes (192 bytes per hop),
+/// and one signature to verify per 64 entries of a receive batch.
+pub const CUSTODY_ROUND: usize = 64;
 /// The largest encoded envelope accepted.
 pub const MAX_ENVELOPE_BYTES: usize = 4 * 1024 * 1024;
 /// The most custody entries (hops) an envelope may carry.
@@ -290,6 +297,14 @@ fn chain_hash(env: &Envelope, upto: usize) -> [u8; 32] {
     for c in &env.custody[..upto] {
         part(&c.body);
         part(&c.signature);
+        // Entries signed alone hash as they always have; a round's proof is chained too.
+        if let Some(r) = &c.round {
+            part(&r.index.to_be_bytes());
+            part(&r.size.to_be_bytes());
+            for p in &r.path {
+                part(p);
+            }
+        }
     }
     h.finalize().into()
 }
@@ -297,6 +312,15 @@ fn chain_hash(env: &Envelope, upto: usize) -> [u8; 32] {
 /// Applies one hop: withholds and substitutes disclosed fields and appends this node's signed
 /// custody entry. Paths that are not disclosed are ignored (nothing to withhold).
 pub fn relay(env: &Envelope, hop: Hop<'_>) -> Envelope {
+    let key = hop.key;
+    let mut out = relay_unsigned(env, hop);
+    sign_custody_round(key, std::slice::from_mut(&mut out));
+    out
+}
+
+/// [`relay`] without the signature: the custody entry is appended with an empty one, for
+/// [`sign_custody_round`] to sign together with the rest of a send round.
+pub fn relay_unsigned(env: &Envelope, hop: Hop<'_>) -> Envelope {
     let mut out = env.clone();
     let mut withheld = Vec::new();
     let mut transformations = Vec::new();
@@ -337,9 +361,83 @@ pub fn relay(env: &Envelope, hop: Hop<'_>) -> Envelope {
         to: hop.to.to_string(),
     }
     .encode_to_vec();
-    let signature = hop.key.sign(CUSTODY_DOMAIN, &body).to_vec();
-    out.custody.push(wire::CustodyEntry { body, signature });
+    out.custody.push(wire::CustodyEntry {
+        body,
+        signature: Vec::new(),
+        round: None,
+    });
     out
+}
+
+/// Signs the last custody entry of each envelope (appended by [`relay_unsigned`]) with `key`.
+/// One envelope gets a signature over its body, as [`relay`] gives. More are signed in rounds of
+/// up to [`CUSTODY_ROUND`]: one signature over the Merkle root of the round's bodies, and each
+/// entry carries its inclusion path, so that a receiver verifies one signature per round.
+pub fn sign_custody_round(key: &SigningKey, envs: &mut [Envelope]) {
+    for round in envs.chunks_mut(CUSTODY_ROUND) {
+        if let [one] = round {
+            if let Some(c) = one.custody.last_mut() {
+                c.signature = key.sign(CUSTODY_DOMAIN, &c.body).to_vec();
+                c.round = None;
+            }
+            continue;
+        }
+        let leaves: Vec<merkle::Hash> = round
+            .iter()
+            .map(|e| custody_leaf(e.custody.last().map_or(&[][..], |c| &c.body)))
+            .collect();
+        let (root, paths) = merkle::build(&leaves);
+        let size = leaves.len() as u32;
+        let signature = key.sign(ROUND_DOMAIN, &round_message(CUSTODY_DOMAIN, size, &root));
+        for (i, (e, path)) in round.iter_mut().zip(paths).enumerate() {
+            if let Some(c) = e.custody.last_mut() {
+                c.signature = signature.to_vec();
+                c.round = Some(wire::RoundProof {
+                    index: i as u32,
+                    size,
+                    path: path.into_iter().map(|h| h.to_vec()).collect(),
+                });
+            }
+        }
+    }
+}
+
+fn custody_leaf(body: &[u8]) -> merkle::Hash {
+    merkle::leaf_hash(&[CUSTODY_DOMAIN, body])
+}
+
+/// What a round signature signs, after [`ROUND_DOMAIN`]: the leaves' domain, the round's size
+/// and its root.
+fn round_message(leaf_domain: &[u8], size: u32, root: &merkle::Hash) -> Vec<u8> {
+    [leaf_domain, &size.to_be_bytes(), root].concat()
+}
+
+/// The message a custody entry's signature must verify over: its body, or its round's root.
+fn custody_message(entry: &wire::CustodyEntry) -> Result<Vec<u8>, String> {
+    let Some(r) = &entry.round else {
+        return Ok([CUSTODY_DOMAIN, entry.body.as_slice()].concat());
+    };
+    if r.size < 2 {
+        return Err("its signing round has fewer than two entries".into());
+    }
+    if r.path.len() > merkle::MAX_PATH {
+        return Err("its round proof is too long".into());
+    }
+    let mut path = Vec::with_capacity(r.path.len());
+    for p in &r.path {
+        path.push(
+            <merkle::Hash>::try_from(p.as_slice())
+                .map_err(|_| "a hash of its round proof is not 32 bytes".to_owned())?,
+        );
+    }
+    let root = merkle::root_from_path(
+        r.index.into(),
+        r.size.into(),
+        &custody_leaf(&entry.body),
+        &path,
+    )
+    .ok_or_else(|| "its round proof does not fit its place in the round".to_owned())?;
+    Ok([ROUND_DOMAIN, &round_message(CUSTODY_DOMAIN, r.size, &root)].concat())
 }
 
 /// A field the receiver got, verified against a commitment.
@@ -390,6 +488,8 @@ pub struct CustodyHop {
     pub withheld: usize,
     /// How many values it generalised.
     pub transformed: usize,
+    /// `(index, size)` when the relay signed this entry as one of a round of entries.
+    pub round: Option<(u32, u32)>,
 }
 
 /// What a receiver may rely on after [`verify`]: every field here is the origin's, or a
@@ -554,6 +654,7 @@ fn parse(env: &Envelope, parts: Parts) -> Result<VerifiedView, VerifyError> {
             policy_version: body.policy_version.clone(),
             withheld: body.withheld.len(),
             transformed: body.transformations.len(),
+            round: env.custody[i].round.as_ref().map(|r| (r.index, r.size)),
         });
     }
 
@@ -711,8 +812,11 @@ fn collect_signatures(
     }
     let mut messages: Vec<Vec<u8>> = Vec::with_capacity(keys.len());
     messages.push([HEADER_DOMAIN, env.signed_header.as_slice()].concat());
-    for c in &env.custody {
-        messages.push([CUSTODY_DOMAIN, c.body.as_slice()].concat());
+    for (i, c) in env.custody.iter().enumerate() {
+        messages.push(
+            custody_message(c)
+                .map_err(|reason| VerifyError::BrokenCustodyChain { index: i, reason })?,
+        );
     }
     let mut sigs = Vec::with_capacity(keys.len());
     sigs.push(
@@ -790,10 +894,18 @@ fn verify_batch_of(
         .collect();
     let (mut msgs, mut sigs, mut keys): (Vec<&[u8]>, Vec<Signature>, Vec<VerifyingKey>) =
         (Vec::new(), Vec::new(), Vec::new());
+    // A round signature appears once per entry of its round: each distinct (key, message,
+    // signature) goes into the batch once.
+    let mut distinct: HashMap<([u8; 32], [u8; 64]), &[u8]> = HashMap::new();
     for (_, _, sc) in prepared.iter().flatten() {
-        msgs.extend(sc.messages.iter().map(Vec::as_slice));
-        sigs.extend_from_slice(&sc.sigs);
-        keys.extend_from_slice(&sc.keys);
+        for ((m, s), k) in sc.messages.iter().zip(&sc.sigs).zip(&sc.keys) {
+            let seen = distinct.entry((k.to_bytes(), s.to_bytes())).or_insert(m);
+            if std::ptr::eq(*seen, m.as_slice()) || *seen != m.as_slice() {
+                msgs.push(m);
+                sigs.push(*s);
+                keys.push(*k);
+            }
+        }
     }
     let all_ok = !sigs.is_empty() && ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok();
     prepared

@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod error;
 pub mod fields;
 pub mod keys;
+pub mod merkle;
 pub mod model;
 pub mod notification;
 pub mod timefmt;

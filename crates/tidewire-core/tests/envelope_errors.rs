@@ -54,7 +54,11 @@ fn field<'e>(env: &'e Envelope, path: &str) -> &'e wire::DisclosedField {
 fn push_entry(env: &mut Envelope, body: wire::CustodyBody, key: &SigningKey) {
     let body = body.encode_to_vec();
     let signature = key.sign(envelope::CUSTODY_DOMAIN, &body).to_vec();
-    env.custody.push(wire::CustodyEntry { body, signature });
+    env.custody.push(wire::CustodyEntry {
+        body,
+        signature,
+        round: None,
+    });
 }
 
 #[test]
@@ -626,4 +630,56 @@ fn verify_many_refuses_only_the_bad_envelopes_with_their_own_errors() {
         out[3],
         Err(tidewire_core::VerifyError::BadOriginSignature(_))
     ));
+}
+
+#[test]
+fn a_round_signed_batch_verifies_as_one_and_a_forged_member_is_refused_alone() {
+    let roster = common::roster();
+    let nodes = path_nodes();
+    let key = relay_key(0);
+    // A send round of 70 copies: one full round of 64 entries under one signature, and a
+    // second round of 6.
+    let mut round: Vec<Envelope> = (0..70)
+        .map(|_| {
+            let env = common::seal(&common::sample());
+            envelope::relay_unsigned(&env, hop(0, &nodes, &key, &[]))
+        })
+        .collect();
+    envelope::sign_custody_round(&key, &mut round);
+    assert_eq!(
+        round[0].custody[0].signature,
+        round[63].custody[0].signature
+    );
+    assert_ne!(
+        round[63].custody[0].signature,
+        round[64].custody[0].signature
+    );
+    assert_eq!(round[69].custody[0].round.as_ref().map(|r| r.size), Some(6));
+
+    // A relay that signs a body it never put in the round: the round's signature with another
+    // entry's proof does not make it valid.
+    let mut forged = round[5].clone();
+    let mut body = wire::CustodyBody::decode(forged.custody[0].body.as_slice()).unwrap();
+    body.policy_version = "policy-v2".into();
+    forged.custody[0].body = body.encode_to_vec();
+    round[5] = forged;
+
+    let inputs: Vec<Vec<u8>> = round.iter().map(envelope::encode).collect();
+    let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+    let out = envelope::verify_many(&refs, &roster);
+    for (i, r) in out.iter().enumerate() {
+        if i == 5 {
+            assert_eq!(
+                r.as_ref().err(),
+                Some(&VerifyError::BadCustodySignature {
+                    index: 0,
+                    node: common::RELAYS[0].into()
+                })
+            );
+        } else {
+            let (_, view) = r.as_ref().unwrap_or_else(|e| panic!("copy {i}: {e}"));
+            assert!(view.signatures_checked);
+            assert_eq!(view.custody.len(), 1, "copy {i}");
+        }
+    }
 }

@@ -19,7 +19,10 @@
 //!   - a custody entry's body, or a transformation inside it: `BadCustodySignature` for that entry,
 //!     `BrokenCustodyChain` for that entry when the body no longer decodes, and `UnknownRelay` /
 //!     `UnknownKey` only when the change rewrote the relay or key id it names;
-//!   - a custody entry's signature: `BadCustodySignature` for that entry.
+//!   - a custody entry's signature: `BadCustodySignature` for that entry;
+//!   - a custody entry's round proof (relays sign their entries in rounds of 1–5 envelopes, at a
+//!     random place in the round): `BadCustodySignature` for that entry, or `BrokenCustodyChain`
+//!     for it when the proof no longer has the shape of one.
 
 mod common;
 
@@ -85,6 +88,9 @@ struct Plan {
     fates: Vec<u8>,
     /// Generalised values, used in turn.
     substitutes: Vec<Value>,
+    /// Relay `h` signs its custody entry in a round of `rounds[h].0` envelopes (1: alone), the
+    /// plan's at place `rounds[h].1 % rounds[h].0`.
+    rounds: Vec<(usize, usize)>,
 }
 
 fn plan(hops: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Plan> {
@@ -93,12 +99,14 @@ fn plan(hops: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Plan> {
         hops,
         prop::collection::vec(any::<u8>(), 1..32),
         prop::collection::vec(scalar(), 1..8),
+        prop::collection::vec((1usize..=5, any::<usize>()), 3),
     )
-        .prop_map(|(body, hops, fates, substitutes)| Plan {
+        .prop_map(|(body, hops, fates, substitutes, rounds)| Plan {
             body,
             hops,
             fates,
             substitutes,
+            rounds,
         })
 }
 
@@ -254,21 +262,37 @@ fn run(plan: &Plan, force: Force) -> Outcome {
             }
         }
         *withheld_by.entry(Some(nodes[h].to_string())).or_default() += withhold.len();
-        env = envelope::relay(
-            &env,
-            Hop {
-                node: &nodes[h],
-                key: &key,
-                to: &nodes[h + 1],
-                at_ms: common::CREATED_AT_MS + 1_000 * (h as i64 + 1),
-                policy_version: "policy-v1",
-                withhold: withhold
-                    .iter()
-                    .map(|p| (p.clone(), format!("rule-{h}")))
-                    .collect(),
-                substitute,
-            },
-        );
+        let hop = Hop {
+            node: &nodes[h],
+            key: &key,
+            to: &nodes[h + 1],
+            at_ms: common::CREATED_AT_MS + 1_000 * (h as i64 + 1),
+            policy_version: "policy-v1",
+            withhold: withhold
+                .iter()
+                .map(|p| (p.clone(), format!("rule-{h}")))
+                .collect(),
+            substitute,
+        };
+        // The relay signs this envelope's entry in a round with others it sends (here, the same
+        // envelope relayed at other times).
+        let (size, place) = plan.rounds[h];
+        let place = place % size;
+        let mut round: Vec<Envelope> = (0..size)
+            .map(|j| {
+                let at_ms = hop.at_ms + j as i64 - place as i64;
+                envelope::relay_unsigned(
+                    &env,
+                    Hop {
+                        at_ms,
+                        ..hop.clone()
+                    },
+                )
+            })
+            .collect();
+        envelope::sign_custody_round(&key, &mut round);
+        env = round.swap_remove(place);
+        assert_eq!(env.custody[h].round.is_some(), size > 1);
     }
     // Keep only what is still disclosed, in the original (envelope) order.
     let gone: Vec<bool> = fates
@@ -495,6 +519,37 @@ proptest! {
         prop_assert!(
             custody_body_error_accepted(&err, c, names),
             "entry {} body byte {} ^ {:#04x}: {:?}", c, i, mask, err
+        );
+    }
+
+    #[test]
+    fn changing_a_round_proof_fails_as_a_bad_custody_entry(
+        p in plan(1..=3), entry in any::<Index>(), what in 0u8..3, at in any::<Index>(), mask in 1u32..=255,
+    ) {
+        let out = run(&p, Force::Nothing);
+        let mut bad = out.env.clone();
+        let c = entry.index(bad.custody.len());
+        let Some(r) = bad.custody[c].round.as_mut() else {
+            return Ok(());
+        };
+        match what {
+            0 => r.index ^= mask,
+            1 => r.size ^= mask,
+            _ => {
+                let k = at.index(r.path.len());
+                let path = &mut r.path[k];
+                let i = at.index(path.len());
+                path[i] ^= mask as u8;
+            }
+        }
+        let err = verify(&bad).expect_err("a changed round proof must not verify");
+        prop_assert!(
+            matches!(
+                &err,
+                VerifyError::BadCustodySignature { index, .. } | VerifyError::BrokenCustodyChain { index, .. }
+                    if *index == c
+            ),
+            "entry {} proof part {} ^ {:#04x}: {:?}", c, what, mask, err
         );
     }
 

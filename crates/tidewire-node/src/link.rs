@@ -425,7 +425,7 @@ async fn send_loop(
         changed.borrow_and_update();
         let mut resolved_ops = Vec::new();
         let mut resolved_entries = Vec::new();
-        let mut frames = Vec::new();
+        let mut prepared = Vec::new();
         let dests: Vec<NodeId> = {
             let r = node.routing.lock().unwrap_or_else(|p| p.into_inner());
             roster
@@ -465,15 +465,6 @@ async fn send_loop(
                 match node.prepare_egress(&peer, dest, &item) {
                     Ok(p) => {
                         seq += 1;
-                        let frame = pb::LinkFrame {
-                            frame: Some(Frame::Transfer(pb::Transfer {
-                                seq,
-                                envelope: p.bytes.into(),
-                                destinations: vec![dest.to_string()],
-                                hops_left: item.hops_left,
-                                consent_grant: p.grant.into(),
-                            })),
-                        };
                         resolved_entries.push(p.entry.clone());
                         inflight.insert(
                             seq,
@@ -482,7 +473,7 @@ async fn send_loop(
                                 entry: p.entry,
                             },
                         );
-                        frames.push(frame);
+                        prepared.push((seq, dest.clone(), item.hops_left, p.grant, p.env));
                     }
                     Err(skipped) => {
                         resolved_ops.push(Op::delete(Space::Outbox, key));
@@ -496,6 +487,23 @@ async fn send_loop(
         // once its records are durable, rounds in order, while this loop prepares the next. A
         // resend after a lost ack is recorded again: it is a second disclosure, possibly under a
         // newer policy.
+        let (meta, envs): (Vec<_>, Vec<_>) = prepared
+            .into_iter()
+            .map(|(seq, dest, hops_left, grant, env)| ((seq, dest, hops_left, grant), env))
+            .unzip();
+        let frames: Vec<pb::LinkFrame> = meta
+            .into_iter()
+            .zip(node.sign_round(envs))
+            .map(|((seq, dest, hops_left, grant), bytes)| pb::LinkFrame {
+                frame: Some(Frame::Transfer(pb::Transfer {
+                    seq,
+                    envelope: bytes.into(),
+                    destinations: vec![dest.to_string()],
+                    hops_left,
+                    consent_grant: grant.into(),
+                })),
+            })
+            .collect();
         let sent = frames.len();
         if sent > 0 || !resolved_ops.is_empty() || !resolved_entries.is_empty() {
             let receipt = node.submit_numbered(resolved_ops, Numbered::default(), resolved_entries);

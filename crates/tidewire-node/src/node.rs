@@ -413,11 +413,12 @@ impl OutboxItem {
     }
 }
 
-/// A copy ready to go to a peer, with its ledger record (written when the peer acknowledges).
+/// A copy ready to go to a peer once its custody entry is signed ([`Node::sign_round`]), with its
+/// ledger record.
 #[derive(Debug)]
 pub struct Prepared {
-    /// Encoded envelope after policy and custody.
-    pub bytes: Vec<u8>,
+    /// The envelope after policy, its custody entry appended but not yet signed.
+    pub env: envelope::Envelope,
     /// The origin's consent, when the destination is outside the audience.
     pub grant: Vec<u8>,
     /// The `transfer` ledger entry.
@@ -1501,7 +1502,8 @@ impl Node {
 
     /// THE egress path towards peers: applies this node's policy for the next hop and, when the
     /// copy is for a node behind it, for that destination too (relays narrow, never widen), then
-    /// signs this node's custody entry. Nothing reaches a peer any other way.
+    /// appends this node's custody entry, which [`Node::sign_round`] signs with the rest of the
+    /// send round. Nothing reaches a peer any other way.
     pub fn prepare_egress(
         &self,
         peer: &NodeId,
@@ -1628,7 +1630,7 @@ impl Node {
         self.counters
             .withheld_fields
             .fetch_add(withhold.len() as u64, Ordering::Relaxed);
-        let out = envelope::relay(
+        let out = envelope::relay_unsigned(
             env,
             Hop {
                 node: self.id(),
@@ -1655,10 +1657,17 @@ impl Node {
             e.detail["consent"] = serde_json::json!("granted by origin");
         }
         Ok(Prepared {
-            bytes: envelope::encode(&out),
+            env: out,
             grant,
             entry: e,
         })
+    }
+
+    /// Signs the custody entries of a send round's prepared copies (one signature per
+    /// [`envelope::CUSTODY_ROUND`] of them) and encodes them.
+    pub fn sign_round(&self, mut envs: Vec<envelope::Envelope>) -> Vec<Vec<u8>> {
+        envelope::sign_custody_round(&self.key, &mut envs);
+        envs.iter().map(envelope::encode).collect()
     }
 
     /// The policy decision for a copy seen by `peer` and meant for `dest`.

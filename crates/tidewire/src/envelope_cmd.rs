@@ -167,7 +167,7 @@ pub fn view_json(v: &VerifiedView) -> serde_json::Value {
         "fields": v.body(),
         "transformed": v.fields.iter().filter_map(|f| f.transformed.as_ref().map(|t| serde_json::json!({"path": f.path, "by": t.by, "rule": t.rule_id, "method": t.method}))).collect::<Vec<_>>(),
         "withheld": v.withheld.iter().map(|w| serde_json::json!({"digest": w.digest, "by": w.by, "rule": w.rule_id})).collect::<Vec<_>>(),
-        "custody": v.custody.iter().map(|c| serde_json::json!({"node": c.node, "to": c.to, "at": timefmt::format_ms(c.at_ms), "policy_version": c.policy_version, "withheld": c.withheld, "transformed": c.transformed})).collect::<Vec<_>>(),
+        "custody": v.custody.iter().map(|c| serde_json::json!({"node": c.node, "to": c.to, "at": timefmt::format_ms(c.at_ms), "policy_version": c.policy_version, "withheld": c.withheld, "transformed": c.transformed, "round": c.round.map(|(index, size)| serde_json::json!({"index": index, "size": size}))})).collect::<Vec<_>>(),
         "path": v.path(),
     })
 }
@@ -248,7 +248,7 @@ fn print_view(v: &VerifiedView, json: bool, state: &str) {
         println!("  custody    {}", v.path().join(" -> "));
         for c in &v.custody {
             println!(
-                "    {} -> {} at {}  policy {}  withheld {} generalised {}",
+                "    {} -> {} at {}  policy {}  withheld {} generalised {}{}",
                 c.node,
                 c.to,
                 timefmt::format_ms(c.at_ms),
@@ -258,7 +258,10 @@ fn print_view(v: &VerifiedView, json: bool, state: &str) {
                     &c.policy_version
                 },
                 c.withheld,
-                c.transformed
+                c.transformed,
+                c.round
+                    .map(|(i, n)| format!("  signed in a round ({} of {n})", i + 1))
+                    .unwrap_or_default()
             );
         }
     }
