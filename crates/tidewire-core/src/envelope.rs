@@ -32,9 +32,9 @@ pub const CUSTODY_DOMAIN: &[u8] = b"tidewire/v1/custody\0";
 /// Domain separator for a signature over a round's Merkle root ([`crate::merkle`]); the signed
 /// message goes on with the domain of what the round's leaves are.
 pub const ROUND_DOMAIN: &[u8] = b"tidewire/v1/round\0";
-/// Most custody entries one round signature covers: a path of six hashes (192 bytes per hop),
-/// and one signature to verify per 64 entries of a receive batch.
-pub const CUSTODY_ROUND: usize = 64;
+/// Most messages one round signature covers: a path of at most six hashes (192 bytes per
+/// signature), and one signature to verify per 64 envelopes of a receive batch.
+pub const SIGNING_ROUND: usize = 64;
 /// The largest encoded envelope accepted.
 pub const MAX_ENVELOPE_BYTES: usize = 4 * 1024 * 1024;
 /// The most custody entries (hops) an envelope may carry.
@@ -190,6 +190,21 @@ pub fn seal(
     origin_seq: u64,
     created_at_ms: i64,
 ) -> Envelope {
+    let mut env = seal_unsigned(n, origin, key, id, origin_seq, created_at_ms);
+    sign_origin_round(key, std::slice::from_mut(&mut env));
+    env
+}
+
+/// [`seal`] without the origin signature, for [`sign_origin_round`] to sign with others sealed
+/// at the same time. `key` names the key that will sign.
+pub fn seal_unsigned(
+    n: &Notification,
+    origin: &NodeId,
+    key: &SigningKey,
+    id: NotificationId,
+    origin_seq: u64,
+    created_at_ms: i64,
+) -> Envelope {
     let mut fields = Vec::with_capacity(n.fields.len());
     let mut digests = Vec::with_capacity(n.fields.len());
     for leaf in &n.fields {
@@ -225,11 +240,10 @@ pub fn seal(
         key_id: key.key_id().to_owned(),
         field_digests: digests,
     };
-    let signed_header = header.encode_to_vec();
-    let origin_signature = key.sign(HEADER_DOMAIN, &signed_header).to_vec();
     Envelope {
-        signed_header,
-        origin_signature,
+        signed_header: header.encode_to_vec(),
+        origin_signature: Vec::new(),
+        origin_round: None,
         fields,
         custody: Vec::new(),
     }
@@ -294,19 +308,26 @@ fn chain_hash(env: &Envelope, upto: usize) -> [u8; 32] {
     };
     part(&env.signed_header);
     part(&env.origin_signature);
+    if let Some(r) = &env.origin_round {
+        round_parts(&mut part, r);
+    }
     for c in &env.custody[..upto] {
         part(&c.body);
         part(&c.signature);
         // Entries signed alone hash as they always have; a round's proof is chained too.
         if let Some(r) = &c.round {
-            part(&r.index.to_be_bytes());
-            part(&r.size.to_be_bytes());
-            for p in &r.path {
-                part(p);
-            }
+            round_parts(&mut part, r);
         }
     }
     h.finalize().into()
+}
+
+fn round_parts(part: &mut impl FnMut(&[u8]), r: &wire::RoundProof) {
+    part(&r.index.to_be_bytes());
+    part(&r.size.to_be_bytes());
+    for p in &r.path {
+        part(p);
+    }
 }
 
 /// Applies one hop: withholds and substitutes disclosed fields and appends this node's signed
@@ -369,56 +390,87 @@ pub fn relay_unsigned(env: &Envelope, hop: Hop<'_>) -> Envelope {
     out
 }
 
-/// Signs the last custody entry of each envelope (appended by [`relay_unsigned`]) with `key`.
-/// One envelope gets a signature over its body, as [`relay`] gives. More are signed in rounds of
-/// up to [`CUSTODY_ROUND`]: one signature over the Merkle root of the round's bodies, and each
-/// entry carries its inclusion path, so that a receiver verifies one signature per round.
+/// Signs the last custody entry of each envelope (appended by [`relay_unsigned`]) with `key`,
+/// in rounds ([`sign_rounds`]): a receiver verifies one signature per round.
 pub fn sign_custody_round(key: &SigningKey, envs: &mut [Envelope]) {
-    for round in envs.chunks_mut(CUSTODY_ROUND) {
-        if let [one] = round {
-            if let Some(c) = one.custody.last_mut() {
-                c.signature = key.sign(CUSTODY_DOMAIN, &c.body).to_vec();
-                c.round = None;
-            }
-            continue;
-        }
-        let leaves: Vec<merkle::Hash> = round
-            .iter()
-            .map(|e| custody_leaf(e.custody.last().map_or(&[][..], |c| &c.body)))
-            .collect();
-        let (root, paths) = merkle::build(&leaves);
-        let size = leaves.len() as u32;
-        let signature = key.sign(ROUND_DOMAIN, &round_message(CUSTODY_DOMAIN, size, &root));
-        for (i, (e, path)) in round.iter_mut().zip(paths).enumerate() {
-            if let Some(c) = e.custody.last_mut() {
-                c.signature = signature.to_vec();
-                c.round = Some(wire::RoundProof {
-                    index: i as u32,
-                    size,
-                    path: path.into_iter().map(|h| h.to_vec()).collect(),
-                });
-            }
+    let bodies: Vec<&[u8]> = envs
+        .iter()
+        .map(|e| e.custody.last().map_or(&[][..], |c| c.body.as_slice()))
+        .collect();
+    let signed = sign_rounds(key, CUSTODY_DOMAIN, &bodies);
+    for (e, (signature, round)) in envs.iter_mut().zip(signed) {
+        if let Some(c) = e.custody.last_mut() {
+            c.signature = signature.to_vec();
+            c.round = round;
         }
     }
 }
 
-fn custody_leaf(body: &[u8]) -> merkle::Hash {
-    merkle::leaf_hash(&[CUSTODY_DOMAIN, body])
+/// Signs the headers of envelopes sealed with [`seal_unsigned`] as their origin, in rounds
+/// ([`sign_rounds`]).
+pub fn sign_origin_round(key: &SigningKey, envs: &mut [Envelope]) {
+    let headers: Vec<&[u8]> = envs.iter().map(|e| e.signed_header.as_slice()).collect();
+    let signed = sign_rounds(key, HEADER_DOMAIN, &headers);
+    for (e, (signature, round)) in envs.iter_mut().zip(signed) {
+        e.origin_signature = signature.to_vec();
+        e.origin_round = round;
+    }
+}
+
+/// Signs each of `messages` (all of the kind `domain` names) with `key`. One alone gets a
+/// signature over `domain ‖ message`. More are signed in rounds of up to [`SIGNING_ROUND`]: one
+/// signature over `ROUND_DOMAIN ‖ domain ‖ u32 size ‖ root`, where root is the Merkle root
+/// ([`merkle`]) of the round's leaves `SHA-256(0x00 ‖ domain ‖ message)`, and each message gets
+/// its [`wire::RoundProof`].
+pub fn sign_rounds(
+    key: &SigningKey,
+    domain: &[u8],
+    messages: &[&[u8]],
+) -> Vec<([u8; 64], Option<wire::RoundProof>)> {
+    let mut out = Vec::with_capacity(messages.len());
+    for round in messages.chunks(SIGNING_ROUND) {
+        if let [one] = round {
+            out.push((key.sign(domain, one), None));
+            continue;
+        }
+        let leaves: Vec<merkle::Hash> = round.iter().map(|m| leaf(domain, m)).collect();
+        let (root, paths) = merkle::build(&leaves);
+        let size = leaves.len() as u32;
+        let signature = key.sign(ROUND_DOMAIN, &round_message(domain, size, &root));
+        out.extend(paths.into_iter().enumerate().map(|(i, path)| {
+            let proof = wire::RoundProof {
+                index: i as u32,
+                size,
+                path: path.into_iter().map(|h| h.to_vec()).collect(),
+            };
+            (signature, Some(proof))
+        }));
+    }
+    out
+}
+
+fn leaf(domain: &[u8], message: &[u8]) -> merkle::Hash {
+    merkle::leaf_hash(&[domain, message])
 }
 
 /// What a round signature signs, after [`ROUND_DOMAIN`]: the leaves' domain, the round's size
 /// and its root.
-fn round_message(leaf_domain: &[u8], size: u32, root: &merkle::Hash) -> Vec<u8> {
-    [leaf_domain, &size.to_be_bytes(), root].concat()
+fn round_message(domain: &[u8], size: u32, root: &merkle::Hash) -> Vec<u8> {
+    [domain, &size.to_be_bytes(), root].concat()
 }
 
-/// The message a custody entry's signature must verify over: its body, or its round's root.
-fn custody_message(entry: &wire::CustodyEntry) -> Result<Vec<u8>, String> {
-    let Some(r) = &entry.round else {
-        return Ok([CUSTODY_DOMAIN, entry.body.as_slice()].concat());
+/// What a signature over `message` (of the kind `domain` names) must verify over: the message
+/// itself, or the root its round proof leads it to. The error says what is wrong with the proof.
+fn signed_message(
+    domain: &[u8],
+    message: &[u8],
+    round: Option<&wire::RoundProof>,
+) -> Result<Vec<u8>, String> {
+    let Some(r) = round else {
+        return Ok([domain, message].concat());
     };
     if r.size < 2 {
-        return Err("its signing round has fewer than two entries".into());
+        return Err("its signing round has fewer than two members".into());
     }
     if r.path.len() > merkle::MAX_PATH {
         return Err("its round proof is too long".into());
@@ -430,14 +482,9 @@ fn custody_message(entry: &wire::CustodyEntry) -> Result<Vec<u8>, String> {
                 .map_err(|_| "a hash of its round proof is not 32 bytes".to_owned())?,
         );
     }
-    let root = merkle::root_from_path(
-        r.index.into(),
-        r.size.into(),
-        &custody_leaf(&entry.body),
-        &path,
-    )
-    .ok_or_else(|| "its round proof does not fit its place in the round".to_owned())?;
-    Ok([ROUND_DOMAIN, &round_message(CUSTODY_DOMAIN, r.size, &root)].concat())
+    let root = merkle::root_from_path(r.index.into(), r.size.into(), &leaf(domain, message), &path)
+        .ok_or_else(|| "its round proof does not fit its place in the round".to_owned())?;
+    Ok([ROUND_DOMAIN, &round_message(domain, r.size, &root)].concat())
 }
 
 /// A field the receiver got, verified against a commitment.
@@ -811,10 +858,13 @@ fn collect_signatures(
         keys.push(*key);
     }
     let mut messages: Vec<Vec<u8>> = Vec::with_capacity(keys.len());
-    messages.push([HEADER_DOMAIN, env.signed_header.as_slice()].concat());
+    messages.push(
+        signed_message(HEADER_DOMAIN, &env.signed_header, env.origin_round.as_ref())
+            .map_err(|_| VerifyError::BadOriginSignature(origin.to_owned()))?,
+    );
     for (i, c) in env.custody.iter().enumerate() {
         messages.push(
-            custody_message(c)
+            signed_message(CUSTODY_DOMAIN, &c.body, c.round.as_ref())
                 .map_err(|reason| VerifyError::BrokenCustodyChain { index: i, reason })?,
         );
     }

@@ -14,7 +14,8 @@
 //!   - signed header: `Malformed` (it no longer decodes or validates) or `BadOriginSignature`; and
 //!     `UnknownOrigin` / `UnknownKey` only when the change rewrote the origin or key id it names
 //!     (no signature can be checked without a key);
-//!   - origin signature: `BadOriginSignature`;
+//!   - origin signature, or its round proof (the origin signs headers in rounds of 1–5, at a
+//!     random place in the round): `BadOriginSignature`;
 //!   - a disclosed value or salt: `TamperedField` naming that field;
 //!   - a custody entry's body, or a transformation inside it: `BadCustodySignature` for that entry,
 //!     `BrokenCustodyChain` for that entry when the body no longer decodes, and `UnknownRelay` /
@@ -35,7 +36,7 @@ use prost::Message;
 use serde_json::{Map, Value};
 use tidewire_core::envelope::{self, Envelope, Hop, Substitution};
 use tidewire_core::fields::PathPattern;
-use tidewire_core::{Notification, VerifyError, wire};
+use tidewire_core::{Notification, NotificationId, VerifyError, wire};
 
 /// A scalar leaf: null, bool, integers, finite floats, unicode strings.
 fn scalar() -> impl Strategy<Value = Value> {
@@ -88,8 +89,8 @@ struct Plan {
     fates: Vec<u8>,
     /// Generalised values, used in turn.
     substitutes: Vec<Value>,
-    /// Relay `h` signs its custody entry in a round of `rounds[h].0` envelopes (1: alone), the
-    /// plan's at place `rounds[h].1 % rounds[h].0`.
+    /// The origin signs its header in a round of `rounds[0].0` headers (1: alone), the plan's at
+    /// place `rounds[0].1 % rounds[0].0`; relay `h` its custody entry likewise by `rounds[h + 1]`.
     rounds: Vec<(usize, usize)>,
 }
 
@@ -99,7 +100,7 @@ fn plan(hops: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Plan> {
         hops,
         prop::collection::vec(any::<u8>(), 1..32),
         prop::collection::vec(scalar(), 1..8),
-        prop::collection::vec((1usize..=5, any::<usize>()), 3),
+        prop::collection::vec((1usize..=5, any::<usize>()), 4),
     )
         .prop_map(|(body, hops, fates, substitutes, rounds)| Plan {
             body,
@@ -214,7 +215,27 @@ fn run(plan: &Plan, force: Force) -> Outcome {
     let committed = model.len();
     let mut withheld_by: BTreeMap<Option<String>, usize> = BTreeMap::new();
 
-    let mut env = common::seal(&n);
+    // The origin signs this header in a round with others it sealed at the same time.
+    let (size, place) = plan.rounds[0];
+    let place = place % size;
+    let mut sealed: Vec<Envelope> = (0..size)
+        .map(|j| {
+            let id = NotificationId::random();
+            let seq = 7 + j as u64;
+            let origin = common::node(common::ORIGIN);
+            envelope::seal_unsigned(
+                &n,
+                &origin,
+                &common::origin_key(),
+                id,
+                seq,
+                common::CREATED_AT_MS,
+            )
+        })
+        .collect();
+    envelope::sign_origin_round(&common::origin_key(), &mut sealed);
+    let mut env = sealed.swap_remove(place);
+    assert_eq!(env.origin_round.is_some(), size > 1);
 
     let mut redact: Vec<String> = model
         .iter()
@@ -276,7 +297,7 @@ fn run(plan: &Plan, force: Force) -> Outcome {
         };
         // The relay signs this envelope's entry in a round with others it sends (here, the same
         // envelope relayed at other times).
-        let (size, place) = plan.rounds[h];
+        let (size, place) = plan.rounds[h + 1];
         let place = place % size;
         let mut round: Vec<Envelope> = (0..size)
             .map(|j| {
@@ -428,6 +449,29 @@ proptest! {
         let i = at.index(bad.origin_signature.len());
         bad.origin_signature[i] ^= mask;
         let err = verify(&bad).expect_err("a changed origin signature must not verify");
+        prop_assert_eq!(err, VerifyError::BadOriginSignature(common::ORIGIN.into()));
+    }
+
+    #[test]
+    fn changing_the_origin_round_proof_fails_as_bad_origin_signature(
+        p in plan(0..=3), what in 0u8..3, at in any::<Index>(), mask in 1u32..=255,
+    ) {
+        let out = run(&p, Force::Nothing);
+        let mut bad = out.env.clone();
+        let Some(r) = bad.origin_round.as_mut() else {
+            return Ok(());
+        };
+        match what {
+            0 => r.index ^= mask,
+            1 => r.size ^= mask,
+            _ => {
+                let k = at.index(r.path.len());
+                let path = &mut r.path[k];
+                let i = at.index(path.len());
+                path[i] ^= mask as u8;
+            }
+        }
+        let err = verify(&bad).expect_err("a changed origin round proof must not verify");
         prop_assert_eq!(err, VerifyError::BadOriginSignature(common::ORIGIN.into()));
     }
 

@@ -413,6 +413,44 @@ impl OutboxItem {
     }
 }
 
+/// A publish validated and sealed, its origin signature still to make.
+#[derive(Debug)]
+struct Sealed {
+    n: Notification,
+    env: envelope::Envelope,
+    id: NotificationId,
+    seq: u64,
+    now: i64,
+    idempotency_key: String,
+    by: String,
+}
+
+enum Sealing {
+    /// The idempotency key was seen: the earlier publish's id and origin seq.
+    Duplicate(NotificationId, u64),
+    Sealed(Box<Sealed>),
+}
+
+/// A publish whose writes are queued for the group commit.
+#[derive(Debug)]
+pub struct PendingPublish {
+    receipt: Receipt,
+    id: NotificationId,
+    seq: u64,
+    kind: tidewire_core::Kind,
+    destinations: usize,
+}
+
+/// One notification's outcome in [`Node::publish_batch`], to await with
+/// [`Node::publish_outcome`].
+#[derive(Debug)]
+pub enum PublishOutcome {
+    /// Answered already: a duplicate or an error.
+    Done(Result<(NotificationId, u64, bool), NodeError>),
+    /// Queued; durable when its commit is.
+    Pending(PendingPublish),
+}
+
 /// A copy ready to go to a peer once its custody entry is signed ([`Node::sign_round`]), with its
 /// ledger record.
 #[derive(Debug)]
@@ -1136,6 +1174,69 @@ impl Node {
         idempotency_key: &str,
         by: &str,
     ) -> Result<(NotificationId, u64, bool), NodeError> {
+        let mut sealed = match self.publish_seal(json, idempotency_key, by)? {
+            Sealing::Duplicate(id, seq) => return Ok((id, seq, true)),
+            Sealing::Sealed(s) => s,
+        };
+        envelope::sign_origin_round(&self.key, std::slice::from_mut(&mut sealed.env));
+        let pending = self.publish_submit(sealed)?;
+        self.publish_finish(pending).await
+    }
+
+    /// Publishes a stream's batch (a bulk publisher's notifications that arrived together): each
+    /// is validated and sealed as [`Node::publish`] does, their headers are signed as one round
+    /// ([`envelope::sign_origin_round`]: one signature, which every receiver verifies once), and
+    /// their writes are queued for the group commit in the batch's order, which is the order
+    /// they go out in. Returns one outcome per notification, in order, each to await.
+    pub fn publish_batch(&self, reqs: &[(String, String)], by: &str) -> Vec<PublishOutcome> {
+        let mut out: Vec<PublishOutcome> = Vec::with_capacity(reqs.len());
+        let mut sealed = Vec::with_capacity(reqs.len());
+        for (json, key) in reqs {
+            match self.publish_seal(json, key, by) {
+                Ok(Sealing::Duplicate(id, seq)) => {
+                    out.push(PublishOutcome::Done(Ok((id, seq, true))))
+                }
+                Ok(Sealing::Sealed(s)) => {
+                    out.push(PublishOutcome::Done(Err(NodeError::ShuttingDown)));
+                    sealed.push((out.len() - 1, s));
+                }
+                Err(e) => out.push(PublishOutcome::Done(Err(e))),
+            }
+        }
+        let mut envs: Vec<envelope::Envelope> = sealed
+            .iter_mut()
+            .map(|(_, s)| std::mem::take(&mut s.env))
+            .collect();
+        envelope::sign_origin_round(&self.key, &mut envs);
+        for ((at, mut s), env) in sealed.into_iter().zip(envs) {
+            s.env = env;
+            out[at] = match self.publish_submit(s) {
+                Ok(p) => PublishOutcome::Pending(p),
+                Err(e) => PublishOutcome::Done(Err(e)),
+            };
+        }
+        out
+    }
+
+    /// Awaits a [`PublishOutcome`]: the publish's answer once it is durable.
+    pub async fn publish_outcome(
+        &self,
+        o: PublishOutcome,
+    ) -> Result<(NotificationId, u64, bool), NodeError> {
+        match o {
+            PublishOutcome::Done(r) => r,
+            PublishOutcome::Pending(p) => self.publish_finish(p).await,
+        }
+    }
+
+    /// The first step of a publish: checks the idempotency key and the rate, validates the JSON
+    /// and seals it (unsigned).
+    fn publish_seal(
+        &self,
+        json: &str,
+        idempotency_key: &str,
+        by: &str,
+    ) -> Result<Sealing, NodeError> {
         if idempotency_key.len() > 256 {
             return Err(NodeError::Invalid(
                 "idempotency key is longer than 256 bytes".into(),
@@ -1148,7 +1249,7 @@ impl Node {
         {
             let id = NotificationId::from_slice(&v[..16])
                 .map_err(|e| NodeError::Internal(e.to_string()))?;
-            return Ok((id, be_u64(&v[16..24]), true));
+            return Ok(Sealing::Duplicate(id, be_u64(&v[16..24])));
         }
         if !self.take_publish_token() {
             return Err(NodeError::RateLimited(format!(
@@ -1160,7 +1261,31 @@ impl Node {
         let id = NotificationId::random();
         let seq = self.origin_seq.fetch_add(1, Ordering::SeqCst) + 1;
         let now = timefmt::now_ms();
-        let env = envelope::seal(&n, self.id(), &self.key, id, seq, now);
+        let env = envelope::seal_unsigned(&n, self.id(), &self.key, id, seq, now);
+        Ok(Sealing::Sealed(Box::new(Sealed {
+            n,
+            env,
+            id,
+            seq,
+            now,
+            idempotency_key: idempotency_key.to_owned(),
+            by: by.to_owned(),
+        })))
+    }
+
+    /// The second step: stores the signed envelope and queues it for every destination, in one
+    /// batch submitted to the group commit now (so publishes go out in submission order).
+    fn publish_submit(&self, s: Box<Sealed>) -> Result<PendingPublish, NodeError> {
+        let Sealed {
+            n,
+            env,
+            id,
+            seq,
+            now,
+            idempotency_key,
+            by,
+        } = *s;
+        let idempotency_key = idempotency_key.as_str();
         let bytes = envelope::encode(&env);
         let view = envelope::inspect(&env).map_err(|e| NodeError::Internal(e.to_string()))?;
         let header = view.header.clone();
@@ -1228,14 +1353,29 @@ impl Node {
         }
         self.copies
             .insert(note_key(&id, self.id()), Arc::new(Copy { env, view }));
-        self.commit_numbered(ops, numbered, entries).await?;
+        let receipt = self.submit_numbered(ops, numbered, entries);
+        Ok(PendingPublish {
+            receipt,
+            id,
+            seq,
+            kind: n.kind,
+            destinations: dests.len(),
+        })
+    }
+
+    /// The last step: waits until the publish is durable, then lets the feed and links know.
+    async fn publish_finish(
+        &self,
+        p: PendingPublish,
+    ) -> Result<(NotificationId, u64, bool), NodeError> {
+        self.wait_commit(p.receipt).await?;
         self.counters.published.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(id = %id, kind = %n.kind, destinations = dests.len(), "published");
+        tracing::debug!(id = %p.id, kind = %p.kind, destinations = p.destinations, "published");
         self.feed_changed.send_modify(|v| *v += 1);
-        if !dests.is_empty() {
+        if p.destinations > 0 {
             self.bump_outbox();
         }
-        Ok((id, seq, false))
+        Ok((p.id, p.seq, false))
     }
 
     /// Verifies and durably stores a batch of transfers from `peer`. Returns one outcome per
@@ -1664,7 +1804,7 @@ impl Node {
     }
 
     /// Signs the custody entries of a send round's prepared copies (one signature per
-    /// [`envelope::CUSTODY_ROUND`] of them) and encodes them.
+    /// [`envelope::SIGNING_ROUND`] of them) and encodes them.
     pub fn sign_round(&self, mut envs: Vec<envelope::Envelope>) -> Vec<Vec<u8>> {
         envelope::sign_custody_round(&self.key, &mut envs);
         envs.iter().map(envelope::encode).collect()

@@ -4,8 +4,9 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tidewire_core::NotificationId;
+use tidewire_core::envelope;
 use tidewire_proto::v1 as pb;
 use tidewire_proto::v1::link_frame::Frame;
 use tokio::sync::mpsc;
@@ -82,27 +83,31 @@ impl pb::federation_server::Federation for FederationService {
     }
 }
 
+/// Most publishes of one stream awaiting their fsync at a time.
+const PUBLISH_STREAM_WINDOW: usize = 256;
+
 /// `tidewire.v1.Publisher`.
 #[derive(Debug, Clone)]
 pub struct PublisherService(pub Arc<Node>);
 
-impl PublisherService {
-    async fn publish_one(
-        &self,
-        by: &str,
-        r: pb::PublishRequest,
-    ) -> Result<pb::PublishReply, NodeError> {
-        let (id, seq, duplicate) = self
-            .0
-            .publish(&r.notification_json, &r.idempotency_key, by)
-            .await?;
-        Ok(pb::PublishReply {
+/// The reply to one publish: its id, or (in a stream, which goes on) its error.
+fn publish_reply(r: Result<(NotificationId, u64, bool), NodeError>) -> pb::PublishReply {
+    match r {
+        Ok((id, seq, duplicate)) => pb::PublishReply {
             id: id.to_string(),
             origin_seq: seq,
             duplicate,
             error_code: 0,
             error_message: String::new(),
-        })
+        },
+        Err(e) => {
+            let s: Status = e.into();
+            pb::PublishReply {
+                error_code: s.code() as i32,
+                error_message: s.message().to_owned(),
+                ..Default::default()
+            }
+        }
     }
 }
 
@@ -117,9 +122,12 @@ impl pb::publisher_server::Publisher for PublisherService {
     ) -> Result<Response<pb::PublishReply>, Status> {
         let who = caller(&self.0, &req)?;
         who.require(&["publisher", "admin"], "publishing")?;
-        Ok(Response::new(
-            self.publish_one(&who.label(), req.into_inner()).await?,
-        ))
+        let r = req.into_inner();
+        let done = self
+            .0
+            .publish(&r.notification_json, &r.idempotency_key, &who.label())
+            .await?;
+        Ok(Response::new(publish_reply(Ok(done))))
     }
 
     #[tracing::instrument(skip_all, fields(node = %self.0.id()))]
@@ -132,30 +140,41 @@ impl pb::publisher_server::Publisher for PublisherService {
         let label = who.label();
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(256);
-        let this = self.clone();
+        let node = self.0.clone();
         let span = tracing::info_span!("publish-stream", client = %label);
         self.0.tracker.spawn(
             async move {
-                // Publishes run concurrently (so they share fsyncs) but are answered in order.
+                // What has arrived is published as one batch (one origin signature for all,
+                // queued for the group commit in stream order); up to 256 publishes wait for
+                // their fsync at a time, and are answered in order.
                 let mut pending = futures::stream::FuturesOrdered::new();
                 let mut open = true;
                 loop {
                     tokio::select! {
-                        item = inbound.next(), if open && pending.len() < 256 => match item {
-                            Some(Ok(r)) => {
-                                let this = this.clone();
-                                let label = label.clone();
-                                pending.push_back(async move { this.publish_one(&label, r).await });
+                        item = inbound.next(), if open && pending.len() < PUBLISH_STREAM_WINDOW => match item {
+                            Some(Ok(first)) => {
+                                let room = (PUBLISH_STREAM_WINDOW - pending.len()).min(envelope::SIGNING_ROUND);
+                                let mut batch = vec![(first.notification_json, first.idempotency_key)];
+                                let mut failed = None;
+                                while batch.len() < room {
+                                    match inbound.next().now_or_never() {
+                                        Some(Some(Ok(r))) => batch.push((r.notification_json, r.idempotency_key)),
+                                        Some(Some(Err(e))) => { failed = Some(e); break; }
+                                        Some(None) => { open = false; break; }
+                                        None => break,
+                                    }
+                                }
+                                for o in node.publish_batch(&batch, &label) {
+                                    let node = node.clone();
+                                    pending.push_back(async move { node.publish_outcome(o).await });
+                                }
+                                if let Some(e) = failed { let _ = tx.send(Err(e)).await; return; }
                             }
                             Some(Err(e)) => { let _ = tx.send(Err(e)).await; return; }
                             None => open = false,
                         },
                         Some(done) = pending.next(), if !pending.is_empty() => {
-                            let reply = done.unwrap_or_else(|e| {
-                                let s: Status = e.into();
-                                pb::PublishReply { error_code: s.code() as i32, error_message: s.message().to_owned(), ..Default::default() }
-                            });
-                            if tx.send(Ok(reply)).await.is_err() { return; }
+                            if tx.send(Ok(publish_reply(done))).await.is_err() { return; }
                         }
                         else => return,
                     }
