@@ -551,6 +551,8 @@ pub struct VerifiedView {
     pub withheld: Vec<WithheldField>,
     /// The custody chain.
     pub custody: Vec<CustodyHop>,
+    /// `(index, size)` when the origin signed the header as one of a round of headers.
+    pub origin_round: Option<(u32, u32)>,
     /// Whether signatures were checked (false for [`inspect`]).
     pub signatures_checked: bool,
 }
@@ -770,6 +772,7 @@ fn parse(env: &Envelope, parts: Parts) -> Result<VerifiedView, VerifyError> {
         fields,
         withheld,
         custody: hops,
+        origin_round: env.origin_round.as_ref().map(|r| (r.index, r.size)),
         signatures_checked: false,
     })
 }

@@ -164,6 +164,7 @@ pub fn view_json(v: &VerifiedView) -> serde_json::Value {
         "onward_transfer": h.onward_transfer,
         "purposes": h.purposes,
         "signatures_checked": v.signatures_checked,
+        "origin_round": v.origin_round.map(|(index, size)| serde_json::json!({"index": index, "size": size})),
         "fields": v.body(),
         "transformed": v.fields.iter().filter_map(|f| f.transformed.as_ref().map(|t| serde_json::json!({"path": f.path, "by": t.by, "rule": t.rule_id, "method": t.method}))).collect::<Vec<_>>(),
         "withheld": v.withheld.iter().map(|w| serde_json::json!({"digest": w.digest, "by": w.by, "rule": w.rule_id})).collect::<Vec<_>>(),
@@ -183,10 +184,13 @@ fn print_view(v: &VerifiedView, json: bool, state: &str) {
     let h = &v.header;
     println!("notification {} ({state})", h.id);
     println!(
-        "  origin     {} (seq {}), created {}",
+        "  origin     {} (seq {}), created {}{}",
         h.origin,
         h.origin_seq,
-        timefmt::format_ms(h.created_at_ms)
+        timefmt::format_ms(h.created_at_ms),
+        v.origin_round
+            .map(|(i, n)| format!(", signed in a round ({} of {n})", i + 1))
+            .unwrap_or_default()
     );
     println!(
         "  kind       {}   case {}",
