@@ -387,6 +387,21 @@ fn custody_body_error_accepted(err: &VerifyError, at: usize, names: (bool, bool)
     }
 }
 
+/// Changes one part of a round proof: its index (`what` 0), its size (1) or a byte of one of
+/// its path's hashes (2).
+fn damage(r: &mut wire::RoundProof, what: u8, at: Index, mask: u32) {
+    match what {
+        0 => r.index ^= mask,
+        1 => r.size ^= mask,
+        _ => {
+            let k = at.index(r.path.len());
+            let path = &mut r.path[k];
+            let i = at.index(path.len());
+            path[i] ^= mask as u8;
+        }
+    }
+}
+
 fn config() -> ProptestConfig {
     ProptestConfig::with_cases(64)
 }
@@ -461,16 +476,7 @@ proptest! {
         let Some(r) = bad.origin_round.as_mut() else {
             return Ok(());
         };
-        match what {
-            0 => r.index ^= mask,
-            1 => r.size ^= mask,
-            _ => {
-                let k = at.index(r.path.len());
-                let path = &mut r.path[k];
-                let i = at.index(path.len());
-                path[i] ^= mask as u8;
-            }
-        }
+        damage(r, what, at, mask);
         let err = verify(&bad).expect_err("a changed origin round proof must not verify");
         prop_assert_eq!(err, VerifyError::BadOriginSignature(common::ORIGIN.into()));
     }
@@ -576,16 +582,7 @@ proptest! {
         let Some(r) = bad.custody[c].round.as_mut() else {
             return Ok(());
         };
-        match what {
-            0 => r.index ^= mask,
-            1 => r.size ^= mask,
-            _ => {
-                let k = at.index(r.path.len());
-                let path = &mut r.path[k];
-                let i = at.index(path.len());
-                path[i] ^= mask as u8;
-            }
-        }
+        damage(r, what, at, mask);
         let err = verify(&bad).expect_err("a changed round proof must not verify");
         prop_assert!(
             matches!(
