@@ -532,7 +532,7 @@ async fn send_loop(
 /// Writes prepared send rounds to the link in order, each once its ledger records are durable.
 async fn write_loop(
     node: Arc<Node>,
-    mut rounds: mpsc::Receiver<(tidewire_store::Receipt, Vec<pb::LinkFrame>)>,
+    mut rounds: mpsc::Receiver<(crate::node::Submitted, Vec<pb::LinkFrame>)>,
     out: mpsc::Sender<pb::LinkFrame>,
     cancel: CancellationToken,
 ) {

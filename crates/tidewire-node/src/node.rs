@@ -431,10 +431,42 @@ enum Sealing {
     Sealed(Box<Sealed>),
 }
 
+/// A batch submitted to the group commit ([`Node::submit_numbered`]), to await with
+/// [`Node::wait_commit`].
+#[derive(Debug)]
+pub struct Submitted {
+    receipt: Receipt,
+    change: IndexChange,
+}
+
+/// What a submitted batch changed in the in-memory outbox index before it was durable.
+#[derive(Debug, Default, PartialEq)]
+struct IndexChange {
+    added: Vec<(NodeId, u64)>,
+    removed: Vec<(NodeId, u64)>,
+}
+
+impl IndexChange {
+    /// Undoes the change on `index`.
+    fn revert(&self, index: &mut HashMap<NodeId, BTreeSet<u64>>) {
+        for (dest, seq) in &self.added {
+            if let Some(queued) = index.get_mut(dest) {
+                queued.remove(seq);
+                if queued.is_empty() {
+                    index.remove(dest);
+                }
+            }
+        }
+        for (dest, seq) in &self.removed {
+            index.entry(dest.clone()).or_default().insert(*seq);
+        }
+    }
+}
+
 /// A publish whose writes are queued for the group commit.
 #[derive(Debug)]
 pub struct PendingPublish {
-    receipt: Receipt,
+    receipt: Submitted,
     id: NotificationId,
     seq: u64,
     kind: tidewire_core::Kind,
@@ -724,7 +756,7 @@ impl Drop for Claims {
 /// [`Node::ingest_submit`]). Its seen-set claims hold until it is durable.
 #[must_use = "a pending ingest must be finished before it is acknowledged"]
 pub struct PendingIngest {
-    receipt: Receipt,
+    receipt: Submitted,
     claims: Claims,
     out: Vec<Received>,
     delivered: u64,
@@ -1036,8 +1068,8 @@ impl Node {
         mut ops: Vec<Op>,
         numbered: Numbered,
         entries: Vec<LedgerEntry>,
-    ) -> Receipt {
-        self.forget_deleted(&ops);
+    ) -> Submitted {
+        let mut change = self.forget_deleted(&ops);
         let mut head = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let mut index = (!numbered.outbox.is_empty())
             .then(|| self.outbox_index.lock().unwrap_or_else(|p| p.into_inner()));
@@ -1045,6 +1077,7 @@ impl Node {
             let oseq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
             if let Some(index) = index.as_mut() {
                 index.entry(dest.clone()).or_default().insert(oseq);
+                change.added.push((dest.clone(), oseq));
             }
             ops.push(Op::put(
                 Space::Outbox,
@@ -1059,22 +1092,36 @@ impl Node {
         for e in entries {
             ops.push(head.append(e));
         }
-        self.committer.submit(ops)
+        Submitted {
+            receipt: self.committer.submit(ops),
+            change,
+        }
     }
 
     /// Applies `ops` (which carry no ledger entries) in order with every other write, without
     /// waiting for a sync of their own: the next durable commit covers them. Only for writes
     /// whose loss in a crash merely repeats idempotent work (see [`Committer::submit_lazy`]).
     pub async fn commit_lazy(&self, ops: Vec<Op>) -> Result<(), NodeError> {
-        self.forget_deleted(&ops);
-        Committer::wait(self.committer.submit_lazy(ops)).await?;
+        let change = self.forget_deleted(&ops);
+        if let Err(e) = Committer::wait(self.committer.submit_lazy(ops)).await {
+            self.revert_index(&change);
+            return Err(e.into());
+        }
         Ok(())
+    }
+
+    /// Undoes a failed batch's changes to the outbox index: what it queued was never written,
+    /// what it removed is still there.
+    fn revert_index(&self, change: &IndexChange) {
+        let mut index = self.outbox_index.lock().unwrap_or_else(|p| p.into_inner());
+        change.revert(&mut index);
     }
 
     /// Drops the decoded copies that `ops` delete from the store, and the outbox items they
     /// delete from the outbox index. Removal is idempotent: an item acknowledged twice (sent
     /// again after a reconnect, before the first removal was applied) is counted once.
-    fn forget_deleted(&self, ops: &[Op]) {
+    fn forget_deleted(&self, ops: &[Op]) -> IndexChange {
+        let mut change = IndexChange::default();
         let mut index = None;
         for op in ops {
             match op {
@@ -1093,7 +1140,9 @@ impl Node {
                         self.outbox_index.lock().unwrap_or_else(|p| p.into_inner())
                     });
                     if let Some(queued) = index.get_mut(&dest) {
-                        queued.remove(&seq);
+                        if queued.remove(&seq) {
+                            change.removed.push((dest.clone(), seq));
+                        }
                         if queued.is_empty() {
                             index.remove(&dest);
                         }
@@ -1102,17 +1151,23 @@ impl Node {
                 _ => {}
             }
         }
+        change
     }
 
     /// The second half of [`Node::commit_numbered`]: waits until the batch is durable.
-    pub async fn wait_commit(&self, receipt: Receipt) -> Result<(), NodeError> {
-        if let Err(e) = Committer::wait(receipt).await {
+    pub async fn wait_commit(&self, submitted: Submitted) -> Result<(), NodeError> {
+        if let Err(e) = Committer::wait(submitted.receipt).await {
             // Nothing of the batch landed: rewind the ledger head to what is on disk, so the
-            // chain has no gap (skipped outbox and feed numbers are harmless).
-            let mut head = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
-            if let Ok(h) = ledger::Head::load(self.store.as_ref()) {
-                *head = h;
+            // chain has no gap (skipped outbox and feed numbers are harmless), and take its
+            // outbox items out of the index (and its removals back in), so that `status` does
+            // not count phantoms.
+            {
+                let mut head = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+                if let Ok(h) = ledger::Head::load(self.store.as_ref()) {
+                    *head = h;
+                }
             }
+            self.revert_index(&submitted.change);
             return Err(e.into());
         }
         Ok(())
@@ -1998,6 +2053,37 @@ mod tests {
             from: String::new(),
             received_at_ms: 1,
         }
+    }
+
+    #[test]
+    fn a_failed_batch_leaves_the_outbox_index_as_it_was() {
+        let dakar: NodeId = "dakar".parse().unwrap();
+        let accra: NodeId = "accra".parse().unwrap();
+        let mut index = HashMap::from([
+            (dakar.clone(), BTreeSet::from([1, 2, 3])),
+            (accra.clone(), BTreeSet::from([7])),
+        ]);
+        let before = index.clone();
+        // The batch queued 4 for dakar and 8 for accra, and removed dakar's 2 and accra's 7
+        // (its last), as `submit_numbered` and `forget_deleted` do before the commit.
+        index.get_mut(&dakar).unwrap().insert(4);
+        index.get_mut(&accra).unwrap().insert(8);
+        index.get_mut(&dakar).unwrap().remove(&2);
+        index.get_mut(&accra).unwrap().remove(&7);
+        let change = IndexChange {
+            added: vec![(dakar.clone(), 4), (accra.clone(), 8)],
+            removed: vec![(dakar.clone(), 2), (accra.clone(), 7)],
+        };
+        change.revert(&mut index);
+        assert_eq!(index, before);
+        // Only what a batch queued goes: a destination it emptied is dropped, not left empty.
+        let mut only_new = HashMap::from([(dakar.clone(), BTreeSet::from([9]))]);
+        IndexChange {
+            added: vec![(dakar, 9)],
+            removed: Vec::new(),
+        }
+        .revert(&mut only_new);
+        assert!(only_new.is_empty(), "{only_new:?}");
     }
 
     #[test]
