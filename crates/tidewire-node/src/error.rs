@@ -36,6 +36,9 @@ pub enum NodeError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A concurrent request this one depended on failed; retry.
+    #[error("{0}")]
+    Aborted(String),
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
@@ -57,6 +60,7 @@ impl From<NodeError> for tonic::Status {
             NodeError::TooLarge(_) => Code::ResourceExhausted,
             NodeError::Verify(VerifyError::TooLarge { .. }) => Code::ResourceExhausted,
             NodeError::Verify(_) => Code::InvalidArgument,
+            NodeError::Aborted(_) => Code::Aborted,
             NodeError::Store(StoreError::Closed) | NodeError::ShuttingDown => Code::Unavailable,
             NodeError::Store(_) | NodeError::Internal(_) => Code::Internal,
         };

@@ -423,12 +423,62 @@ struct Sealed {
     now: i64,
     idempotency_key: String,
     by: String,
+    key_guard: Option<KeyInFlight>,
 }
 
 enum Sealing {
     /// The idempotency key was seen: the earlier publish's id and origin seq.
     Duplicate(NotificationId, u64),
+    /// A publish with the same idempotency key is not durable yet: its id and origin seq, and
+    /// what says whether it became durable.
+    InFlight(NotificationId, u64, watch::Receiver<Option<bool>>),
     Sealed(Box<Sealed>),
+}
+
+/// Idempotency keys of publishes not yet durable: (id, origin seq, whether it became durable).
+type InFlightKeys =
+    Arc<Mutex<HashMap<String, (NotificationId, u64, watch::Receiver<Option<bool>>)>>>;
+
+/// An idempotency key in flight; dropping it takes the key out of the map and tells every
+/// retry that waited whether the publish became durable.
+struct KeyInFlight {
+    map: InFlightKeys,
+    key: String,
+    done: watch::Sender<Option<bool>>,
+    durable: bool,
+}
+
+impl std::fmt::Debug for KeyInFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyInFlight")
+            .field("durable", &self.durable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for KeyInFlight {
+    fn drop(&mut self) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+        self.done.send_replace(Some(self.durable));
+    }
+}
+
+/// A retry of a publish still in flight: the same answer once that one is durable, or an
+/// error to retry again if it failed.
+async fn in_flight(
+    id: NotificationId,
+    seq: u64,
+    mut done: watch::Receiver<Option<bool>>,
+) -> Result<(NotificationId, u64, bool), NodeError> {
+    match done.wait_for(Option::is_some).await.map(|v| *v) {
+        Ok(Some(true)) => Ok((id, seq, true)),
+        _ => Err(NodeError::Aborted(
+            "the first publish with this idempotency key failed; retry with the same key".into(),
+        )),
+    }
 }
 
 /// A batch submitted to the group commit ([`Node::submit_numbered`]), to await with
@@ -471,6 +521,7 @@ pub struct PendingPublish {
     seq: u64,
     kind: tidewire_core::Kind,
     destinations: usize,
+    key_guard: Option<KeyInFlight>,
 }
 
 /// One notification's outcome in [`Node::publish_batch`], to await with
@@ -479,6 +530,8 @@ pub struct PendingPublish {
 pub enum PublishOutcome {
     /// Answered already: a duplicate or an error.
     Done(Result<(NotificationId, u64, bool), NodeError>),
+    /// A retry of a publish still in flight: answered when that one is durable.
+    InFlight(NotificationId, u64, watch::Receiver<Option<bool>>),
     /// Queued; durable when its commit is.
     Pending(PendingPublish),
 }
@@ -578,6 +631,8 @@ pub struct Node {
     /// The store.
     pub store: Arc<dyn Store>,
     committer: Committer,
+    /// Idempotency keys of publishes not yet durable.
+    idempotent: InFlightKeys,
     policy: RwLock<Option<(Arc<Policy>, Arc<str>)>>,
     /// Routing view.
     pub routing: Mutex<Routing>,
@@ -929,6 +984,7 @@ impl Node {
             tls,
             store,
             committer,
+            idempotent: InFlightKeys::default(),
             policy: RwLock::new(policy.map(|(p, t): (Arc<Policy>, String)| (p, Arc::from(t)))),
             links: Mutex::new(links),
             outbox_changed: watch::channel(0).0,
@@ -1231,6 +1287,7 @@ impl Node {
     ) -> Result<(NotificationId, u64, bool), NodeError> {
         let mut sealed = match self.publish_seal(json, idempotency_key, by)? {
             Sealing::Duplicate(id, seq) => return Ok((id, seq, true)),
+            Sealing::InFlight(id, seq, done) => return in_flight(id, seq, done).await,
             Sealing::Sealed(s) => s,
         };
         envelope::sign_origin_round(&self.key, std::slice::from_mut(&mut sealed.env));
@@ -1250,6 +1307,9 @@ impl Node {
             match self.publish_seal(json, key, by) {
                 Ok(Sealing::Duplicate(id, seq)) => {
                     out.push(PublishOutcome::Done(Ok((id, seq, true))))
+                }
+                Ok(Sealing::InFlight(id, seq, done)) => {
+                    out.push(PublishOutcome::InFlight(id, seq, done))
                 }
                 Ok(Sealing::Sealed(s)) => {
                     out.push(PublishOutcome::Done(Err(NodeError::ShuttingDown)));
@@ -1280,6 +1340,7 @@ impl Node {
     ) -> Result<(NotificationId, u64, bool), NodeError> {
         match o {
             PublishOutcome::Done(r) => r,
+            PublishOutcome::InFlight(id, seq, done) => in_flight(id, seq, done).await,
             PublishOutcome::Pending(p) => self.publish_finish(p).await,
         }
     }
@@ -1297,14 +1358,21 @@ impl Node {
                 "idempotency key is longer than 256 bytes".into(),
             ));
         }
-        if !idempotency_key.is_empty()
-            && let Some(v) = self
+        // Held while this publish is sealed: a retry that arrives meanwhile finds it in flight.
+        let mut inflight = (!idempotency_key.is_empty())
+            .then(|| self.idempotent.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(map) = inflight.as_ref() {
+            if let Some((id, seq, done)) = map.get(idempotency_key) {
+                return Ok(Sealing::InFlight(*id, *seq, done.clone()));
+            }
+            if let Some(v) = self
                 .store
                 .get(Space::Idempotency, idempotency_key.as_bytes())?
-        {
-            let id = NotificationId::from_slice(&v[..16])
-                .map_err(|e| NodeError::Internal(e.to_string()))?;
-            return Ok(Sealing::Duplicate(id, be_u64(&v[16..24])));
+            {
+                let id = NotificationId::from_slice(&v[..16])
+                    .map_err(|e| NodeError::Internal(e.to_string()))?;
+                return Ok(Sealing::Duplicate(id, be_u64(&v[16..24])));
+            }
         }
         if !self.take_publish_token() {
             return Err(NodeError::RateLimited(format!(
@@ -1317,6 +1385,16 @@ impl Node {
         let seq = self.origin_seq.fetch_add(1, Ordering::SeqCst) + 1;
         let now = timefmt::now_ms();
         let env = envelope::seal_unsigned(&n, self.id(), &self.key, id, seq, now);
+        let key_guard = inflight.as_mut().map(|map| {
+            let (done, waiting) = watch::channel(None);
+            map.insert(idempotency_key.to_owned(), (id, seq, waiting));
+            KeyInFlight {
+                map: self.idempotent.clone(),
+                key: idempotency_key.to_owned(),
+                done,
+                durable: false,
+            }
+        });
         Ok(Sealing::Sealed(Box::new(Sealed {
             n,
             env,
@@ -1325,6 +1403,7 @@ impl Node {
             now,
             idempotency_key: idempotency_key.to_owned(),
             by: by.to_owned(),
+            key_guard,
         })))
     }
 
@@ -1339,6 +1418,7 @@ impl Node {
             now,
             idempotency_key,
             by,
+            key_guard,
         } = *s;
         let idempotency_key = idempotency_key.as_str();
         let bytes = envelope::encode(&env);
@@ -1415,6 +1495,7 @@ impl Node {
             seq,
             kind: n.kind,
             destinations: dests.len(),
+            key_guard,
         })
     }
 
@@ -1423,7 +1504,12 @@ impl Node {
         &self,
         p: PendingPublish,
     ) -> Result<(NotificationId, u64, bool), NodeError> {
+        let mut key_guard = p.key_guard;
         self.wait_commit(p.receipt).await?;
+        if let Some(g) = key_guard.as_mut() {
+            g.durable = true;
+        }
+        drop(key_guard);
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(id = %p.id, kind = %p.kind, destinations = p.destinations, "published");
         self.feed_changed.send_modify(|v| *v += 1);
