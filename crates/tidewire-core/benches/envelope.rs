@@ -8,7 +8,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use tidewire_core::envelope::{self, Hop};
+use tidewire_core::envelope::{self, Envelope, Hop};
 use tidewire_core::fields::PathPattern;
 use tidewire_core::keys::{Roster, RosterNode, SigningKey};
 use tidewire_core::{NodeId, Notification, NotificationId};
@@ -141,6 +141,66 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let out = envelope::verify_many(black_box(&refs), &roster);
             assert!(out.iter().all(Result::is_ok));
+        })
+    });
+
+    // The same batch as a link now receives it: the 64 headers sealed as one publish round, and
+    // relayed by dakar as one send round, so two signatures cover 128.
+    let mut round: Vec<Envelope> = (0..64)
+        .map(|i| {
+            envelope::seal_unsigned(
+                &n,
+                &origin,
+                &key,
+                NotificationId::random(),
+                i,
+                1_800_000_000_000,
+            )
+        })
+        .collect();
+    envelope::sign_origin_round(&key, &mut round);
+    let mut relayed_round: Vec<Envelope> = round
+        .iter()
+        .map(|e| {
+            envelope::relay_unsigned(
+                e,
+                Hop {
+                    node: &relay,
+                    key: &relay_key,
+                    to: &accra,
+                    at_ms: 1_800_000_000_001,
+                    policy_version: "p1",
+                    withhold: vec![],
+                    substitute: vec![],
+                },
+            )
+        })
+        .collect();
+    envelope::sign_custody_round(&relay_key, &mut relayed_round);
+    let many_rounds: Vec<Vec<u8>> = relayed_round.iter().map(envelope::encode).collect();
+    let refs: Vec<&[u8]> = many_rounds.iter().map(Vec::as_slice).collect();
+    g.bench_function("verify-many-64-signed-in-rounds-with-one-hop", |b| {
+        b.iter(|| {
+            let out = envelope::verify_many(black_box(&refs), &roster);
+            assert!(out.iter().all(Result::is_ok));
+        })
+    });
+    g.bench_function("seal-64-as-one-round", |b| {
+        b.iter(|| {
+            let mut envs: Vec<Envelope> = (0..64)
+                .map(|i| {
+                    envelope::seal_unsigned(
+                        black_box(&n),
+                        &origin,
+                        &key,
+                        NotificationId::random(),
+                        i,
+                        1_800_000_000_000,
+                    )
+                })
+                .collect();
+            envelope::sign_origin_round(&key, &mut envs);
+            envs
         })
     });
     g.finish();
