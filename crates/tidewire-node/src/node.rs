@@ -1312,7 +1312,10 @@ impl Node {
                     out.push(PublishOutcome::InFlight(id, seq, done))
                 }
                 Ok(Sealing::Sealed(s)) => {
-                    out.push(PublishOutcome::Done(Err(NodeError::ShuttingDown)));
+                    // Replaced below, once the round is signed and the publish submitted.
+                    out.push(PublishOutcome::Done(Err(NodeError::Internal(
+                        "sealed but never submitted".into(),
+                    ))));
                     sealed.push((out.len() - 1, s));
                 }
                 Err(e) => out.push(PublishOutcome::Done(Err(e))),
