@@ -414,6 +414,114 @@ fn insert(node: &mut Value, path: &[Segment], value: Value) -> Result<(), &'stat
     }
 }
 
+/// The JSON text of the object [`unflatten`] builds from `leaves`, written straight out without
+/// building the tree, when the leaves come in document order (as [`flatten`] lists them and as
+/// relays keep them: each container's members together, array indices rising). `None` when they
+/// do not (a container revisited, an index going back, a path that is also a container, a path
+/// that does not parse): build the tree with [`unflatten`] then, which resolves those cases.
+pub fn write_in_order<'a>(
+    leaves: impl IntoIterator<Item = (&'a str, &'a Value)>,
+) -> Option<String> {
+    /// An open container: its kind, the keys it has (objects) or the next index (arrays), and
+    /// whether it has a member yet.
+    struct Open<'a> {
+        array: bool,
+        keys: Vec<&'a [u8]>,
+        next: usize,
+        any: bool,
+    }
+    fn close(out: &mut Vec<u8>, open: &mut Vec<Open<'_>>, path: &mut Vec<Step<'_>>, depth: usize) {
+        while open.len() > depth + 1 {
+            let c = open.pop().expect("more than depth + 1 frames");
+            out.push(if c.array { b']' } else { b'}' });
+            path.pop();
+        }
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    out.push(b'{');
+    let mut open = vec![Open {
+        array: false,
+        keys: Vec::new(),
+        next: 0,
+        any: false,
+    }];
+    // The steps that opened `open[1..]`.
+    let mut at: Vec<Step<'a>> = Vec::new();
+    for (path, value) in leaves {
+        let mut walk = Steps {
+            rest: path.as_bytes(),
+            first: true,
+        };
+        let steps: Vec<Step<'a>> = walk.by_ref().collect();
+        let valid = |s: &Step<'_>| match s {
+            Step::Key(k) => std::str::from_utf8(k).is_ok_and(valid_key),
+            Step::Index(i) => i.is_some_and(|i| i <= MAX_FIELDS),
+        };
+        if !walk.rest.is_empty() || steps.is_empty() || !steps.iter().all(valid) {
+            return None;
+        }
+        let same = |a: &Step<'_>, b: &Step<'_>| match (a, b) {
+            (Step::Key(x), Step::Key(y)) => x == y,
+            (Step::Index(x), Step::Index(y)) => x == y,
+            _ => false,
+        };
+        let common = at
+            .iter()
+            .zip(&steps[..steps.len() - 1])
+            .take_while(|(a, b)| same(a, b))
+            .count();
+        close(&mut out, &mut open, &mut at, common);
+        for (d, step) in steps.iter().enumerate().skip(common) {
+            let parent = open.last_mut().expect("the root stays open");
+            if parent.any {
+                out.push(b',');
+            }
+            match (*step, parent.array) {
+                (Step::Key(k), false) => {
+                    if parent.keys.contains(&k) {
+                        return None;
+                    }
+                    parent.keys.push(k);
+                    // Keys are letters, digits, `_` and `-` (checked above): nothing to escape.
+                    out.push(b'"');
+                    out.extend_from_slice(k);
+                    out.extend_from_slice(b"\":");
+                }
+                (Step::Index(Some(i)), true) => {
+                    if i < parent.next {
+                        return None;
+                    }
+                    for _ in parent.next..i {
+                        out.extend_from_slice(b"null,");
+                    }
+                    parent.next = i + 1;
+                }
+                _ => return None,
+            }
+            parent.any = true;
+            match steps.get(d + 1) {
+                Some(next) => {
+                    let array = matches!(next, Step::Index(_));
+                    out.push(if array { b'[' } else { b'{' });
+                    open.push(Open {
+                        array,
+                        keys: Vec::new(),
+                        next: 0,
+                        any: false,
+                    });
+                    at.push(*step);
+                }
+                None => {
+                    serde_json::to_writer(&mut out, value).ok()?;
+                }
+            }
+        }
+    }
+    close(&mut out, &mut open, &mut at, 0);
+    out.push(b'}');
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,5 +613,78 @@ mod tests {
             err.0.contains("bad key") && err.0.contains("vessel"),
             "{err}"
         );
+    }
+
+    fn body() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let scalar = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i32>().prop_map(Value::from),
+            "[a-z \"\\\\é]{0,6}".prop_map(Value::from),
+        ];
+        let tree = scalar.prop_recursive(4, 40, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 1..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-c]{1,2}", inner, 1..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        });
+        prop::collection::btree_map("[a-d]{1,2}", tree, 0..4)
+            .prop_map(|m| Value::Object(m.into_iter().collect()))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn writing_in_order_gives_exactly_what_unflatten_builds(
+            body in body(), keep in proptest::collection::vec(proptest::bool::weighted(0.7), 64),
+            swap in proptest::option::of((0usize..64, 0usize..64)),
+        ) {
+            let leaves = flatten(body.as_object().unwrap()).unwrap();
+            let values: Vec<(String, Value)> = leaves
+                .iter()
+                .map(|l| (l.path.to_string(), serde_json::from_slice(&l.value).unwrap()))
+                .collect();
+            // Some withheld (array slots become nulls), and sometimes two out of order.
+            let mut kept: Vec<&(String, Value)> = values
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| keep[i % keep.len()])
+                .map(|(_, v)| v)
+                .collect();
+            if let Some((a, b)) = swap.filter(|_| !kept.is_empty()) {
+                let n = kept.len();
+                kept.swap(a % n, b % n);
+            }
+            let parsed: Vec<(FieldPath, Value)> = kept
+                .iter()
+                .map(|(p, v)| (p.parse().unwrap(), v.clone()))
+                .collect();
+            let tree = unflatten(parsed.iter().map(|(p, v)| (p, v.clone())));
+            let written = write_in_order(kept.iter().map(|(p, v)| (p.as_str(), v)));
+            if swap.is_none() {
+                proptest::prop_assert!(written.is_some(), "document order is written: {:?}", kept);
+            }
+            if let Some(text) = written {
+                proptest::prop_assert_eq!(Some(text), tree.ok().map(|t| t.to_string()));
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_order_or_conflicting_leaves_are_left_to_unflatten() {
+        let v = json!(1);
+        let w = |paths: &[&'static str]| write_in_order(paths.iter().map(|p| (*p, &v)));
+        assert_eq!(w(&["a.x", "b", "a.y"]), None, "a revisited");
+        assert_eq!(w(&["a[1]", "a[0]"]), None, "an index going back");
+        assert_eq!(w(&["a.b", "a"]), None, "a leaf that is also a container");
+        assert_eq!(w(&["a.b", "a[0]"]), None, "an object used as an array");
+        assert_eq!(w(&["a..b"]), None, "not a path");
+        assert_eq!(w(&["[0]"]), None, "not a path");
+        assert_eq!(
+            w(&["a[2].x", "a[3]", "b.c.d"]).as_deref(),
+            Some(r#"{"a":[null,null,{"x":1},1],"b":{"c":{"d":1}}}"#)
+        );
+        assert_eq!(w(&[]).as_deref(), Some("{}"));
     }
 }

@@ -253,7 +253,7 @@ fn filter_for_role(
     let Decision::Allow { rule, fields } = policy.evaluate(h, &origin, &view.fields, &dest) else {
         return None;
     };
-    let mut clear: Vec<(FieldPath, serde_json::Value)> = Vec::new();
+    let mut clear: Vec<(&str, std::borrow::Cow<'_, serde_json::Value>)> = Vec::new();
     let mut withheld: Vec<pb::WithheldInfo> = view
         .withheld
         .iter()
@@ -265,8 +265,8 @@ fn filter_for_role(
         .collect();
     for (f, d) in view.fields.iter().zip(fields) {
         let value = match d.action {
-            FieldAction::Clear => f.value.clone(),
-            FieldAction::Generalise { value, .. } => value,
+            FieldAction::Clear => std::borrow::Cow::Borrowed(&f.value),
+            FieldAction::Generalise { value, .. } => std::borrow::Cow::Owned(value),
             FieldAction::Redact => {
                 withheld.push(pb::WithheldInfo {
                     path_or_digest: f.path.clone(),
@@ -276,16 +276,24 @@ fn filter_for_role(
                 continue;
             }
         };
-        if let Ok(path) = f.path.parse() {
-            clear.push((path, value));
-        }
+        clear.push((&f.path, value));
     }
-    let body = tidewire_core::fields::unflatten(clear.iter_mut().map(|(p, v)| (&*p, v.take())))
-        .unwrap_or_default();
+    // Written straight from the fields when they are in document order (they are, unless the
+    // origin wrote them otherwise); the tree is built only for the rest.
+    let fields_json = tidewire_core::fields::write_in_order(clear.iter().map(|(p, v)| (*p, &**v)))
+        .unwrap_or_else(|| {
+            let parsed: Vec<(FieldPath, serde_json::Value)> = clear
+                .into_iter()
+                .filter_map(|(p, v)| Some((p.parse().ok()?, v.into_owned())))
+                .collect();
+            tidewire_core::fields::unflatten(parsed.iter().map(|(p, v)| (p, v.clone())))
+                .unwrap_or_default()
+                .to_string()
+        });
     Some(Filtered {
         policy_hash: policy.content_hash().to_owned(),
         rule,
-        fields_json: body.to_string(),
+        fields_json,
         withheld,
         path: view.path(),
     })
