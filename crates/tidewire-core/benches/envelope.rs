@@ -110,6 +110,33 @@ fn bench(c: &mut Criterion) {
     g.bench_function("verify-with-one-custody-hop", |b| {
         b.iter(|| envelope::verify_bytes(black_box(&relayed_bytes), &roster).unwrap())
     });
+    // What local delivery does last: the subscriber's JSON body from the verified fields.
+    let view = envelope::verify_bytes(&bytes, &roster).unwrap().1;
+    g.bench_function(
+        "body-json-by-tree (parse paths, unflatten, serialise)",
+        |b| {
+            b.iter(|| {
+                let parsed: Vec<(tidewire_core::fields::FieldPath, serde_json::Value)> = view
+                    .fields
+                    .iter()
+                    .map(|f| (f.path.parse().unwrap(), f.value.clone()))
+                    .collect();
+                tidewire_core::fields::unflatten(parsed.iter().map(|(p, v)| (p, v.clone())))
+                    .unwrap()
+                    .to_string()
+            })
+        },
+    );
+    g.bench_function("body-json-written-in-order", |b| {
+        b.iter(|| {
+            tidewire_core::fields::write_in_order(
+                black_box(&view.fields)
+                    .iter()
+                    .map(|f| (f.path.as_str(), &f.value)),
+            )
+            .unwrap()
+        })
+    });
     g.finish();
 
     // The floor: one ed25519 signature over a header-sized message, nothing else.
