@@ -1,7 +1,7 @@
 //! Proves that a partition loses nothing and reorders nothing: with the `b – c` link of the line
 //! `a – b – c` cut (through a test-controlled TCP proxy), notifications published at `a` for `c`
 //! wait in outboxes; once the link is restored, `c` receives every one exactly once and in the
-//! origin's publish order.
+//! origin's publish order. The same holds when the link goes silent instead of closing.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -86,6 +86,67 @@ async fn partition_then_restore_delivers_all_exactly_once_in_order() -> anyhow::
     check_sequence("c's `received` ledger entries", &received, &ids)?;
     let s = kit.status("c").await?;
     assert_eq!(counter(&s, "delivered"), N as u64, "{:?}", s.counters);
+    assert_eq!(counter(&s, "refused"), 0, "{:?}", s.refused);
+    kit.stop().await;
+    Ok(())
+}
+
+/// A link that goes silent without closing (a dead route, a middlebox dropping packets: the
+/// proxy holds every byte, both connections stay open) is found dead by the nodes' keepalives,
+/// not left waiting for acknowledgements forever; when the path speaks again, everything
+/// published meanwhile arrives exactly once and in order (transfers held on the silent
+/// connection are sent again on a new one; any that still get through late are duplicates).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_link_is_found_dead_and_recovers_exactly_once() -> anyhow::Result<()> {
+    const SILENT: usize = 200;
+    let mut builder = Kit::builder(&["a", "b", "c"], &["a:b", "b:c"])?;
+    let proxy = Proxy::start(builder.addr("c")?).await?;
+    builder.route_link_via("b", "c", proxy.addr)?;
+    let kit = builder.start().await?;
+    let first = kit
+        .publish("a", &notification("SILENT-FIRST", &["node:c"]))
+        .await?;
+    kit.deliveries("c", 1, Duration::from_secs(15)).await?;
+
+    proxy.stall();
+    let batch = (0..SILENT)
+        .map(|i| notification(&format!("SILENT-{i:03}"), &["node:c"]))
+        .collect();
+    let ids = kit.publish_all("a", batch).await?;
+    eventually!(
+        Duration::from_secs(20),
+        "b finds its silent link to c dead",
+        {
+            let b = kit.status("b").await?;
+            ensure!(
+                b.links.iter().any(|l| l.peer == "c" && !l.up),
+                "b's links: {:?}",
+                b.links
+            );
+            Ok(())
+        }
+    );
+    assert!(proxy.forwarded() > 0);
+
+    proxy.unstall();
+    let feed = kit
+        .deliveries("c", SILENT + 1, Duration::from_secs(60))
+        .await?;
+    let got: Vec<&str> = feed.iter().map(|d| d.id.as_str()).collect();
+    let mut want = vec![first];
+    want.extend(ids);
+    check_sequence(
+        "c's feed (every notification once, in publish order)",
+        &got,
+        &want,
+    )?;
+    let s = kit.status("c").await?;
+    assert_eq!(
+        counter(&s, "delivered"),
+        SILENT as u64 + 1,
+        "{:?}",
+        s.counters
+    );
     assert_eq!(counter(&s, "refused"), 0, "{:?}", s.refused);
     kit.stop().await;
     Ok(())
