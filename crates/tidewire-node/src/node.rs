@@ -666,6 +666,11 @@ pub struct Node {
     /// Durable subscriptions connected now (by cursor key), with how many streams each has:
     /// these are never ended for idleness.
     pub live_durables: Mutex<BTreeMap<Vec<u8>, usize>>,
+    /// Held by a durable subscription while it connects (registers, reads its cursor, records
+    /// its interest) and by the idle expiry while it decides and commits: a subscriber that
+    /// connects as its subscription is being ended either keeps it or starts a new one, never
+    /// a half-ended one.
+    pub durable_turn: tokio::sync::Mutex<()>,
     /// The route interests carried by the last link-state announcement sent to every session.
     pub announced_interests: Mutex<Vec<String>>,
     /// Ids of routed control messages already handled.
@@ -1006,6 +1011,7 @@ impl Node {
             consent_sent: Mutex::new(std::collections::HashMap::new()),
             live_interests: Mutex::new(BTreeMap::new()),
             live_durables: Mutex::new(BTreeMap::new()),
+            durable_turn: tokio::sync::Mutex::new(()),
             claimed: Mutex::new(HashSet::new()),
             copies: CopyCache::default(),
             outbox_index: Mutex::new(outbox_index),

@@ -105,6 +105,7 @@ pub async fn expire_idle_durables(node: &Arc<Node>) -> Result<u64, NodeError> {
     let Some(idle) = node.cfg.durable_idle_ms() else {
         return Ok(0);
     };
+    let _turn = node.durable_turn.lock().await;
     let now = tidewire_core::timefmt::now_ms();
     let durables = node
         .store
@@ -337,6 +338,15 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
             .into());
         }
         let node = self.0.clone();
+        // A durable subscription connects in one turn with the idle expiry (see
+        // `Node::durable_turn`): registered as connected first, so that the expiry skips it.
+        let turn = if r.durable.is_empty() {
+            None
+        } else {
+            Some(node.durable_turn.lock().await)
+        };
+        let durable_guard = (!r.durable.is_empty())
+            .then(|| DurableGuard::new(node.clone(), cursor_key(&user.name, &r.durable)));
         let stored = if r.durable.is_empty() {
             None
         } else {
@@ -358,25 +368,21 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
         } else {
             routes.iter().map(|p| p.to_string()).collect()
         };
-        let durable_guard = if r.durable.is_empty() {
-            None
-        } else {
-            let key = cursor_key(&user.name, &r.durable);
-            let guard = DurableGuard::new(node.clone(), key.clone());
+        if let Some(guard) = &durable_guard {
             node.commit(
                 vec![
                     Op::put(
                         Space::Meta,
-                        interest_key(&key),
+                        interest_key(&guard.key),
                         serde_json::to_vec(&patterns).unwrap_or_default(),
                     ),
-                    touch(&key),
+                    touch(&guard.key),
                 ],
                 Vec::new(),
             )
             .await?;
-            Some(guard)
-        };
+        }
+        drop(turn);
         node.add_interest(&patterns);
         crate::link::announce_interests(&node);
         let guard = InterestGuard {
