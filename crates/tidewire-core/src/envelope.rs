@@ -952,8 +952,16 @@ fn verify_batch_of(
     let mut distinct: HashMap<([u8; 32], [u8; 64]), &[u8]> = HashMap::new();
     for (_, _, sc) in prepared.iter().flatten() {
         for ((m, s), k) in sc.messages.iter().zip(&sc.sigs).zip(&sc.keys) {
-            let seen = distinct.entry((k.to_bytes(), s.to_bytes())).or_insert(m);
-            if std::ptr::eq(*seen, m.as_slice()) || *seen != m.as_slice() {
+            let first = match distinct.entry((k.to_bytes(), s.to_bytes())) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(m);
+                    true
+                }
+                // The same signature claimed for another message: checked too, so that the
+                // batch fails and the one-by-one fallback names the envelope.
+                std::collections::hash_map::Entry::Occupied(o) => *o.get() != m.as_slice(),
+            };
+            if first {
                 msgs.push(m);
                 sigs.push(*s);
                 keys.push(*k);

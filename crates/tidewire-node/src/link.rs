@@ -473,7 +473,14 @@ async fn send_loop(
                                 entry: p.entry,
                             },
                         );
-                        prepared.push((seq, dest.clone(), item.hops_left, p.grant, p.env));
+                        let transfer = pb::Transfer {
+                            seq,
+                            envelope: Default::default(),
+                            destinations: vec![dest.to_string()],
+                            hops_left: item.hops_left,
+                            consent_grant: p.grant.into(),
+                        };
+                        prepared.push((transfer, p.env));
                     }
                     Err(skipped) => {
                         resolved_ops.push(Op::delete(Space::Outbox, key));
@@ -487,20 +494,15 @@ async fn send_loop(
         // once its records are durable, rounds in order, while this loop prepares the next. A
         // resend after a lost ack is recorded again: it is a second disclosure, possibly under a
         // newer policy.
-        let (meta, envs): (Vec<_>, Vec<_>) = prepared
-            .into_iter()
-            .map(|(seq, dest, hops_left, grant, env)| ((seq, dest, hops_left, grant), env))
-            .unzip();
-        let frames: Vec<pb::LinkFrame> = meta
+        // The round's custody entries are signed together; each transfer then gets its bytes.
+        let (transfers, envs): (Vec<pb::Transfer>, Vec<_>) = prepared.into_iter().unzip();
+        let frames: Vec<pb::LinkFrame> = transfers
             .into_iter()
             .zip(node.sign_round(envs))
-            .map(|((seq, dest, hops_left, grant), bytes)| pb::LinkFrame {
+            .map(|(t, bytes)| pb::LinkFrame {
                 frame: Some(Frame::Transfer(pb::Transfer {
-                    seq,
                     envelope: bytes.into(),
-                    destinations: vec![dest.to_string()],
-                    hops_left,
-                    consent_grant: grant.into(),
+                    ..t
                 })),
             })
             .collect();
