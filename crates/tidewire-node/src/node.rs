@@ -496,16 +496,24 @@ struct IndexChange {
     removed: Vec<(NodeId, u64)>,
 }
 
+/// Takes `seq` out of `dest`'s queue in the outbox index (dropping the queue when it empties);
+/// whether it was there.
+fn unqueue(index: &mut HashMap<NodeId, BTreeSet<u64>>, dest: &NodeId, seq: u64) -> bool {
+    let Some(queued) = index.get_mut(dest) else {
+        return false;
+    };
+    let was = queued.remove(&seq);
+    if queued.is_empty() {
+        index.remove(dest);
+    }
+    was
+}
+
 impl IndexChange {
     /// Undoes the change on `index`.
     fn revert(&self, index: &mut HashMap<NodeId, BTreeSet<u64>>) {
         for (dest, seq) in &self.added {
-            if let Some(queued) = index.get_mut(dest) {
-                queued.remove(seq);
-                if queued.is_empty() {
-                    index.remove(dest);
-                }
-            }
+            unqueue(index, dest, *seq);
         }
         for (dest, seq) in &self.removed {
             index.entry(dest.clone()).or_default().insert(*seq);
@@ -1201,13 +1209,8 @@ impl Node {
                     let index = index.get_or_insert_with(|| {
                         self.outbox_index.lock().unwrap_or_else(|p| p.into_inner())
                     });
-                    if let Some(queued) = index.get_mut(&dest) {
-                        if queued.remove(&seq) {
-                            change.removed.push((dest.clone(), seq));
-                        }
-                        if queued.is_empty() {
-                            index.remove(&dest);
-                        }
+                    if unqueue(index, &dest, seq) {
+                        change.removed.push((dest, seq));
                     }
                 }
                 _ => {}
@@ -2005,10 +2008,12 @@ impl Node {
             .keys()
             .filter_map(|p| p.parse().ok())
             .collect();
-        if let Ok(durable) = self
-            .store
-            .scan(Space::Meta, b"interest\0", b"interest\0", usize::MAX)
-        {
+        if let Ok(durable) = self.store.scan(
+            Space::Meta,
+            crate::subscribe::INTEREST,
+            crate::subscribe::INTEREST,
+            usize::MAX,
+        ) {
             for (_, v) in durable {
                 if let Ok(list) = serde_json::from_slice::<Vec<String>>(&v) {
                     all.extend(list.iter().filter_map(|p| p.parse().ok()));

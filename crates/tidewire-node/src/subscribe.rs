@@ -30,9 +30,12 @@ fn cursor_key(user: &str, durable: &str) -> Vec<u8> {
     [user.as_bytes(), &[0], durable.as_bytes()].concat()
 }
 
+/// Prefix of the `Meta` keys of durable subscriptions' interests.
+pub(crate) const INTEREST: &[u8] = b"interest\0";
+
 /// `Meta` key of a durable subscription's interest (its route patterns, JSON).
 fn interest_key(cursor_key: &[u8]) -> Vec<u8> {
-    [b"interest\0".as_slice(), cursor_key].concat()
+    [INTEREST, cursor_key].concat()
 }
 
 /// `Meta` key of when a durable subscription was last connected (Unix ms, big-endian).
@@ -109,11 +112,11 @@ pub async fn expire_idle_durables(node: &Arc<Node>) -> Result<u64, NodeError> {
     let now = tidewire_core::timefmt::now_ms();
     let durables = node
         .store
-        .scan(Space::Meta, b"interest\0", b"interest\0", usize::MAX)?;
+        .scan(Space::Meta, INTEREST, INTEREST, usize::MAX)?;
     let mut ops = Vec::new();
     let mut entries = Vec::new();
     for (k, _) in durables {
-        let key = k[b"interest\0".len()..].to_vec();
+        let key = k[INTEREST.len()..].to_vec();
         if node
             .live_durables
             .lock()
@@ -283,11 +286,11 @@ fn filter_for_role(
     // origin wrote them otherwise); the tree is built only for the rest.
     let fields_json = tidewire_core::fields::write_in_order(clear.iter().map(|(p, v)| (*p, &**v)))
         .unwrap_or_else(|| {
-            let parsed: Vec<(FieldPath, serde_json::Value)> = clear
+            let mut parsed: Vec<(FieldPath, serde_json::Value)> = clear
                 .into_iter()
                 .filter_map(|(p, v)| Some((p.parse().ok()?, v.into_owned())))
                 .collect();
-            tidewire_core::fields::unflatten(parsed.iter().map(|(p, v)| (p, v.clone())))
+            tidewire_core::fields::unflatten(parsed.iter_mut().map(|(p, v)| (&*p, v.take())))
                 .unwrap_or_default()
                 .to_string()
         });
@@ -340,20 +343,17 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
         let node = self.0.clone();
         // A durable subscription connects in one turn with the idle expiry (see
         // `Node::durable_turn`): registered as connected first, so that the expiry skips it.
-        let turn = if r.durable.is_empty() {
-            None
+        let (turn, durable_guard, stored) = if r.durable.is_empty() {
+            (None, None, None)
         } else {
-            Some(node.durable_turn.lock().await)
-        };
-        let durable_guard = (!r.durable.is_empty())
-            .then(|| DurableGuard::new(node.clone(), cursor_key(&user.name, &r.durable)));
-        let stored = if r.durable.is_empty() {
-            None
-        } else {
-            node.store
-                .get(Space::Cursors, &cursor_key(&user.name, &r.durable))
+            let turn = node.durable_turn.lock().await;
+            let guard = DurableGuard::new(node.clone(), cursor_key(&user.name, &r.durable));
+            let stored = node
+                .store
+                .get(Space::Cursors, &guard.key)
                 .map_err(NodeError::from)?
-                .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])))
+                .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])));
+            (Some(turn), Some(guard), stored)
         };
         let start = match (pb::subscribe_request::Start::try_from(r.start), stored) {
             (Ok(pb::subscribe_request::Start::Cursor), _) => r.cursor,
