@@ -205,6 +205,58 @@ pub fn seal_unsigned(
     origin_seq: u64,
     created_at_ms: i64,
 ) -> Envelope {
+    seal_parts(n, origin, key, id, origin_seq, created_at_ms).0
+}
+
+/// [`seal_unsigned`], with the view [`inspect`] would give of the envelope, built from what
+/// sealing already holds instead of decoding and re-hashing it: the origin's own copy. Once the
+/// envelope is signed, call [`VerifiedView::signed_in`] to record its round.
+pub fn seal_unsigned_viewed(
+    n: &Notification,
+    origin: &NodeId,
+    key: &SigningKey,
+    id: NotificationId,
+    origin_seq: u64,
+    created_at_ms: i64,
+) -> Result<(Envelope, VerifiedView), VerifyError> {
+    let (env, h) = seal_parts(n, origin, key, id, origin_seq, created_at_ms);
+    let header = Header::from_wire(&h)?;
+    let fields = n
+        .fields
+        .iter()
+        .zip(&env.fields)
+        .map(|(leaf, f)| {
+            let value =
+                serde_json::from_slice(&leaf.value).map_err(|_| VerifyError::TamperedField {
+                    path: f.path.clone(),
+                })?;
+            Ok(VerifiedField {
+                path: f.path.clone(),
+                value,
+                transformed: None,
+            })
+        })
+        .collect::<Result<_, VerifyError>>()?;
+    let view = VerifiedView {
+        header,
+        fields,
+        withheld: Vec::new(),
+        custody: Vec::new(),
+        origin_round: None,
+        signatures_checked: false,
+    };
+    Ok((env, view))
+}
+
+/// Seals: the envelope, and the header it signs (already encoded into it).
+fn seal_parts(
+    n: &Notification,
+    origin: &NodeId,
+    key: &SigningKey,
+    id: NotificationId,
+    origin_seq: u64,
+    created_at_ms: i64,
+) -> (Envelope, wire::SignedHeader) {
     let mut fields = Vec::with_capacity(n.fields.len());
     let mut digests = Vec::with_capacity(n.fields.len());
     for leaf in &n.fields {
@@ -240,13 +292,14 @@ pub fn seal_unsigned(
         key_id: key.key_id().to_owned(),
         field_digests: digests,
     };
-    Envelope {
+    let env = Envelope {
         signed_header: header.encode_to_vec(),
         origin_signature: Vec::new(),
         origin_round: None,
         fields,
         custody: Vec::new(),
-    }
+    };
+    (env, header)
 }
 
 /// Removes disclosed fields whose path matches any pattern, without a custody entry (the
@@ -558,6 +611,12 @@ pub struct VerifiedView {
 }
 
 impl VerifiedView {
+    /// Records the round `env` was signed in (for a view from [`seal_unsigned_viewed`], once
+    /// [`sign_origin_round`] has signed its envelope).
+    pub fn signed_in(&mut self, env: &Envelope) {
+        self.origin_round = env.origin_round.as_ref().map(|r| (r.index, r.size));
+    }
+
     /// The body as a JSON tree (withheld array slots show as `null`).
     pub fn body(&self) -> Value {
         let parsed: Vec<(FieldPath, Value)> = self

@@ -7,6 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 
 use crate::model::ParseError;
 
@@ -141,12 +142,13 @@ impl fmt::Display for PathPattern {
     }
 }
 
-/// A path's text split into steps once, for matching against many patterns.
+/// A path's text split into steps once, for matching against many patterns. Paths of up to
+/// eight steps (every field of the notifications centres write) are split without allocating.
 #[derive(Debug, Clone)]
-pub struct PathSteps<'a>(Vec<Step<'a>>);
+pub struct PathSteps<'a>(SmallVec<[Step<'a>; 8]>);
 
 impl<'a> PathSteps<'a> {
-    /// Splits `path` (no allocation per step, borrowing the text).
+    /// Splits `path`, borrowing the text.
     pub fn new(path: &'a str) -> PathSteps<'a> {
         PathSteps(
             Steps {

@@ -436,6 +436,38 @@ proptest! {
     }
 
     #[test]
+    fn the_view_sealed_with_an_envelope_is_what_inspecting_it_gives(
+        body in body(), size in 1usize..=5, place in any::<Index>(),
+    ) {
+        let n = Notification::from_value(&common::notification_json(Value::Object(body)))
+            .expect("generated notifications are valid");
+        let origin = common::node(common::ORIGIN);
+        let mut sealed: Vec<(Envelope, envelope::VerifiedView)> = (0..size)
+            .map(|j| {
+                envelope::seal_unsigned_viewed(
+                    &n,
+                    &origin,
+                    &common::origin_key(),
+                    NotificationId::random(),
+                    7 + j as u64,
+                    common::CREATED_AT_MS,
+                )
+                .expect("a valid notification seals")
+            })
+            .collect();
+        let mut envs: Vec<Envelope> = sealed.iter_mut().map(|(e, _)| std::mem::take(e)).collect();
+        envelope::sign_origin_round(&common::origin_key(), &mut envs);
+        let at = place.index(size);
+        let (_, mut view) = sealed.swap_remove(at);
+        let env = envs.swap_remove(at);
+        view.signed_in(&env);
+        let inspected = envelope::inspect(&env).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        prop_assert_eq!(&view, &inspected);
+        let verified = verify(&env).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        prop_assert_eq!(view.fields, verified.fields);
+    }
+
+    #[test]
     fn flipping_a_signed_header_byte_fails_as_malformed_or_bad_origin_signature(
         p in plan(0..=3), at in any::<Index>(), mask in 1u8..=255,
     ) {

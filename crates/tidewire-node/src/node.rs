@@ -418,6 +418,8 @@ impl OutboxItem {
 struct Sealed {
     n: Notification,
     env: envelope::Envelope,
+    /// The origin's own view of `env`, built while sealing it.
+    view: envelope::VerifiedView,
     id: NotificationId,
     seq: u64,
     now: i64,
@@ -1396,7 +1398,8 @@ impl Node {
         let id = NotificationId::random();
         let seq = self.origin_seq.fetch_add(1, Ordering::SeqCst) + 1;
         let now = timefmt::now_ms();
-        let env = envelope::seal_unsigned(&n, self.id(), &self.key, id, seq, now);
+        let (env, view) = envelope::seal_unsigned_viewed(&n, self.id(), &self.key, id, seq, now)
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
         let key_guard = inflight.as_mut().map(|map| {
             let (done, waiting) = watch::channel(None);
             map.insert(idempotency_key.to_owned(), (id, seq, waiting));
@@ -1410,6 +1413,7 @@ impl Node {
         Ok(Sealing::Sealed(Box::new(Sealed {
             n,
             env,
+            view,
             id,
             seq,
             now,
@@ -1425,6 +1429,7 @@ impl Node {
         let Sealed {
             n,
             env,
+            mut view,
             id,
             seq,
             now,
@@ -1434,7 +1439,7 @@ impl Node {
         } = *s;
         let idempotency_key = idempotency_key.as_str();
         let bytes = envelope::encode(&env);
-        let view = envelope::inspect(&env).map_err(|e| NodeError::Internal(e.to_string()))?;
+        view.signed_in(&env);
         let header = view.header.clone();
         let meta = StoredMeta {
             origin: self.id().to_string(),
