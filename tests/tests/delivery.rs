@@ -29,15 +29,23 @@ async fn line_a_b_c_delivers_verified_with_custody_path() -> anyhow::Result<()> 
     assert_eq!(detail["origin"], "a");
     assert_eq!(entry.destination, "node:b", "c got it from b");
 
-    let c = kit.status("c").await?;
+    // The ledger shows the record once it is applied; the counters move once it is durable
+    // (c's delivery) and once c has acknowledged it (b's forward).
+    let c = eventually!(Duration::from_secs(15), "c counts the delivery", {
+        let c = kit.status("c").await?;
+        ensure!(counter(&c, "delivered") == 1, "{:?}", c.counters);
+        Ok(c)
+    });
     assert_eq!(counter(&c, "received"), 1, "{:?}", c.counters);
     assert_eq!(counter(&c, "verified"), 1, "c verified what it received");
-    assert_eq!(counter(&c, "delivered"), 1);
     assert_eq!(counter(&c, "refused"), 0, "{:?}", c.refused);
-    let b = kit.status("b").await?;
+    let b = eventually!(Duration::from_secs(15), "b counts the forward", {
+        let b = kit.status("b").await?;
+        ensure!(counter(&b, "forwarded") == 1, "{:?}", b.counters);
+        Ok(b)
+    });
     assert_eq!(counter(&b, "verified"), 1, "the relay verified it too");
     assert_eq!(counter(&b, "delivered"), 0, "b is not in the audience");
-    assert_eq!(counter(&b, "forwarded"), 1);
 
     let feed = kit.deliveries("c", 1, Duration::from_secs(10)).await?;
     let d = &feed[0];
@@ -47,6 +55,51 @@ async fn line_a_b_c_delivers_verified_with_custody_path() -> anyhow::Result<()> 
     assert_eq!(d.path, ["a", "b"]);
     let fields: serde_json::Value = serde_json::from_str(&d.fields_json)?;
     assert_eq!(fields["vessel"]["imo"], "9387421", "{fields}");
+    kit.stop().await;
+    Ok(())
+}
+
+/// Over a connected, idle link a copy is prepared when it is published: its `transfer` record is
+/// written in the publish's own commit, right after the `published` record, and the send loop
+/// signs and sends it without a commit of its own. Each notification still has exactly one
+/// transfer record, and arrives in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_over_an_idle_link_is_sent_as_prepared_and_recorded_once() -> anyhow::Result<()> {
+    const N: usize = 5;
+    let kit = Kit::start(&["a", "b"], &["a:b"]).await?;
+    let mut ids = Vec::with_capacity(N);
+    for i in 0..N {
+        let n = notification(&format!("AHEAD-{i}"), &["node:b"]);
+        ids.push(kit.publish("a", &n).await?);
+    }
+    let feed = kit.deliveries("b", N, Duration::from_secs(15)).await?;
+    let got: Vec<&str> = feed.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(got, ids, "b's feed holds every one, in publish order");
+
+    let a = eventually!(Duration::from_secs(15), "a counts every forward", {
+        let a = kit.status("a").await?;
+        ensure!(counter(&a, "forwarded") == N as u64, "{:?}", a.counters);
+        Ok(a)
+    });
+    assert_eq!(
+        counter(&a, "sent_ahead"),
+        N as u64,
+        "each went as prepared at publish: {:?}",
+        a.counters
+    );
+    let published = kit.audit("a", "published").await?;
+    let transfers = kit.audit("a", "transfer").await?;
+    for id in &ids {
+        let p: Vec<_> = published.iter().filter(|e| e.notification == *id).collect();
+        let t: Vec<_> = transfers.iter().filter(|e| e.notification == *id).collect();
+        assert_eq!(
+            (p.len(), t.len()),
+            (1, 1),
+            "one publish, one transfer: {id}"
+        );
+        assert_eq!(t[0].seq, p[0].seq + 1, "recorded with the publish: {id}");
+        assert_eq!(t[0].destination, "node:b");
+    }
     kit.stop().await;
     Ok(())
 }

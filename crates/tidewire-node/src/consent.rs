@@ -312,7 +312,7 @@ impl Node {
         e.detail = serde_json::json!({"by": by, "detail": detail});
         let numbered = Numbered {
             outbox: vec![(dest.clone(), item)],
-            feed: Vec::new(),
+            ..Numbered::default()
         };
         self.commit_numbered(Vec::new(), numbered, vec![e]).await?;
         self.bump_outbox();
@@ -472,7 +472,7 @@ impl Node {
                 ],
                 Numbered {
                     outbox: vec![(dest.clone(), item)],
-                    feed: Vec::new(),
+                    ..Numbered::default()
                 },
                 vec![e],
             )

@@ -20,8 +20,8 @@ use tracing::Instrument;
 
 use crate::ledger::LedgerEntry;
 use crate::node::{
-    Due, Node, Numbered, OutboxItem, PendingIngest, PurgeReason, Received, be_u64, decode_expiry,
-    expiry_entry,
+    AheadCopy, Due, Node, Numbered, OutboxItem, PendingIngest, PurgeReason, Received, be_u64,
+    decode_expiry, expiry_entry, parse_outbox_key,
 };
 use crate::routing::Announcement;
 
@@ -457,15 +457,30 @@ async fn send_loop(
                 }
             };
             for (key, value) in items {
+                // A copy prepared ahead when it was published: its transfer is recorded in that
+                // commit, and sent only once that is durable.
+                let ahead = match parse_outbox_key(&key) {
+                    Some((_, oseq)) => node.take_ahead(&peer, dest, oseq),
+                    None => AheadCopy::None,
+                };
+                if matches!(ahead, AheadCopy::Pending) {
+                    break;
+                }
                 cursors.insert(dest.clone(), key.clone());
                 let Some(item) = OutboxItem::decode(&value) else {
                     resolved_ops.push(Op::delete(Space::Outbox, key));
                     continue;
                 };
-                match node.prepare_egress(&peer, dest, &item) {
-                    Ok(p) => {
-                        seq += 1;
+                let copy = match ahead {
+                    AheadCopy::Ready(p) => Ok(*p),
+                    _ => node.prepare_egress(&peer, dest, &item).inspect(|p| {
                         resolved_entries.push(p.entry.clone());
+                    }),
+                };
+                match copy {
+                    Ok(p) => {
+                        node.tally_sent(&p);
+                        seq += 1;
                         inflight.insert(
                             seq,
                             Inflight {
@@ -483,6 +498,7 @@ async fn send_loop(
                         prepared.push((transfer, p.env));
                     }
                     Err(skipped) => {
+                        node.tally_skipped(&skipped);
                         resolved_ops.push(Op::delete(Space::Outbox, key));
                         resolved_entries.extend(skipped.entry.map(|e| *e));
                     }
@@ -508,7 +524,9 @@ async fn send_loop(
             .collect();
         let sent = frames.len();
         if sent > 0 || !resolved_ops.is_empty() || !resolved_entries.is_empty() {
-            let receipt = node.submit_numbered(resolved_ops, Numbered::default(), resolved_entries);
+            // A round of copies all prepared ahead has nothing new to record.
+            let receipt = (!resolved_ops.is_empty() || !resolved_entries.is_empty())
+                .then(|| node.submit_numbered(resolved_ops, Numbered::default(), resolved_entries));
             if rounds.send((receipt, frames)).await.is_err() {
                 return;
             }
@@ -534,12 +552,14 @@ async fn send_loop(
 /// Writes prepared send rounds to the link in order, each once its ledger records are durable.
 async fn write_loop(
     node: Arc<Node>,
-    mut rounds: mpsc::Receiver<(crate::node::Submitted, Vec<pb::LinkFrame>)>,
+    mut rounds: mpsc::Receiver<(Option<crate::node::Submitted>, Vec<pb::LinkFrame>)>,
     out: mpsc::Sender<pb::LinkFrame>,
     cancel: CancellationToken,
 ) {
     while let Some((receipt, frames)) = rounds.recv().await {
-        if let Err(e) = node.wait_commit(receipt).await {
+        if let Some(receipt) = receipt
+            && let Err(e) = node.wait_commit(receipt).await
+        {
             tracing::error!(error = %e, "could not record transfers; not sending them");
             cancel.cancel();
             return;

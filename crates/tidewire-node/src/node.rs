@@ -2,9 +2,9 @@
 //! one egress path ([`Node::prepare_egress`]) that every byte leaving the node goes through.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tidewire_core::envelope::{self, Header, Hop, Substitution};
@@ -36,6 +36,9 @@ pub struct Counters {
     pub verified: AtomicU64,
     /// Envelopes handed to a peer and acknowledged.
     pub forwarded: AtomicU64,
+    /// Copies sent as they were prepared when published, their transfer recorded in the
+    /// publish's own commit (see [`Node::take_ahead`]).
+    pub sent_ahead: AtomicU64,
     /// Notifications delivered into the local feed.
     pub delivered: AtomicU64,
     /// Duplicates dropped by the seen-set.
@@ -73,6 +76,7 @@ impl Counters {
         m.insert("received".into(), l(&self.received));
         m.insert("verified".into(), l(&self.verified));
         m.insert("forwarded".into(), l(&self.forwarded));
+        m.insert("sent_ahead".into(), l(&self.sent_ahead));
         m.insert("delivered".into(), l(&self.delivered));
         m.insert("duplicates".into(), l(&self.duplicates));
         m.insert("denied".into(), l(&self.denied));
@@ -377,7 +381,7 @@ pub fn outbox_key(dest: &NodeId, seq: u64) -> Vec<u8> {
 }
 
 /// The destination and sequence number of an [`outbox_key`].
-fn parse_outbox_key(key: &[u8]) -> Option<(NodeId, u64)> {
+pub(crate) fn parse_outbox_key(key: &[u8]) -> Option<(NodeId, u64)> {
     let (dest, seq) = key.split_at_checked(key.len().checked_sub(9)?)?;
     let dest = std::str::from_utf8(dest).ok()?.parse().ok()?;
     (seq[0] == 0).then(|| (dest, be_u64(&seq[1..])))
@@ -556,6 +560,8 @@ pub struct Prepared {
     pub grant: Vec<u8>,
     /// The `transfer` ledger entry.
     pub entry: LedgerEntry,
+    /// How many fields the policy withheld (counted by [`Node::tally_sent`] when it is sent).
+    pub withheld: u64,
 }
 
 /// Why an outbox item was not sent; it is resolved (removed) with this ledger entry.
@@ -563,6 +569,57 @@ pub struct Prepared {
 pub struct Skipped {
     /// The ledger entry recording why.
     pub entry: Option<Box<LedgerEntry>>,
+    /// The counter it adds to (see [`Node::tally_skipped`]).
+    pub tally: Option<SkipTally>,
+}
+
+/// The counter a skipped outbox item adds to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipTally {
+    /// The notification expired.
+    Expired,
+    /// The policy, the audience or a missing consent denied it.
+    Denied,
+}
+
+/// At most this many copies wait, prepared ahead, for their send loop (see [`Ahead`]).
+const AHEAD_MAX: usize = 1024;
+
+/// Copies are prepared ahead only while fewer than this many items are queued for their
+/// destination: that is when the commit saved is most of the latency. Under a backlog the send
+/// loop prepares whole rounds, and one commit records each round.
+const AHEAD_QUEUE_MAX: usize = 64;
+
+/// A copy prepared ahead whose commit is not durable after this long (a failing disk) is dropped
+/// and its outbox item prepared as usual.
+const AHEAD_PENDING_MAX: Duration = Duration::from_secs(30);
+
+/// A copy prepared ahead that no send loop took within this long is dropped when room is needed.
+const AHEAD_STALE: Duration = Duration::from_secs(60);
+
+/// A copy prepared for its next hop when it was queued, its `transfer` record written in the
+/// same commit as the publish (one commit fewer on the way out). Its send loop takes it instead
+/// of preparing the copy and recording the transfer in a commit of its own, if the copy still
+/// goes to the same peer under the same policy.
+#[derive(Debug)]
+struct Ahead {
+    peer: NodeId,
+    prepared: Prepared,
+    /// Raised by the commit thread once the commit that recorded the transfer is durable; until
+    /// then the send loop waits for it, as bytes leave only after their record is on disk.
+    durable: Arc<AtomicBool>,
+    since: Instant,
+}
+
+/// What a send loop finds for an outbox item (see [`Node::take_ahead`]).
+#[derive(Debug)]
+pub enum AheadCopy {
+    /// Nothing prepared: prepare it and record its transfer.
+    None,
+    /// Prepared, but its transfer record is not durable yet: wait and look again.
+    Pending,
+    /// Prepared and recorded: sign and send it.
+    Ready(Box<Prepared>),
 }
 
 /// The outcome of one incoming transfer.
@@ -696,6 +753,8 @@ pub struct Node {
     /// The outbox sequence numbers queued per destination, kept in step with the store where
     /// outbox writes are submitted, so that a status call counts a backlog without reading it.
     outbox_index: Mutex<HashMap<NodeId, BTreeSet<u64>>>,
+    /// Copies prepared ahead for their next hop, by (destination, outbox sequence number).
+    ahead: Mutex<HashMap<(NodeId, u64), Ahead>>,
 }
 
 /// What the policy lets subscribers with one role at this node see of one copy: the same for
@@ -875,6 +934,9 @@ pub struct Numbered {
     pub outbox: Vec<(NodeId, OutboxItem)>,
     /// Stored-notification keys for the local feed.
     pub feed: Vec<Vec<u8>>,
+    /// Copies prepared ahead: (index into `outbox`, next hop, the copy). Their
+    /// `transfer` records are among the batch's ledger entries.
+    pub(crate) ahead: Vec<(usize, NodeId, Prepared)>,
 }
 
 /// One link's state, for status.
@@ -1025,6 +1087,7 @@ impl Node {
             claimed: Mutex::new(HashSet::new()),
             copies: CopyCache::default(),
             outbox_index: Mutex::new(outbox_index),
+            ahead: Mutex::new(HashMap::new()),
             filtered: Mutex::new(HashMap::new()),
             cfg,
         }))
@@ -1145,11 +1208,24 @@ impl Node {
         let mut head = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let mut index = (!numbered.outbox.is_empty())
             .then(|| self.outbox_index.lock().unwrap_or_else(|p| p.into_inner()));
-        for (dest, item) in numbered.outbox {
+        let mut ahead = numbered.ahead.into_iter().peekable();
+        let flag = (ahead.peek().is_some()).then(|| Arc::new(AtomicBool::new(false)));
+        for (i, (dest, item)) in numbered.outbox.into_iter().enumerate() {
             let oseq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
             if let Some(index) = index.as_mut() {
                 index.entry(dest.clone()).or_default().insert(oseq);
                 change.added.push((dest.clone(), oseq));
+            }
+            if let Some((_, peer, prepared)) = ahead.next_if(|(at, ..)| *at == i) {
+                self.ahead.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                    (dest.clone(), oseq),
+                    Ahead {
+                        peer,
+                        prepared,
+                        durable: flag.clone().unwrap_or_default(),
+                        since: Instant::now(),
+                    },
+                );
             }
             ops.push(Op::put(
                 Space::Outbox,
@@ -1164,10 +1240,11 @@ impl Node {
         for e in entries {
             ops.push(head.append(e));
         }
-        Submitted {
-            receipt: self.committer.submit(ops),
-            change,
-        }
+        let receipt = match flag {
+            Some(flag) => self.committer.submit_flagged(ops, flag),
+            None => self.committer.submit(ops),
+        };
+        Submitted { receipt, change }
     }
 
     /// Applies `ops` (which carry no ledger entries) in order with every other write, without
@@ -1238,6 +1315,96 @@ impl Node {
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// What the send loop towards `peer` finds prepared ahead for outbox item `seq` of `dest`.
+    ///
+    /// A ready copy is sent as it was decided and recorded, even if a policy was applied since:
+    /// like a send round whose records are written, its decision was taken and is on the
+    /// ledger (and the ledger must not name a transfer that never happened). A copy prepared
+    /// for another peer (the route changed meanwhile) is dropped and prepared afresh, and so is
+    /// one whose commit is still not durable after [`AHEAD_PENDING_MAX`].
+    pub fn take_ahead(&self, peer: &NodeId, dest: &NodeId, seq: u64) -> AheadCopy {
+        let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (dest.clone(), seq);
+        let Some(a) = ahead.get(&key) else {
+            return AheadCopy::None;
+        };
+        if a.peer != *peer {
+            ahead.remove(&key);
+            return AheadCopy::None;
+        }
+        if !a.durable.load(Ordering::Acquire) {
+            if a.since.elapsed() < AHEAD_PENDING_MAX {
+                return AheadCopy::Pending;
+            }
+            ahead.remove(&key);
+            return AheadCopy::None;
+        }
+        match ahead.remove(&key) {
+            Some(a) => {
+                self.counters.sent_ahead.fetch_add(1, Ordering::Relaxed);
+                AheadCopy::Ready(Box::new(a.prepared))
+            }
+            None => AheadCopy::None,
+        }
+    }
+
+    /// Prepares the copy of a notification being published for `dest` ahead, when its next hop
+    /// is connected and few items wait before it ([`AHEAD_QUEUE_MAX`]): its transfer is then recorded in the publish's
+    /// own commit, and its send loop signs and sends it without a commit of its own. Returns
+    /// the next hop and the copy, or `None` to leave it to the send loop.
+    fn prepare_ahead(&self, dest: &NodeId, item: &OutboxItem) -> Option<(NodeId, Prepared)> {
+        let peer = self
+            .routing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_hop(dest)?
+            .clone();
+        let up = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .is_some_and(|l| l.up);
+        let queued = self
+            .outbox_index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(dest)
+            .map_or(0, BTreeSet::len);
+        if !up || queued >= AHEAD_QUEUE_MAX || !self.room_ahead() {
+            return None;
+        }
+        let prepared = self.prepare_egress(&peer, dest, item).ok()?;
+        Some((peer, prepared))
+    }
+
+    /// Whether another copy may be prepared ahead. Copies nobody came for (their outbox item
+    /// was purged or recalled first, or their commit failed) are dropped after a minute.
+    fn room_ahead(&self) -> bool {
+        let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+        if ahead.len() >= AHEAD_MAX {
+            ahead.retain(|_, a| a.since.elapsed() < AHEAD_STALE);
+        }
+        ahead.len() < AHEAD_MAX
+    }
+
+    /// Counts a copy sent: the fields its policy withheld.
+    pub fn tally_sent(&self, p: &Prepared) {
+        self.counters
+            .withheld_fields
+            .fetch_add(p.withheld, Ordering::Relaxed);
+    }
+
+    /// Counts an outbox item resolved without sending it.
+    pub fn tally_skipped(&self, s: &Skipped) {
+        let c = match s.tally {
+            Some(SkipTally::Expired) => &self.counters.expired,
+            Some(SkipTally::Denied) => &self.counters.denied,
+            None => return,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Wakes every link sender.
@@ -1505,6 +1672,12 @@ impl Node {
         }
         self.copies
             .insert(note_key(&id, self.id()), Arc::new(Copy { env, view }));
+        for (i, (d, item)) in numbered.outbox.iter().enumerate() {
+            if let Some((peer, prepared)) = self.prepare_ahead(d, item) {
+                entries.push(prepared.entry.clone());
+                numbered.ahead.push((i, peer, prepared));
+            }
+        }
         let receipt = self.submit_numbered(ops, numbered, entries);
         Ok(PendingPublish {
             receipt,
@@ -1815,6 +1988,11 @@ impl Node {
             e.rule = rule.unwrap_or_default();
             e.detail = detail;
             Skipped {
+                tally: match event {
+                    "expired" => Some(SkipTally::Expired),
+                    "denied" => Some(SkipTally::Denied),
+                    _ => None,
+                },
                 entry: Some(Box::new(e)),
             }
         };
@@ -1836,13 +2014,15 @@ impl Node {
             }
             Err(NoCopy::Store(e)) => {
                 tracing::error!(error = %e, "store read failed on egress");
-                return Err(Skipped { entry: None });
+                return Err(Skipped {
+                    entry: None,
+                    tally: None,
+                });
             }
         };
         let (env, view) = (&copy.env, &copy.view);
         let now = timefmt::now_ms();
         if view.header.expired(now) {
-            self.counters.expired.fetch_add(1, Ordering::Relaxed);
             return Err(skip(
                 "expired",
                 None,
@@ -1862,7 +2042,6 @@ impl Node {
                 }
                 _ if onward_ok => {}
                 _ => {
-                    self.counters.denied.fetch_add(1, Ordering::Relaxed);
                     return Err(skip(
                         "denied",
                         None,
@@ -1872,7 +2051,6 @@ impl Node {
             }
         }
         let Some((policy, _)) = self.policy() else {
-            self.counters.denied.fetch_add(1, Ordering::Relaxed);
             return Err(skip(
                 "denied",
                 None,
@@ -1882,13 +2060,11 @@ impl Node {
         let decision = match self.decide(&policy, view, peer, dest) {
             Ok(d) => d,
             Err(reason) => {
-                self.counters.denied.fetch_add(1, Ordering::Relaxed);
                 return Err(skip("denied", None, serde_json::json!({"reason": reason})));
             }
         };
         let (rule, fields) = match decision {
             Decision::Deny { rule, reason } => {
-                self.counters.denied.fetch_add(1, Ordering::Relaxed);
                 let mut s = skip(
                     "denied",
                     rule,
@@ -1925,9 +2101,7 @@ impl Node {
                 }
             }
         }
-        self.counters
-            .withheld_fields
-            .fetch_add(withhold.len() as u64, Ordering::Relaxed);
+        let withheld = withhold.len() as u64;
         let out = envelope::relay_unsigned(
             env,
             Hop {
@@ -1958,6 +2132,7 @@ impl Node {
             env: out,
             grant,
             entry: e,
+            withheld,
         })
     }
 

@@ -12,8 +12,14 @@ use tokio::sync::oneshot;
 
 use crate::{Op, Store, StoreError};
 
-/// A batch, whether its submitter needs it durable before the answer, and where to answer.
-type Job = (Vec<Op>, bool, oneshot::Sender<Result<(), String>>);
+/// A batch, whether its submitter needs it durable before the answer, where to answer, and a
+/// flag to raise once it is durable.
+type Job = (
+    Vec<Op>,
+    bool,
+    oneshot::Sender<Result<(), String>>,
+    Option<Arc<AtomicBool>>,
+);
 
 /// A submitted batch, to await with [`Committer::wait`].
 #[derive(Debug)]
@@ -56,19 +62,22 @@ impl Committer {
                     // (a group is all-or-nothing), and sled pays its per-batch cost once.
                     let ops: Vec<Op> = jobs
                         .iter_mut()
-                        .flat_map(|(ops, _, _)| std::mem::take(ops))
+                        .flat_map(|(ops, ..)| std::mem::take(ops))
                         .collect();
                     // A group of lazy batches only is applied without a sync: the next sync
                     // (any durable batch's, or the final one at shutdown) covers it, since the
                     // store persists in application order.
-                    let durable = jobs.iter().any(|(_, d, _)| *d);
+                    let durable = jobs.iter().any(|(_, d, ..)| *d);
                     let synced = store
                         .apply(&ops)
                         .and_then(|()| if durable { store.sync() } else { Ok(()) })
                         .map_err(|e| e.to_string());
                     health.store(synced.is_ok(), Ordering::Relaxed);
                     tracing::trace!(batches = jobs.len(), durable, "group commit");
-                    for (_, _, reply) in jobs {
+                    for (_, _, reply, flag) in jobs {
+                        if let Some(flag) = flag.filter(|_| durable && synced.is_ok()) {
+                            flag.store(true, Ordering::Release);
+                        }
                         let _ = reply.send(synced.clone());
                     }
                 }
@@ -90,7 +99,14 @@ impl Committer {
     /// Queues `ops` now (batches are applied in submission order) and returns the receipt to
     /// await with [`Committer::wait`].
     pub fn submit(&self, ops: Vec<Op>) -> Receipt {
-        self.submit_as(ops, true)
+        self.submit_as(ops, true, None)
+    }
+
+    /// [`Committer::submit`], also raising `durable` once the batch is durable, from the commit
+    /// thread: for whoever must know it is on disk without holding the receipt. A batch that
+    /// fails leaves it down.
+    pub fn submit_flagged(&self, ops: Vec<Op>, durable: Arc<AtomicBool>) -> Receipt {
+        self.submit_as(ops, true, Some(durable))
     }
 
     /// Queues `ops` to be applied in order like [`Committer::submit`], but its receipt answers
@@ -98,14 +114,17 @@ impl Committer {
     /// the next durable batch (or the final sync at shutdown). For writes whose loss in a crash
     /// only repeats work that is idempotent, such as removing acknowledged outbox items.
     pub fn submit_lazy(&self, ops: Vec<Op>) -> Receipt {
-        self.submit_as(ops, false)
+        self.submit_as(ops, false, None)
     }
 
-    fn submit_as(&self, ops: Vec<Op>, durable: bool) -> Receipt {
+    fn submit_as(&self, ops: Vec<Op>, durable: bool, flag: Option<Arc<AtomicBool>>) -> Receipt {
         let (tx, rx) = oneshot::channel();
         if ops.is_empty() {
+            if let Some(flag) = flag {
+                flag.store(true, Ordering::Release);
+            }
             let _ = tx.send(Ok(()));
-        } else if let Err(mpsc::SendError((_, _, tx))) = self.tx.send((ops, durable, tx)) {
+        } else if let Err(mpsc::SendError((_, _, tx, _))) = self.tx.send((ops, durable, tx, flag)) {
             let _ = tx.send(Err(StoreError::Closed.to_string()));
         }
         Receipt(rx)
@@ -178,6 +197,36 @@ mod tests {
             self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.inner.sync()
         }
+    }
+
+    #[tokio::test]
+    async fn a_flagged_batch_raises_its_flag_once_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let c = Committer::start(store.clone());
+        let flag = Arc::new(AtomicBool::new(false));
+        let receipt = c.submit_flagged(
+            vec![Op::put(Space::Feed, 1u64.to_be_bytes(), b"x".to_vec())],
+            flag.clone(),
+        );
+        Committer::wait(receipt).await.unwrap();
+        assert!(flag.load(Ordering::Acquire), "durable, so the flag is up");
+        assert!(
+            store
+                .get(Space::Feed, &1u64.to_be_bytes())
+                .unwrap()
+                .is_some()
+        );
+
+        // A lazy batch never raises one: it is not durable when it is applied.
+        let lazy = Arc::new(AtomicBool::new(false));
+        let r = c.submit_as(
+            vec![Op::put(Space::Feed, 2u64.to_be_bytes(), b"y".to_vec())],
+            false,
+            Some(lazy.clone()),
+        );
+        Committer::wait(r).await.unwrap();
+        assert!(!lazy.load(Ordering::Acquire));
     }
 
     #[tokio::test]
