@@ -46,6 +46,16 @@ async fn line_a_b_c_delivers_verified_with_custody_path() -> anyhow::Result<()> 
     });
     assert_eq!(counter(&b, "verified"), 1, "the relay verified it too");
     assert_eq!(counter(&b, "delivered"), 0, "b is not in the audience");
+    assert_eq!(
+        counter(&b, "sent_ahead"),
+        1,
+        "the relay prepared c's copy as it stored it: {:?}",
+        b.counters
+    );
+    let relayed = kit.audit("b", "transfer").await?;
+    let relayed: Vec<_> = relayed.iter().filter(|e| e.notification == id).collect();
+    assert_eq!(relayed.len(), 1, "one transfer recorded by the relay");
+    assert_eq!(relayed[0].destination, "node:c");
 
     let feed = kit.deliveries("c", 1, Duration::from_secs(10)).await?;
     let d = &feed[0];

@@ -597,10 +597,10 @@ const AHEAD_PENDING_MAX: Duration = Duration::from_secs(30);
 /// A copy prepared ahead that no send loop took within this long is dropped when room is needed.
 const AHEAD_STALE: Duration = Duration::from_secs(60);
 
-/// A copy prepared for its next hop when it was queued, its `transfer` record written in the
-/// same commit as the publish (one commit fewer on the way out). Its send loop takes it instead
-/// of preparing the copy and recording the transfer in a commit of its own, if the copy still
-/// goes to the same peer under the same policy.
+/// A copy prepared for its next hop when it was queued (published here, or received to relay),
+/// its `transfer` record written in the same commit (one commit fewer on the way out). Its send
+/// loop takes it instead of preparing the copy and recording the transfer in a commit of its
+/// own, if the copy still goes to the same peer.
 #[derive(Debug)]
 struct Ahead {
     peer: NodeId,
@@ -1350,10 +1350,22 @@ impl Node {
         }
     }
 
-    /// Prepares the copy of a notification being published for `dest` ahead, when its next hop
-    /// is connected and few items wait before it ([`AHEAD_QUEUE_MAX`]): its transfer is then recorded in the publish's
-    /// own commit, and its send loop signs and sends it without a commit of its own. Returns
-    /// the next hop and the copy, or `None` to leave it to the send loop.
+    /// Prepares ahead (see [`Node::prepare_ahead`]) what a batch queues, whose copies are in the
+    /// cache, recording their transfers with the batch's own ledger entries.
+    fn prepare_outbox_ahead(&self, numbered: &mut Numbered, entries: &mut Vec<LedgerEntry>) {
+        for (i, (d, item)) in numbered.outbox.iter().enumerate() {
+            if let Some((peer, prepared)) = self.prepare_ahead(d, item) {
+                entries.push(prepared.entry.clone());
+                numbered.ahead.push((i, peer, prepared));
+            }
+        }
+    }
+
+    /// Prepares the copy of a notification being published or relayed for `dest` ahead, when
+    /// its next hop is connected and few items wait before it ([`AHEAD_QUEUE_MAX`]): its
+    /// transfer is then recorded in the commit that stores and queues it, and its send loop
+    /// signs and sends it without a commit of its own. Returns the next hop and the copy, or
+    /// `None` to leave it to the send loop.
     fn prepare_ahead(&self, dest: &NodeId, item: &OutboxItem) -> Option<(NodeId, Prepared)> {
         let peer = self
             .routing
@@ -1672,12 +1684,7 @@ impl Node {
         }
         self.copies
             .insert(note_key(&id, self.id()), Arc::new(Copy { env, view }));
-        for (i, (d, item)) in numbered.outbox.iter().enumerate() {
-            if let Some((peer, prepared)) = self.prepare_ahead(d, item) {
-                entries.push(prepared.entry.clone());
-                numbered.ahead.push((i, peer, prepared));
-            }
-        }
+        self.prepare_outbox_ahead(&mut numbered, &mut entries);
         let receipt = self.submit_numbered(ops, numbered, entries);
         Ok(PendingPublish {
             receipt,
@@ -1896,6 +1903,7 @@ impl Node {
             out.push(Received::Accepted);
         }
         ops.extend(expiry_entry(&dues));
+        self.prepare_outbox_ahead(&mut numbered, &mut entries);
         let receipt = self.submit_numbered(ops, numbered, entries);
         Ok(PendingIngest {
             receipt,
