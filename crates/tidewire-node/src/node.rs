@@ -1491,39 +1491,46 @@ impl Node {
     /// their writes are queued for the group commit in the batch's order, which is the order
     /// they go out in. Returns one outcome per notification, in order, each to await.
     pub fn publish_batch(&self, reqs: &[(String, String)], by: &str) -> Vec<PublishOutcome> {
-        let mut out: Vec<PublishOutcome> = Vec::with_capacity(reqs.len());
-        let mut sealed = Vec::with_capacity(reqs.len());
-        for (json, key) in reqs {
-            match self.publish_seal(json, key, by) {
+        /// A notification of the batch: answered already, or sealed and waiting for the round.
+        enum Slot {
+            Answered(PublishOutcome),
+            Sealed(Box<Sealed>),
+        }
+        let mut slots: Vec<Slot> = reqs
+            .iter()
+            .map(|(json, key)| match self.publish_seal(json, key, by) {
                 Ok(Sealing::Duplicate(id, seq)) => {
-                    out.push(PublishOutcome::Done(Ok((id, seq, true))))
+                    Slot::Answered(PublishOutcome::Done(Ok((id, seq, true))))
                 }
                 Ok(Sealing::InFlight(id, seq, done)) => {
-                    out.push(PublishOutcome::InFlight(id, seq, done))
+                    Slot::Answered(PublishOutcome::InFlight(id, seq, done))
                 }
-                Ok(Sealing::Sealed(s)) => {
-                    // Replaced below, once the round is signed and the publish submitted.
-                    out.push(PublishOutcome::Done(Err(NodeError::Internal(
-                        "sealed but never submitted".into(),
-                    ))));
-                    sealed.push((out.len() - 1, s));
-                }
-                Err(e) => out.push(PublishOutcome::Done(Err(e))),
-            }
-        }
-        let mut envs: Vec<envelope::Envelope> = sealed
+                Ok(Sealing::Sealed(s)) => Slot::Sealed(s),
+                Err(e) => Slot::Answered(PublishOutcome::Done(Err(e))),
+            })
+            .collect();
+        let mut envs: Vec<envelope::Envelope> = slots
             .iter_mut()
-            .map(|(_, s)| std::mem::take(&mut s.env))
+            .filter_map(|slot| match slot {
+                Slot::Sealed(s) => Some(std::mem::take(&mut s.env)),
+                Slot::Answered(_) => None,
+            })
             .collect();
         envelope::sign_origin_round(&self.key, &mut envs);
-        for ((at, mut s), env) in sealed.into_iter().zip(envs) {
-            s.env = env;
-            out[at] = match self.publish_submit(s) {
-                Ok(p) => PublishOutcome::Pending(p),
-                Err(e) => PublishOutcome::Done(Err(e)),
-            };
-        }
-        out
+        let mut signed = envs.into_iter();
+        slots
+            .into_iter()
+            .map(|slot| match slot {
+                Slot::Answered(o) => o,
+                Slot::Sealed(mut s) => {
+                    s.env = signed.next().expect("one signed envelope per sealed one");
+                    match self.publish_submit(s) {
+                        Ok(p) => PublishOutcome::Pending(p),
+                        Err(e) => PublishOutcome::Done(Err(e)),
+                    }
+                }
+            })
+            .collect()
     }
 
     /// Awaits a [`PublishOutcome`]: the publish's answer once it is durable.
