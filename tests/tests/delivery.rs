@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use anyhow::ensure;
+use tidewire_proto::v1 as pb;
 use tidewire_testkit::{Kit, check_sequence, counter, counts, eventually, notification};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,6 +111,42 @@ async fn a_publish_over_an_idle_link_is_sent_as_prepared_and_recorded_once() -> 
         assert_eq!(t[0].seq, p[0].seq + 1, "recorded with the publish: {id}");
         assert_eq!(t[0].destination, "node:b");
     }
+    kit.stop().await;
+    Ok(())
+}
+
+/// A publish answers with the nodes it was queued for, and names the audience entries that match
+/// no node of the roster (a mistyped `node:` or `org:`), so that an alert meant for a centre
+/// does not silently go nowhere. The notification is published regardless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_names_its_destinations_and_the_audience_that_matches_no_node()
+-> anyhow::Result<()> {
+    let kit = Kit::start(&["a", "b", "c"], &["a:b", "b:c"]).await?;
+    let mut client = pb::publisher_client::PublisherClient::new(kit.channel("a").await?);
+    let mut publish = async |audience: &[&str], key: &str| -> anyhow::Result<pb::PublishReply> {
+        Ok(client
+            .publish(pb::PublishRequest {
+                notification_json: notification("WHERE-1", audience).to_string(),
+                idempotency_key: key.to_owned(),
+            })
+            .await?
+            .into_inner())
+    };
+
+    let r = publish(&["node:c", "node:b"], "").await?;
+    assert_eq!(r.destinations, ["b", "c"]);
+    assert!(r.unmatched_audience.is_empty(), "{r:?}");
+
+    let r = publish(&["node:c", "node:nowhere", "org:nobody"], "where/2").await?;
+    assert_eq!(r.destinations, ["c"], "only the nodes that exist");
+    assert_eq!(r.unmatched_audience, ["node:nowhere", "org:nobody"]);
+    let feed = kit.deliveries("c", 2, Duration::from_secs(15)).await?;
+    assert_eq!(feed[1].id, r.id, "published regardless");
+
+    let again = publish(&["node:c", "node:nowhere", "org:nobody"], "where/2").await?;
+    assert!(again.duplicate);
+    assert_eq!(again.id, r.id);
+    assert!(again.destinations.is_empty() && again.unmatched_audience.is_empty());
     kit.stop().await;
     Ok(())
 }

@@ -472,15 +472,43 @@ impl Drop for KeyInFlight {
     }
 }
 
+/// What a publish answers once it is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The notification's id.
+    pub id: NotificationId,
+    /// Its per-origin sequence number.
+    pub seq: u64,
+    /// Whether this answers a retry of an earlier publish with the same idempotency key.
+    pub duplicate: bool,
+    /// The nodes it was queued for (empty for a retry).
+    pub destinations: Vec<NodeId>,
+    /// Audience entries that match no node of the roster (empty for a retry).
+    pub unmatched_audience: Vec<String>,
+}
+
+impl Published {
+    /// The answer to a retry of a publish that is durable: the same id and sequence number.
+    fn retry(id: NotificationId, seq: u64) -> Published {
+        Published {
+            id,
+            seq,
+            duplicate: true,
+            destinations: Vec::new(),
+            unmatched_audience: Vec::new(),
+        }
+    }
+}
+
 /// A retry of a publish still in flight: the same answer once that one is durable, or an
 /// error to retry again if it failed.
 async fn in_flight(
     id: NotificationId,
     seq: u64,
     mut done: watch::Receiver<Option<bool>>,
-) -> Result<(NotificationId, u64, bool), NodeError> {
+) -> Result<Published, NodeError> {
     match done.wait_for(Option::is_some).await.map(|v| *v) {
-        Ok(Some(true)) => Ok((id, seq, true)),
+        Ok(Some(true)) => Ok(Published::retry(id, seq)),
         _ => Err(NodeError::Aborted(
             "the first publish with this idempotency key failed; retry with the same key".into(),
         )),
@@ -534,7 +562,8 @@ pub struct PendingPublish {
     id: NotificationId,
     seq: u64,
     kind: tidewire_core::Kind,
-    destinations: usize,
+    destinations: Vec<NodeId>,
+    unmatched_audience: Vec<String>,
     key_guard: Option<KeyInFlight>,
 }
 
@@ -543,7 +572,7 @@ pub struct PendingPublish {
 #[derive(Debug)]
 pub enum PublishOutcome {
     /// Answered already: a duplicate or an error.
-    Done(Result<(NotificationId, u64, bool), NodeError>),
+    Done(Result<Published, NodeError>),
     /// A retry of a publish still in flight: answered when that one is durable.
     InFlight(NotificationId, u64, watch::Receiver<Option<bool>>),
     /// Queued; durable when its commit is.
@@ -1474,9 +1503,9 @@ impl Node {
         json: &str,
         idempotency_key: &str,
         by: &str,
-    ) -> Result<(NotificationId, u64, bool), NodeError> {
+    ) -> Result<Published, NodeError> {
         let mut sealed = match self.publish_seal(json, idempotency_key, by)? {
-            Sealing::Duplicate(id, seq) => return Ok((id, seq, true)),
+            Sealing::Duplicate(id, seq) => return Ok(Published::retry(id, seq)),
             Sealing::InFlight(id, seq, done) => return in_flight(id, seq, done).await,
             Sealing::Sealed(s) => s,
         };
@@ -1500,7 +1529,7 @@ impl Node {
             .iter()
             .map(|(json, key)| match self.publish_seal(json, key, by) {
                 Ok(Sealing::Duplicate(id, seq)) => {
-                    Slot::Answered(PublishOutcome::Done(Ok((id, seq, true))))
+                    Slot::Answered(PublishOutcome::Done(Ok(Published::retry(id, seq))))
                 }
                 Ok(Sealing::InFlight(id, seq, done)) => {
                     Slot::Answered(PublishOutcome::InFlight(id, seq, done))
@@ -1534,10 +1563,7 @@ impl Node {
     }
 
     /// Awaits a [`PublishOutcome`]: the publish's answer once it is durable.
-    pub async fn publish_outcome(
-        &self,
-        o: PublishOutcome,
-    ) -> Result<(NotificationId, u64, bool), NodeError> {
+    pub async fn publish_outcome(&self, o: PublishOutcome) -> Result<Published, NodeError> {
         match o {
             PublishOutcome::Done(r) => r,
             PublishOutcome::InFlight(id, seq, done) => in_flight(id, seq, done).await,
@@ -1698,16 +1724,14 @@ impl Node {
             id,
             seq,
             kind: n.kind,
-            destinations: dests.len(),
+            unmatched_audience: self.unmatched_audience(&header),
+            destinations: dests.into_iter().collect(),
             key_guard,
         })
     }
 
     /// The last step: waits until the publish is durable, then lets the feed and links know.
-    async fn publish_finish(
-        &self,
-        p: PendingPublish,
-    ) -> Result<(NotificationId, u64, bool), NodeError> {
+    async fn publish_finish(&self, p: PendingPublish) -> Result<Published, NodeError> {
         let mut key_guard = p.key_guard;
         self.wait_commit(p.receipt).await?;
         if let Some(g) = key_guard.as_mut() {
@@ -1715,12 +1739,25 @@ impl Node {
         }
         drop(key_guard);
         self.counters.published.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(id = %p.id, kind = %p.kind, destinations = p.destinations, "published");
+        tracing::debug!(id = %p.id, kind = %p.kind, destinations = p.destinations.len(), "published");
+        if !p.unmatched_audience.is_empty() {
+            tracing::info!(
+                id = %p.id,
+                unmatched = ?p.unmatched_audience,
+                "audience entries match no node of the roster"
+            );
+        }
         self.feed_changed.send_modify(|v| *v += 1);
-        if p.destinations > 0 {
+        if !p.destinations.is_empty() {
             self.bump_outbox();
         }
-        Ok((p.id, p.seq, false))
+        Ok(Published {
+            id: p.id,
+            seq: p.seq,
+            duplicate: false,
+            destinations: p.destinations,
+            unmatched_audience: p.unmatched_audience,
+        })
     }
 
     /// Verifies and durably stores a batch of transfers from `peer`. Returns one outcome per
@@ -2250,6 +2287,29 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// The audience entries naming a node, country or organisation that no node of the roster
+    /// (this one included) is: what a publisher most likely mistyped.
+    pub fn unmatched_audience(&self, header: &Header) -> Vec<String> {
+        header
+            .audience
+            .iter()
+            .filter(|a| {
+                !matches!(
+                    a,
+                    tidewire_core::AudienceEntry::AnyNode
+                        | tidewire_core::AudienceEntry::AnyCountry
+                )
+            })
+            .filter(|a| {
+                !self
+                    .roster
+                    .nodes()
+                    .any(|n| a.covers(&n.id, n.country, &n.org))
+            })
+            .map(|a| a.to_string())
+            .collect()
     }
 
     /// Where a notification published here goes: every roster node an explicit audience entry

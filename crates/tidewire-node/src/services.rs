@@ -16,7 +16,7 @@ use tracing::Instrument;
 use crate::auth::{Caller, caller};
 use crate::error::NodeError;
 use crate::ledger;
-use crate::node::Node;
+use crate::node::{Node, Published};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -95,14 +95,16 @@ const PUBLISH_BATCH: usize = 16;
 pub struct PublisherService(pub Arc<Node>);
 
 /// The reply to one publish: its id, or (in a stream, which goes on) its error.
-fn publish_reply(r: Result<(NotificationId, u64, bool), NodeError>) -> pb::PublishReply {
+fn publish_reply(r: Result<Published, NodeError>) -> pb::PublishReply {
     match r {
-        Ok((id, seq, duplicate)) => pb::PublishReply {
-            id: id.to_string(),
-            origin_seq: seq,
-            duplicate,
+        Ok(p) => pb::PublishReply {
+            id: p.id.to_string(),
+            origin_seq: p.seq,
+            duplicate: p.duplicate,
             error_code: 0,
             error_message: String::new(),
+            destinations: p.destinations.iter().map(|d| d.to_string()).collect(),
+            unmatched_audience: p.unmatched_audience,
         },
         Err(e) => {
             let s: Status = e.into();

@@ -141,6 +141,25 @@ fn read_notifications(files: &[PathBuf]) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
+/// The nodes a publish was queued for, as the CLI prints them.
+fn destinations_text(destinations: &[String]) -> String {
+    if destinations.is_empty() {
+        "no other node".into()
+    } else {
+        destinations.join(", ")
+    }
+}
+
+/// Warns (on stderr) about audience entries that match no node of the roster.
+fn warn_unmatched(file: &str, unmatched: &[String]) {
+    for a in unmatched {
+        eprintln!(
+            "warning: {file}: audience `{a}` matches no node of the federation's roster; check \
+             the name (`tidewire status` lists the nodes this one reaches)"
+        );
+    }
+}
+
 /// `tidewire publish`.
 pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
     let items = read_notifications(&a.file)?;
@@ -159,7 +178,7 @@ pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
         if json {
             println!(
                 "{}",
-                serde_json::json!({"file": name, "id": r.id, "origin_seq": r.origin_seq, "duplicate": r.duplicate})
+                serde_json::json!({"file": name, "id": r.id, "origin_seq": r.origin_seq, "duplicate": r.duplicate, "destinations": r.destinations, "unmatched_audience": r.unmatched_audience})
             );
         } else {
             println!(
@@ -172,7 +191,11 @@ pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
                     ""
                 }
             );
+            if !r.duplicate {
+                println!("  queued for: {}", destinations_text(&r.destinations));
+            }
         }
+        warn_unmatched(name, &r.unmatched_audience);
         return Ok(());
     }
     let reqs: Vec<pb::PublishRequest> = items
@@ -207,10 +230,17 @@ pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
         } else if json {
             println!(
                 "{}",
-                serde_json::json!({"file": name, "id": r.id, "origin_seq": r.origin_seq})
+                serde_json::json!({"file": name, "id": r.id, "origin_seq": r.origin_seq, "destinations": r.destinations, "unmatched_audience": r.unmatched_audience})
             );
         } else {
-            println!("[{i}/{total}] published {} from {name}", r.id);
+            println!(
+                "[{i}/{total}] published {} from {name} (queued for: {})",
+                r.id,
+                destinations_text(&r.destinations)
+            );
+        }
+        if r.error_code == 0 {
+            warn_unmatched(name, &r.unmatched_audience);
         }
     }
     if failed > 0 {
