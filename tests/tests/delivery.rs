@@ -151,6 +151,46 @@ async fn a_publish_names_its_destinations_and_the_audience_that_matches_no_node(
     Ok(())
 }
 
+/// A live subscription near the head of the feed has each new notification's delivery prepared
+/// by the commit that stores the notification, its `delivered` record written in that commit:
+/// one commit closer to the officer's screen. Each arrives once, in order, with one record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_subscription_gets_deliveries_prepared_by_the_commit_that_stores_them()
+-> anyhow::Result<()> {
+    const N: usize = 5;
+    let kit = Kit::start(&["a", "b"], &["a:b"]).await?;
+    let mut sub = kit.subscribe_from_beginning("b").await?;
+    let mut ids = Vec::with_capacity(N);
+    for i in 0..N {
+        let n = notification(&format!("LIVE-{i}"), &["node:b"]);
+        ids.push(kit.publish("a", &n).await?);
+    }
+    let mut got = Vec::with_capacity(N);
+    while got.len() < N {
+        let d = tokio::time::timeout(Duration::from_secs(15), sub.message())
+            .await
+            .context("no delivery within 15 s")??
+            .context("the subscription ended")?;
+        got.push(d.id);
+    }
+    assert_eq!(got, ids, "every one, once, in publish order");
+
+    let b = kit.status("b").await?;
+    assert_eq!(
+        counter(&b, "delivered_ahead"),
+        N as u64,
+        "each delivery was prepared with its commit: {:?}",
+        b.counters
+    );
+    let delivered = kit.audit("b", "delivered").await?;
+    for id in &ids {
+        let records = delivered.iter().filter(|e| e.notification == *id).count();
+        assert_eq!(records, 1, "one delivery record for {id}");
+    }
+    kit.stop().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishers_are_all_delivered() -> anyhow::Result<()> {
     const CLIENTS: usize = 8;

@@ -39,6 +39,9 @@ pub struct Counters {
     /// Copies sent as they were prepared when published, their transfer recorded in the
     /// publish's own commit (see [`Node::take_ahead`]).
     pub sent_ahead: AtomicU64,
+    /// Deliveries to local subscribers prepared by the commit that stored the notification,
+    /// their records written in it (see [`crate::subscribe::LiveSubs`]).
+    pub delivered_ahead: AtomicU64,
     /// Notifications delivered into the local feed.
     pub delivered: AtomicU64,
     /// Duplicates dropped by the seen-set.
@@ -77,6 +80,7 @@ impl Counters {
         m.insert("verified".into(), l(&self.verified));
         m.insert("forwarded".into(), l(&self.forwarded));
         m.insert("sent_ahead".into(), l(&self.sent_ahead));
+        m.insert("delivered_ahead".into(), l(&self.delivered_ahead));
         m.insert("delivered".into(), l(&self.delivered));
         m.insert("duplicates".into(), l(&self.duplicates));
         m.insert("denied".into(), l(&self.denied));
@@ -784,6 +788,8 @@ pub struct Node {
     outbox_index: Mutex<HashMap<NodeId, BTreeSet<u64>>>,
     /// Copies prepared ahead for their next hop, by (destination, outbox sequence number).
     ahead: Mutex<HashMap<(NodeId, u64), Ahead>>,
+    /// Live subscriptions, and deliveries prepared ahead for them.
+    pub(crate) live_subs: Mutex<crate::subscribe::LiveSubs>,
 }
 
 /// What the policy lets subscribers with one role at this node see of one copy: the same for
@@ -966,6 +972,9 @@ pub struct Numbered {
     /// Copies prepared ahead: (index into `outbox`, next hop, the copy). Their
     /// `transfer` records are among the batch's ledger entries.
     pub(crate) ahead: Vec<(usize, NodeId, Prepared)>,
+    /// Deliveries to live subscriptions prepared ahead for `feed`; their `delivered` records
+    /// are among the batch's ledger entries.
+    pub(crate) feed_ahead: Vec<crate::subscribe::PendingDelivery>,
 }
 
 /// One link's state, for status.
@@ -1117,6 +1126,7 @@ impl Node {
             copies: CopyCache::default(),
             outbox_index: Mutex::new(outbox_index),
             ahead: Mutex::new(HashMap::new()),
+            live_subs: Mutex::new(crate::subscribe::LiveSubs::default()),
             filtered: Mutex::new(HashMap::new()),
             cfg,
         }))
@@ -1238,7 +1248,8 @@ impl Node {
         let mut index = (!numbered.outbox.is_empty())
             .then(|| self.outbox_index.lock().unwrap_or_else(|p| p.into_inner()));
         let mut ahead = numbered.ahead.into_iter().peekable();
-        let flag = (ahead.peek().is_some()).then(|| Arc::new(AtomicBool::new(false)));
+        let flag = (ahead.peek().is_some() || !numbered.feed_ahead.is_empty())
+            .then(|| Arc::new(AtomicBool::new(false)));
         for (i, (dest, item)) in numbered.outbox.into_iter().enumerate() {
             let oseq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
             if let Some(index) = index.as_mut() {
@@ -1262,9 +1273,14 @@ impl Node {
                 item.encode(),
             ));
         }
+        let mut feed_seqs = Vec::with_capacity(numbered.feed.len());
         for note in numbered.feed {
             let feed = self.feed_seq.fetch_add(1, Ordering::SeqCst) + 1;
+            feed_seqs.push(feed);
             ops.push(Op::put(Space::Feed, feed.to_be_bytes().to_vec(), note));
+        }
+        if let Some(flag) = &flag {
+            crate::subscribe::file_deliveries_ahead(self, numbered.feed_ahead, &feed_seqs, flag);
         }
         for e in entries {
             ops.push(head.append(e));
@@ -1379,8 +1395,10 @@ impl Node {
         }
     }
 
-    /// Prepares ahead (see [`Node::prepare_ahead`]) what a batch queues, whose copies are in the
-    /// cache, recording their transfers with the batch's own ledger entries.
+    /// Prepares ahead what a batch queues and appends to the feed, whose copies are in the
+    /// cache: the copies for next hops (see [`Node::prepare_ahead`]) and the deliveries to live
+    /// subscriptions (see [`crate::subscribe::LiveSubs`]), recording their transfers and
+    /// deliveries with the batch's own ledger entries.
     fn prepare_outbox_ahead(&self, numbered: &mut Numbered, entries: &mut Vec<LedgerEntry>) {
         for (i, (d, item)) in numbered.outbox.iter().enumerate() {
             if let Some((peer, prepared)) = self.prepare_ahead(d, item) {
@@ -1388,6 +1406,8 @@ impl Node {
                 numbered.ahead.push((i, peer, prepared));
             }
         }
+        numbered.feed_ahead =
+            crate::subscribe::prepare_deliveries_ahead(self, &numbered.feed, entries);
     }
 
     /// Prepares the copy of a notification being published or relayed for `dest` ahead, when

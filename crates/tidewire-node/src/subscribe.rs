@@ -2,7 +2,9 @@
 //! pace (a slow one never holds up anyone else), filtered by the request, the user's clearance and
 //! allowed routes, and passed through the policy for the user's role before anything is sent.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
@@ -178,9 +180,201 @@ impl Drop for InterestGuard {
     }
 }
 
-struct Filter {
+/// What a subscription asked to follow, on top of what its user may see.
+#[derive(Debug)]
+pub(crate) struct Filter {
     routes: Vec<RoutePattern>,
     kinds: Vec<Kind>,
+}
+
+/// At most this many deliveries wait, prepared ahead, for their subscriptions.
+const DELIVER_AHEAD_MAX: usize = 4096;
+
+/// Deliveries are prepared ahead for a subscription only while it is within this many feed
+/// entries of the head: one that is catching up reads the feed and records its deliveries in
+/// rounds, as before.
+const DELIVER_AHEAD_LAG: u64 = 64;
+
+/// A ready delivery whose commit is not durable after this long (a failing disk) is dropped
+/// and the feed entry delivered as usual.
+const DELIVER_AHEAD_PENDING_MAX: Duration = Duration::from_secs(30);
+
+/// A live subscription, as the commits that grow the feed see it (see [`LiveSubs`]).
+#[derive(Debug)]
+struct Live {
+    user: User,
+    filter: Arc<Filter>,
+    /// The last feed entry it has read.
+    at: AtomicU64,
+}
+
+/// The live subscriptions of this node, and the deliveries prepared ahead for them.
+///
+/// A commit that appends to the local feed (a publish here, an ingest) prepares each new
+/// entry's delivery for every live subscription near the head of the feed
+/// ([`prepare_deliveries_ahead`]) and writes the `delivered` records in that same commit,
+/// instead of the subscription reading the entry once it is durable and recording its
+/// delivery in a commit of its own: one commit fewer between a notification's arrival and the
+/// officer's screen. The subscription takes a prepared delivery when its reading reaches that
+/// entry ([`take_delivery_ahead`]), once the commit is durable.
+#[derive(Debug, Default)]
+pub struct LiveSubs {
+    next: u64,
+    subs: HashMap<u64, Arc<Live>>,
+    ready: HashMap<(u64, u64), AheadDelivery>,
+}
+
+#[derive(Debug)]
+struct AheadDelivery {
+    delivery: pb::Delivery,
+    durable: Arc<AtomicBool>,
+    since: Instant,
+}
+
+/// A delivery prepared ahead for one subscription, waiting for its feed number.
+#[derive(Debug)]
+pub(crate) struct PendingDelivery {
+    /// Index of the entry in the batch's feed entries.
+    pub at: usize,
+    sub: u64,
+    delivery: pb::Delivery,
+}
+
+/// What a subscription finds prepared ahead for a feed entry.
+enum Taken {
+    None,
+    Pending,
+    Ready(Box<pb::Delivery>),
+}
+
+/// Prepares ahead the deliveries of a batch's new feed entries (`feed`, notification keys) for
+/// every live subscription near the head, their `delivered` records added to `entries`.
+pub(crate) fn prepare_deliveries_ahead(
+    node: &Node,
+    feed: &[Vec<u8>],
+    entries: &mut Vec<LedgerEntry>,
+) -> Vec<PendingDelivery> {
+    if feed.is_empty() {
+        return Vec::new();
+    }
+    let subs: Vec<(u64, Arc<Live>)> = {
+        let live = node.live_subs.lock().unwrap_or_else(|p| p.into_inner());
+        if live.subs.is_empty() || live.ready.len() >= DELIVER_AHEAD_MAX {
+            return Vec::new();
+        }
+        live.subs.iter().map(|(id, l)| (*id, l.clone())).collect()
+    };
+    let head = node.feed_seq.load(Ordering::SeqCst);
+    let mut out = Vec::new();
+    for (id, live) in subs {
+        if head.saturating_sub(live.at.load(Ordering::Acquire)) >= DELIVER_AHEAD_LAG {
+            continue;
+        }
+        for (at, note) in feed.iter().enumerate() {
+            if let Some((delivery, e)) = prepare_local(node, &live.user, &live.filter, 0, note) {
+                entries.push(e);
+                out.push(PendingDelivery {
+                    at,
+                    sub: id,
+                    delivery,
+                });
+            }
+        }
+    }
+    out.sort_by_key(|p| p.at);
+    out
+}
+
+/// Files a batch's deliveries prepared ahead under the feed numbers the batch was given
+/// (`seqs[at]`), to be taken once `durable` is raised.
+pub(crate) fn file_deliveries_ahead(
+    node: &Node,
+    pending: Vec<PendingDelivery>,
+    seqs: &[u64],
+    durable: &Arc<AtomicBool>,
+) {
+    if pending.is_empty() {
+        return;
+    }
+    let mut live = node.live_subs.lock().unwrap_or_else(|p| p.into_inner());
+    for mut p in pending {
+        let Some(seq) = seqs.get(p.at).copied() else {
+            continue;
+        };
+        if !live.subs.contains_key(&p.sub) {
+            continue;
+        }
+        p.delivery.cursor = seq;
+        live.ready.insert(
+            (p.sub, seq),
+            AheadDelivery {
+                delivery: p.delivery,
+                durable: durable.clone(),
+                since: Instant::now(),
+            },
+        );
+    }
+}
+
+/// What subscription `sub` finds prepared ahead for feed entry `seq`.
+fn take_delivery_ahead(node: &Node, sub: u64, seq: u64) -> Taken {
+    let mut live = node.live_subs.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(a) = live.ready.get(&(sub, seq)) else {
+        return Taken::None;
+    };
+    if !a.durable.load(Ordering::Acquire) {
+        if a.since.elapsed() < DELIVER_AHEAD_PENDING_MAX {
+            return Taken::Pending;
+        }
+        live.ready.remove(&(sub, seq));
+        return Taken::None;
+    }
+    match live.ready.remove(&(sub, seq)) {
+        Some(a) => {
+            node.counters
+                .delivered_ahead
+                .fetch_add(1, Ordering::Relaxed);
+            Taken::Ready(Box::new(a.delivery))
+        }
+        None => Taken::None,
+    }
+}
+
+/// Registers a live subscription for deliveries prepared ahead, until dropped.
+struct LiveGuard {
+    node: Arc<Node>,
+    id: u64,
+    live: Arc<Live>,
+}
+
+impl LiveGuard {
+    fn new(node: Arc<Node>, user: User, filter: Arc<Filter>, at: u64) -> LiveGuard {
+        let live = Arc::new(Live {
+            user,
+            filter,
+            at: AtomicU64::new(at),
+        });
+        let id = {
+            let mut subs = node.live_subs.lock().unwrap_or_else(|p| p.into_inner());
+            subs.next += 1;
+            let id = subs.next;
+            subs.subs.insert(id, live.clone());
+            id
+        };
+        LiveGuard { node, id, live }
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        let mut subs = self
+            .node
+            .live_subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        subs.subs.remove(&self.id);
+        subs.ready.retain(|(sub, _), _| *sub != self.id);
+    }
 }
 
 /// Builds the delivery a user may see of one feed entry, or `None` if it is not for them.
@@ -390,7 +584,8 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
             patterns,
         };
         let (tx, rx) = mpsc::channel(64);
-        let filter = Filter { routes, kinds };
+        let filter = Arc::new(Filter { routes, kinds });
+        let live = LiveGuard::new(node.clone(), user.clone(), filter.clone(), start);
         let durable = r.durable.clone();
         let span = tracing::info_span!("subscription", user = %user.name, durable = %durable);
         let stop = node.shutdown.child_token();
@@ -398,6 +593,7 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
             async move {
                 let _guard = guard;
                 let _durable = durable_guard;
+                let live = live;
                 let mut changed = node.feed_changed.subscribe();
                 let mut cursor = start;
                 let mut last_ack = start;
@@ -454,15 +650,34 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
                         };
                     let mut entries = Vec::new();
                     let mut deliveries = Vec::new();
-                    let empty = batch.is_empty();
+                    let mut idle = batch.is_empty();
                     for (k, v) in batch {
-                        cursor = u64::from_be_bytes(k.as_slice().try_into().unwrap_or([0; 8]));
-                        if let Some((mut d, e)) = prepare_local(&node, &user, &filter, cursor, &v) {
+                        let seq = u64::from_be_bytes(k.as_slice().try_into().unwrap_or([0; 8]));
+                        // Prepared ahead by the commit that appended it, its delivery already
+                        // recorded there; taken once that commit is durable.
+                        let ahead = match take_delivery_ahead(&node, live.id, seq) {
+                            Taken::Pending => {
+                                // Until its commit is durable: the feed's next change says so.
+                                idle = true;
+                                break;
+                            }
+                            Taken::Ready(d) => Some(*d),
+                            Taken::None => None,
+                        };
+                        cursor = seq;
+                        let prepared = match ahead {
+                            Some(d) => Some(d),
+                            None => prepare_local(&node, &user, &filter, cursor, &v).map(|(d, e)| {
+                                entries.push(e);
+                                d
+                            }),
+                        };
+                        if let Some(mut d) = prepared {
                             d.skipped = std::mem::take(&mut skipped);
-                            entries.push(e);
                             deliveries.push(d);
                         }
                     }
+                    live.live.at.store(cursor, Ordering::Release);
                     // Like transfers, deliveries are on the ledger before they leave: a crash
                     // in between may record a delivery the officer never saw (it is redelivered),
                     // never the other way round.
@@ -483,7 +698,7 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
                             r = tx.send(Ok(d)) => if r.is_err() { return },
                         }
                     }
-                    if empty {
+                    if idle {
                         tokio::select! {
                             _ = stop.cancelled() => return,
                             _ = tx.closed() => return,
