@@ -235,7 +235,7 @@ struct AheadDelivery {
 #[derive(Debug)]
 pub(crate) struct PendingDelivery {
     /// Index of the entry in the batch's feed entries.
-    pub at: usize,
+    at: usize,
     sub: u64,
     delivery: pb::Delivery,
 }
@@ -281,7 +281,6 @@ pub(crate) fn prepare_deliveries_ahead(
             }
         }
     }
-    out.sort_by_key(|p| p.at);
     out
 }
 
