@@ -36,8 +36,8 @@ pub struct Counters {
     pub verified: AtomicU64,
     /// Envelopes handed to a peer and acknowledged.
     pub forwarded: AtomicU64,
-    /// Copies sent as they were prepared when published, their transfer recorded in the
-    /// publish's own commit (see [`Node::take_ahead`]).
+    /// Copies sent as prepared by the commit that stored and queued them (a publish here or a
+    /// relay's ingest), their transfer recorded in it (see [`Node::take_ahead`]).
     pub sent_ahead: AtomicU64,
     /// Deliveries to local subscribers prepared by the commit that stored the notification,
     /// their records written in it (see [`crate::subscribe::LiveSubs`]).
@@ -1399,7 +1399,7 @@ impl Node {
     /// cache: the copies for next hops (see [`Node::prepare_ahead`]) and the deliveries to live
     /// subscriptions (see [`crate::subscribe::LiveSubs`]), recording their transfers and
     /// deliveries with the batch's own ledger entries.
-    fn prepare_outbox_ahead(&self, numbered: &mut Numbered, entries: &mut Vec<LedgerEntry>) {
+    fn prepare_ahead_of_commit(&self, numbered: &mut Numbered, entries: &mut Vec<LedgerEntry>) {
         for (i, (d, item)) in numbered.outbox.iter().enumerate() {
             if let Some((peer, prepared)) = self.prepare_ahead(d, item) {
                 entries.push(prepared.entry.clone());
@@ -1737,7 +1737,7 @@ impl Node {
         }
         self.copies
             .insert(note_key(&id, self.id()), Arc::new(Copy { env, view }));
-        self.prepare_outbox_ahead(&mut numbered, &mut entries);
+        self.prepare_ahead_of_commit(&mut numbered, &mut entries);
         let receipt = self.submit_numbered(ops, numbered, entries);
         Ok(PendingPublish {
             receipt,
@@ -1967,7 +1967,7 @@ impl Node {
             out.push(Received::Accepted);
         }
         ops.extend(expiry_entry(&dues));
-        self.prepare_outbox_ahead(&mut numbered, &mut entries);
+        self.prepare_ahead_of_commit(&mut numbered, &mut entries);
         let receipt = self.submit_numbered(ops, numbered, entries);
         Ok(PendingIngest {
             receipt,
