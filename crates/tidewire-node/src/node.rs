@@ -644,6 +644,33 @@ struct Ahead {
     since: Instant,
 }
 
+/// What a send loop does with a copy prepared ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Sign and send it: its record is durable.
+    Take,
+    /// Not yet: its record is not durable.
+    Wait,
+    /// Prepare the item afresh: the copy is for another peer, or its commit never became
+    /// durable.
+    Drop,
+}
+
+impl Ahead {
+    /// What the send loop towards `peer` does with this copy.
+    fn verdict(&self, peer: &NodeId) -> Verdict {
+        if self.peer != *peer {
+            Verdict::Drop
+        } else if self.durable.load(Ordering::Acquire) {
+            Verdict::Take
+        } else if self.since.elapsed() < AHEAD_PENDING_MAX {
+            Verdict::Wait
+        } else {
+            Verdict::Drop
+        }
+    }
+}
+
 /// What a send loop finds for an outbox item (see [`Node::take_ahead`]).
 #[derive(Debug)]
 pub enum AheadCopy {
@@ -1375,23 +1402,19 @@ impl Node {
         let Some(a) = ahead.get(&key) else {
             return AheadCopy::None;
         };
-        if a.peer != *peer {
-            ahead.remove(&key);
-            return AheadCopy::None;
-        }
-        if !a.durable.load(Ordering::Acquire) {
-            if a.since.elapsed() < AHEAD_PENDING_MAX {
-                return AheadCopy::Pending;
+        match a.verdict(peer) {
+            Verdict::Wait => AheadCopy::Pending,
+            Verdict::Drop => {
+                ahead.remove(&key);
+                AheadCopy::None
             }
-            ahead.remove(&key);
-            return AheadCopy::None;
-        }
-        match ahead.remove(&key) {
-            Some(a) => {
-                self.counters.sent_ahead.fetch_add(1, Ordering::Relaxed);
-                AheadCopy::Ready(Box::new(a.prepared))
-            }
-            None => AheadCopy::None,
+            Verdict::Take => match ahead.remove(&key) {
+                Some(a) => {
+                    self.counters.sent_ahead.fetch_add(1, Ordering::Relaxed);
+                    AheadCopy::Ready(Box::new(a.prepared))
+                }
+                None => AheadCopy::None,
+            },
         }
     }
 
@@ -2459,6 +2482,41 @@ mod tests {
         }
         .revert(&mut only_new);
         assert!(only_new.is_empty(), "{only_new:?}");
+    }
+
+    #[test]
+    fn a_copy_prepared_ahead_goes_only_once_durable_and_only_to_its_peer() {
+        let dakar: NodeId = "dakar".parse().unwrap();
+        let accra: NodeId = "accra".parse().unwrap();
+        let durable = Arc::new(AtomicBool::new(false));
+        let mut a = Ahead {
+            peer: dakar.clone(),
+            prepared: Prepared {
+                env: envelope::Envelope::default(),
+                grant: Vec::new(),
+                entry: LedgerEntry::new("transfer"),
+                withheld: 0,
+            },
+            durable: durable.clone(),
+            since: Instant::now(),
+        };
+        assert_eq!(
+            a.verdict(&dakar),
+            Verdict::Wait,
+            "its record is not durable yet"
+        );
+        assert_eq!(
+            a.verdict(&accra),
+            Verdict::Drop,
+            "the route moved to another peer"
+        );
+        durable.store(true, Ordering::Release);
+        assert_eq!(a.verdict(&dakar), Verdict::Take);
+        assert_eq!(a.verdict(&accra), Verdict::Drop);
+        // A commit that never became durable: after a while the item is prepared afresh.
+        durable.store(false, Ordering::Release);
+        a.since = Instant::now() - AHEAD_PENDING_MAX;
+        assert_eq!(a.verdict(&dakar), Verdict::Drop);
     }
 
     #[test]
