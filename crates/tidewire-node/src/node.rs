@@ -1344,6 +1344,8 @@ impl Node {
     fn forget_deleted(&self, ops: &[Op]) -> IndexChange {
         let mut change = IndexChange::default();
         let mut index = None;
+        let mut gone = Vec::new();
+        let mut feed = HashSet::new();
         for op in ops {
             match op {
                 Op::Delete {
@@ -1357,6 +1359,7 @@ impl Node {
                     let Some((dest, seq)) = parse_outbox_key(key) else {
                         continue;
                     };
+                    gone.push((dest.clone(), seq));
                     let index = index.get_or_insert_with(|| {
                         self.outbox_index.lock().unwrap_or_else(|p| p.into_inner())
                     });
@@ -1364,8 +1367,29 @@ impl Node {
                         change.removed.push((dest, seq));
                     }
                 }
+                Op::Delete {
+                    space: Space::Feed,
+                    key,
+                } => {
+                    feed.insert(be_u64(key));
+                }
                 _ => {}
             }
+        }
+        // Copies and deliveries prepared ahead for items recalled, purged or resolved go with
+        // them (after the index lock is released: `submit_numbered` takes the two in the other
+        // order).
+        drop(index);
+        if !gone.is_empty() {
+            let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+            if !ahead.is_empty() {
+                for k in &gone {
+                    ahead.remove(k);
+                }
+            }
+        }
+        if !feed.is_empty() {
+            crate::subscribe::forget_deliveries_ahead(self, &feed);
         }
         change
     }

@@ -315,6 +315,14 @@ pub(crate) fn file_deliveries_ahead(
     }
 }
 
+/// Drops the deliveries prepared ahead for feed entries that are deleted (purged).
+pub(crate) fn forget_deliveries_ahead(node: &Node, seqs: &std::collections::HashSet<u64>) {
+    let mut live = node.live_subs.lock().unwrap_or_else(|p| p.into_inner());
+    if !live.ready.is_empty() {
+        live.ready.retain(|(_, seq), _| !seqs.contains(seq));
+    }
+}
+
 /// What subscription `sub` finds prepared ahead for feed entry `seq`.
 fn take_delivery_ahead(node: &Node, sub: u64, seq: u64) -> Taken {
     let mut live = node.live_subs.lock().unwrap_or_else(|p| p.into_inner());
