@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use crate::ledger::LedgerEntry;
 use crate::node::{
-    AheadCopy, Due, Node, Numbered, OutboxItem, PendingIngest, PurgeReason, Received, be_u64,
+    Due, Node, Numbered, OutboxItem, PendingIngest, PurgeReason, Received, Taken, be_u64,
     decode_expiry, expiry_entry, parse_outbox_key,
 };
 use crate::routing::Announcement;
@@ -461,9 +461,9 @@ async fn send_loop(
                 // commit, and sent only once that is durable.
                 let ahead = match parse_outbox_key(&key) {
                     Some((_, oseq)) => node.take_ahead(&peer, dest, oseq),
-                    None => AheadCopy::None,
+                    None => Taken::None,
                 };
-                if matches!(ahead, AheadCopy::Pending) {
+                if matches!(ahead, Taken::Pending) {
                     break;
                 }
                 cursors.insert(dest.clone(), key.clone());
@@ -472,7 +472,7 @@ async fn send_loop(
                     continue;
                 };
                 let copy = match ahead {
-                    AheadCopy::Ready(p) => Ok(*p),
+                    Taken::Ready(p) => Ok(*p),
                     _ => node.prepare_egress(&peer, dest, &item).inspect(|p| {
                         resolved_entries.push(p.entry.clone());
                     }),

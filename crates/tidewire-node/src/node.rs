@@ -615,7 +615,7 @@ pub enum SkipTally {
     Denied,
 }
 
-/// At most this many copies wait, prepared ahead, for their send loop (see [`Ahead`]).
+/// At most this many copies wait, prepared ahead, for their send loop (see [`Node::take_ahead`]).
 const AHEAD_MAX: usize = 1024;
 
 /// Copies are prepared ahead only while fewer than this many items are queued for their
@@ -623,47 +623,39 @@ const AHEAD_MAX: usize = 1024;
 /// loop prepares whole rounds, and one commit records each round.
 const AHEAD_QUEUE_MAX: usize = 64;
 
-/// A copy prepared ahead whose commit is not durable after this long (a failing disk) is dropped
-/// and its outbox item prepared as usual.
-const AHEAD_PENDING_MAX: Duration = Duration::from_secs(30);
+/// Something prepared ahead whose commit is not durable after this long (a failing disk) is
+/// dropped, and the work done as usual.
+const GATE_MAX: Duration = Duration::from_secs(30);
 
 /// A copy prepared ahead that no send loop took within this long is dropped when room is needed.
 const AHEAD_STALE: Duration = Duration::from_secs(60);
 
-/// A copy prepared for its next hop when it was queued (published here, or received to relay),
-/// its `transfer` record written in the same commit (one commit fewer on the way out). Its send
-/// loop takes it instead of preparing the copy and recording the transfer in a commit of its
-/// own, if the copy still goes to the same peer.
+/// Something prepared ahead of the commit that records it (a copy for a next hop, a delivery
+/// to a live subscription), usable once the commit thread raises that commit's flag: what it
+/// carries leaves only after its record is on disk.
 #[derive(Debug)]
-struct Ahead {
-    peer: NodeId,
-    prepared: Prepared,
-    /// Raised by the commit thread once the commit that recorded the transfer is durable; until
-    /// then the send loop waits for it, as bytes leave only after their record is on disk.
+pub(crate) struct Gated<T> {
+    value: T,
     durable: Arc<AtomicBool>,
     since: Instant,
 }
 
-/// What a send loop does with a copy prepared ahead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
-    /// Sign and send it: its record is durable.
-    Take,
-    /// Not yet: its record is not durable.
-    Wait,
-    /// Prepare the item afresh: the copy is for another peer, or its commit never became
-    /// durable.
-    Drop,
-}
+impl<T> Gated<T> {
+    pub(crate) fn new(value: T, durable: Arc<AtomicBool>) -> Gated<T> {
+        Gated {
+            value,
+            durable,
+            since: Instant::now(),
+        }
+    }
 
-impl Ahead {
-    /// What the send loop towards `peer` does with this copy.
-    fn verdict(&self, peer: &NodeId) -> Verdict {
-        if self.peer != *peer {
+    /// What its taker does with it, if it still `wants` it.
+    fn verdict(&self, wanted: bool) -> Verdict {
+        if !wanted {
             Verdict::Drop
         } else if self.durable.load(Ordering::Acquire) {
             Verdict::Take
-        } else if self.since.elapsed() < AHEAD_PENDING_MAX {
+        } else if self.since.elapsed() < GATE_MAX {
             Verdict::Wait
         } else {
             Verdict::Drop
@@ -671,15 +663,58 @@ impl Ahead {
     }
 }
 
-/// What a send loop finds for an outbox item (see [`Node::take_ahead`]).
+/// A copy prepared ahead for its next hop, with that hop.
+type AheadCopy = Gated<(NodeId, Prepared)>;
+
+/// What a taker does with something prepared ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Use it: its record is durable.
+    Take,
+    /// Not yet: its record is not durable.
+    Wait,
+    /// Do the work afresh: it is not wanted any more (a copy for another peer), or its commit
+    /// never became durable.
+    Drop,
+}
+
+/// What a loop finds prepared ahead for its next item (see [`take_gated`]).
 #[derive(Debug)]
-pub enum AheadCopy {
-    /// Nothing prepared: prepare it and record its transfer.
+pub enum Taken<T> {
+    /// Nothing prepared: do the work and record it.
     None,
-    /// Prepared, but its transfer record is not durable yet: wait and look again.
+    /// Prepared, but its record is not durable yet: wait and look again.
     Pending,
-    /// Prepared and recorded: sign and send it.
-    Ready(Box<Prepared>),
+    /// Prepared and recorded: use it.
+    Ready(Box<T>),
+}
+
+/// Takes what `map` holds prepared ahead under `key`, if its record is durable and `wanted`
+/// says it still serves, counting it in `taken`; drops it if it no longer serves or its commit
+/// never became durable.
+pub(crate) fn take_gated<K: std::hash::Hash + Eq, T>(
+    map: &mut HashMap<K, Gated<T>>,
+    key: &K,
+    wanted: impl FnOnce(&T) -> bool,
+    taken: &AtomicU64,
+) -> Taken<T> {
+    let Some(g) = map.get(key) else {
+        return Taken::None;
+    };
+    match g.verdict(wanted(&g.value)) {
+        Verdict::Wait => Taken::Pending,
+        Verdict::Drop => {
+            map.remove(key);
+            Taken::None
+        }
+        Verdict::Take => match map.remove(key) {
+            Some(g) => {
+                taken.fetch_add(1, Ordering::Relaxed);
+                Taken::Ready(Box::new(g.value))
+            }
+            None => Taken::None,
+        },
+    }
 }
 
 /// The outcome of one incoming transfer.
@@ -813,8 +848,9 @@ pub struct Node {
     /// The outbox sequence numbers queued per destination, kept in step with the store where
     /// outbox writes are submitted, so that a status call counts a backlog without reading it.
     outbox_index: Mutex<HashMap<NodeId, BTreeSet<u64>>>,
-    /// Copies prepared ahead for their next hop, by (destination, outbox sequence number).
-    ahead: Mutex<HashMap<(NodeId, u64), Ahead>>,
+    /// Copies prepared ahead for their next hop (with that hop), by (destination, outbox
+    /// sequence number).
+    ahead: Mutex<HashMap<(NodeId, u64), AheadCopy>>,
     /// Live subscriptions, and deliveries prepared ahead for them.
     pub(crate) live_subs: Mutex<crate::subscribe::LiveSubs>,
 }
@@ -1267,31 +1303,34 @@ impl Node {
     pub fn submit_numbered(
         &self,
         mut ops: Vec<Op>,
-        numbered: Numbered,
-        entries: Vec<LedgerEntry>,
+        mut numbered: Numbered,
+        mut entries: Vec<LedgerEntry>,
     ) -> Submitted {
+        self.prepare_ahead_of_commit(&mut numbered, &mut entries);
         let mut change = self.forget_deleted(&ops);
         let mut head = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let mut index = (!numbered.outbox.is_empty())
             .then(|| self.outbox_index.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut ahead = numbered.ahead.into_iter().peekable();
-        let flag = (ahead.peek().is_some() || !numbered.feed_ahead.is_empty())
+        let flag = (!numbered.ahead.is_empty() || !numbered.feed_ahead.is_empty())
             .then(|| Arc::new(AtomicBool::new(false)));
+        let mut ahead = numbered.ahead.into_iter().peekable();
+        let mut filed = flag
+            .is_some()
+            .then(|| self.ahead.lock().unwrap_or_else(|p| p.into_inner()));
         for (i, (dest, item)) in numbered.outbox.into_iter().enumerate() {
             let oseq = self.outbox_seq.fetch_add(1, Ordering::SeqCst) + 1;
             if let Some(index) = index.as_mut() {
                 index.entry(dest.clone()).or_default().insert(oseq);
                 change.added.push((dest.clone(), oseq));
             }
-            if let Some((_, peer, prepared)) = ahead.next_if(|(at, ..)| *at == i) {
-                self.ahead.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            if let (Some((_, peer, prepared)), Some(filed), Some(flag)) = (
+                ahead.next_if(|(at, ..)| *at == i),
+                filed.as_mut(),
+                flag.as_ref(),
+            ) {
+                filed.insert(
                     (dest.clone(), oseq),
-                    Ahead {
-                        peer,
-                        prepared,
-                        durable: flag.clone().unwrap_or_default(),
-                        since: Instant::now(),
-                    },
+                    Gated::new((peer, prepared), flag.clone()),
                 );
             }
             ops.push(Op::put(
@@ -1306,6 +1345,7 @@ impl Node {
             feed_seqs.push(feed);
             ops.push(Op::put(Space::Feed, feed.to_be_bytes().to_vec(), note));
         }
+        drop(filed);
         if let Some(flag) = &flag {
             crate::subscribe::file_deliveries_ahead(self, numbered.feed_ahead, &feed_seqs, flag);
         }
@@ -1419,31 +1459,23 @@ impl Node {
     /// like a send round whose records are written, its decision was taken and is on the
     /// ledger (and the ledger must not name a transfer that never happened). A copy prepared
     /// for another peer (the route changed meanwhile) is dropped and prepared afresh, and so is
-    /// one whose commit is still not durable after [`AHEAD_PENDING_MAX`].
-    pub fn take_ahead(&self, peer: &NodeId, dest: &NodeId, seq: u64) -> AheadCopy {
+    /// one whose commit is still not durable after [`GATE_MAX`].
+    pub fn take_ahead(&self, peer: &NodeId, dest: &NodeId, seq: u64) -> Taken<Prepared> {
         let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (dest.clone(), seq);
-        let Some(a) = ahead.get(&key) else {
-            return AheadCopy::None;
-        };
-        match a.verdict(peer) {
-            Verdict::Wait => AheadCopy::Pending,
-            Verdict::Drop => {
-                ahead.remove(&key);
-                AheadCopy::None
-            }
-            Verdict::Take => match ahead.remove(&key) {
-                Some(a) => {
-                    self.counters.sent_ahead.fetch_add(1, Ordering::Relaxed);
-                    AheadCopy::Ready(Box::new(a.prepared))
-                }
-                None => AheadCopy::None,
-            },
+        match take_gated(
+            &mut ahead,
+            &(dest.clone(), seq),
+            |(p, _)| p == peer,
+            &self.counters.sent_ahead,
+        ) {
+            Taken::Ready(copy) => Taken::Ready(Box::new(copy.1)),
+            Taken::Pending => Taken::Pending,
+            Taken::None => Taken::None,
         }
     }
 
-    /// Prepares ahead what a batch queues and appends to the feed, whose copies are in the
-    /// cache: the copies for next hops (see [`Node::prepare_ahead`]) and the deliveries to live
+    /// Prepares ahead what a batch queues and appends to the feed (every numbered batch, before
+    /// the ledger lock is taken): the copies for next hops (see [`Node::prepare_ahead`]) and the deliveries to live
     /// subscriptions (see [`crate::subscribe::LiveSubs`]), recording their transfers and
     /// deliveries with the batch's own ledger entries.
     fn prepare_ahead_of_commit(&self, numbered: &mut Numbered, entries: &mut Vec<LedgerEntry>) {
@@ -1493,7 +1525,7 @@ impl Node {
     fn room_ahead(&self) -> bool {
         let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
         if ahead.len() >= AHEAD_MAX {
-            ahead.retain(|_, a| a.since.elapsed() < AHEAD_STALE);
+            ahead.retain(|_, g| g.since.elapsed() < AHEAD_STALE);
         }
         ahead.len() < AHEAD_MAX
     }
@@ -1784,7 +1816,6 @@ impl Node {
         }
         self.copies
             .insert(note_key(&id, self.id()), Arc::new(Copy { env, view }));
-        self.prepare_ahead_of_commit(&mut numbered, &mut entries);
         let receipt = self.submit_numbered(ops, numbered, entries);
         Ok(PendingPublish {
             receipt,
@@ -2014,7 +2045,6 @@ impl Node {
             out.push(Received::Accepted);
         }
         ops.extend(expiry_entry(&dues));
-        self.prepare_ahead_of_commit(&mut numbered, &mut entries);
         let receipt = self.submit_numbered(ops, numbered, entries);
         Ok(PendingIngest {
             receipt,
@@ -2512,35 +2542,45 @@ mod tests {
     fn a_copy_prepared_ahead_goes_only_once_durable_and_only_to_its_peer() {
         let dakar: NodeId = "dakar".parse().unwrap();
         let accra: NodeId = "accra".parse().unwrap();
+        let taken = AtomicU64::new(0);
         let durable = Arc::new(AtomicBool::new(false));
-        let mut a = Ahead {
-            peer: dakar.clone(),
-            prepared: Prepared {
-                env: envelope::Envelope::default(),
-                grant: Vec::new(),
-                entry: LedgerEntry::new("transfer"),
-                withheld: 0,
-            },
-            durable: durable.clone(),
-            since: Instant::now(),
+        let copy = || (dakar.clone(), "copy");
+        let mut map = HashMap::from([(1, Gated::new(copy(), durable.clone()))]);
+        let to = |peer: &NodeId| {
+            let peer = peer.clone();
+            move |(p, _): &(NodeId, &str)| *p == peer
         };
-        assert_eq!(
-            a.verdict(&dakar),
-            Verdict::Wait,
+        assert!(
+            matches!(take_gated(&mut map, &1, to(&dakar), &taken), Taken::Pending),
             "its record is not durable yet"
         );
-        assert_eq!(
-            a.verdict(&accra),
-            Verdict::Drop,
+        assert!(
+            matches!(take_gated(&mut map, &1, to(&accra), &taken), Taken::None),
             "the route moved to another peer"
         );
+        assert!(map.is_empty(), "dropped, to be prepared afresh");
+        map.insert(1, Gated::new(copy(), durable.clone()));
         durable.store(true, Ordering::Release);
-        assert_eq!(a.verdict(&dakar), Verdict::Take);
-        assert_eq!(a.verdict(&accra), Verdict::Drop);
+        assert!(matches!(
+            take_gated(&mut map, &1, to(&dakar), &taken),
+            Taken::Ready(c) if *c == copy()
+        ));
+        assert_eq!(taken.load(Ordering::Relaxed), 1);
+        assert!(matches!(
+            take_gated(&mut map, &1, to(&dakar), &taken),
+            Taken::None
+        ));
         // A commit that never became durable: after a while the item is prepared afresh.
         durable.store(false, Ordering::Release);
-        a.since = Instant::now() - AHEAD_PENDING_MAX;
-        assert_eq!(a.verdict(&dakar), Verdict::Drop);
+        let mut late = Gated::new(copy(), durable);
+        late.since = Instant::now() - GATE_MAX;
+        map.insert(1, late);
+        assert!(matches!(
+            take_gated(&mut map, &1, to(&dakar), &taken),
+            Taken::None
+        ));
+        assert!(map.is_empty());
+        assert_eq!(taken.load(Ordering::Relaxed), 1);
     }
 
     #[test]

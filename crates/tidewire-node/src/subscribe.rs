@@ -21,7 +21,7 @@ use tracing::Instrument;
 use crate::auth::caller;
 use crate::error::NodeError;
 use crate::ledger::LedgerEntry;
-use crate::node::{Filtered, Node};
+use crate::node::{Filtered, Gated, Node, Taken, take_gated};
 use crate::users::User;
 
 /// `tidewire.v1.Subscriber`.
@@ -195,10 +195,6 @@ const DELIVER_AHEAD_MAX: usize = 4096;
 /// rounds, as before.
 const DELIVER_AHEAD_LAG: u64 = 64;
 
-/// A ready delivery whose commit is not durable after this long (a failing disk) is dropped
-/// and the feed entry delivered as usual.
-const DELIVER_AHEAD_PENDING_MAX: Duration = Duration::from_secs(30);
-
 /// A live subscription, as the commits that grow the feed see it (see [`LiveSubs`]).
 #[derive(Debug)]
 struct Live {
@@ -221,14 +217,7 @@ struct Live {
 pub struct LiveSubs {
     next: u64,
     subs: HashMap<u64, Arc<Live>>,
-    ready: HashMap<(u64, u64), AheadDelivery>,
-}
-
-#[derive(Debug)]
-struct AheadDelivery {
-    delivery: pb::Delivery,
-    durable: Arc<AtomicBool>,
-    since: Instant,
+    ready: HashMap<(u64, u64), Gated<pb::Delivery>>,
 }
 
 /// A delivery prepared ahead for one subscription, waiting for its feed number.
@@ -238,13 +227,6 @@ pub(crate) struct PendingDelivery {
     at: usize,
     sub: u64,
     delivery: pb::Delivery,
-}
-
-/// What a subscription finds prepared ahead for a feed entry.
-enum Taken {
-    None,
-    Pending,
-    Ready(Box<pb::Delivery>),
 }
 
 /// Prepares ahead the deliveries of a batch's new feed entries (`feed`, notification keys) for
@@ -304,14 +286,8 @@ pub(crate) fn file_deliveries_ahead(
             continue;
         }
         p.delivery.cursor = seq;
-        live.ready.insert(
-            (p.sub, seq),
-            AheadDelivery {
-                delivery: p.delivery,
-                durable: durable.clone(),
-                since: Instant::now(),
-            },
-        );
+        live.ready
+            .insert((p.sub, seq), Gated::new(p.delivery, durable.clone()));
     }
 }
 
@@ -324,27 +300,14 @@ pub(crate) fn forget_deliveries_ahead(node: &Node, seqs: &std::collections::Hash
 }
 
 /// What subscription `sub` finds prepared ahead for feed entry `seq`.
-fn take_delivery_ahead(node: &Node, sub: u64, seq: u64) -> Taken {
+fn take_delivery_ahead(node: &Node, sub: u64, seq: u64) -> Taken<pb::Delivery> {
     let mut live = node.live_subs.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(a) = live.ready.get(&(sub, seq)) else {
-        return Taken::None;
-    };
-    if !a.durable.load(Ordering::Acquire) {
-        if a.since.elapsed() < DELIVER_AHEAD_PENDING_MAX {
-            return Taken::Pending;
-        }
-        live.ready.remove(&(sub, seq));
-        return Taken::None;
-    }
-    match live.ready.remove(&(sub, seq)) {
-        Some(a) => {
-            node.counters
-                .delivered_ahead
-                .fetch_add(1, Ordering::Relaxed);
-            Taken::Ready(Box::new(a.delivery))
-        }
-        None => Taken::None,
-    }
+    take_gated(
+        &mut live.ready,
+        &(sub, seq),
+        |_| true,
+        &node.counters.delivered_ahead,
+    )
 }
 
 /// Registers a live subscription for deliveries prepared ahead, until dropped.
