@@ -457,8 +457,8 @@ async fn send_loop(
                 }
             };
             for (key, value) in items {
-                // A copy prepared ahead when it was published: its transfer is recorded in that
-                // commit, and sent only once that is durable.
+                // A copy prepared ahead by the commit that queued it: its transfer is recorded in
+                // that commit, and sent only once that is durable.
                 let ahead = match parse_outbox_key(&key) {
                     Some((_, oseq)) => node.take_ahead(&peer, dest, oseq),
                     None => Taken::None,
@@ -523,9 +523,10 @@ async fn send_loop(
             })
             .collect();
         let sent = frames.len();
-        if sent > 0 || !resolved_ops.is_empty() || !resolved_entries.is_empty() {
-            // A round of copies all prepared ahead has nothing new to record.
-            let receipt = (!resolved_ops.is_empty() || !resolved_entries.is_empty())
+        // A round of copies all prepared ahead has nothing new to record.
+        let records = !resolved_ops.is_empty() || !resolved_entries.is_empty();
+        if sent > 0 || records {
+            let receipt = records
                 .then(|| node.submit_numbered(resolved_ops, Numbered::default(), resolved_entries));
             if rounds.send((receipt, frames)).await.is_err() {
                 return;

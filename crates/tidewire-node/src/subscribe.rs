@@ -625,23 +625,21 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
                         let seq = u64::from_be_bytes(k.as_slice().try_into().unwrap_or([0; 8]));
                         // Prepared ahead by the commit that appended it, its delivery already
                         // recorded there; taken once that commit is durable.
-                        let ahead = match take_delivery_ahead(&node, live.id, seq) {
+                        let prepared = match take_delivery_ahead(&node, live.id, seq) {
                             Taken::Pending => {
                                 // Until its commit is durable: the feed's next change says so.
                                 idle = true;
                                 break;
                             }
                             Taken::Ready(d) => Some(*d),
-                            Taken::None => None,
+                            Taken::None => prepare_local(&node, &user, &filter, seq, &v).map(
+                                |(d, e)| {
+                                    entries.push(e);
+                                    d
+                                },
+                            ),
                         };
                         cursor = seq;
-                        let prepared = match ahead {
-                            Some(d) => Some(d),
-                            None => prepare_local(&node, &user, &filter, cursor, &v).map(|(d, e)| {
-                                entries.push(e);
-                                d
-                            }),
-                        };
                         if let Some(mut d) = prepared {
                             d.skipped = std::mem::take(&mut skipped);
                             deliveries.push(d);
