@@ -1,6 +1,14 @@
 //! The disclosure ledger: an append-only, hash-chained record of every transfer, refusal and
 //! administrative change. Each entry's hash covers the previous hash and the entry itself, so an
 //! edit anywhere breaks every later link ([`verify`]).
+//!
+//! **Storage.** The entries that one batch appends are stored as one record of up to
+//! [`GROUP_MAX`] entries, keyed by the big-endian `seq` of its first entry, its value the
+//! entries' JSON separated by newlines (JSON escapes every newline inside a string, so the
+//! separator cannot occur in an entry). A send round or a publish batch of 64 notifications thus
+//! costs the store one write for its records instead of 64. A record of one entry is exactly
+//! that entry's JSON, which is also how ledgers written before grouping store every entry: they
+//! read and verify unchanged.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -83,6 +91,23 @@ fn key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
 
+/// At most this many entries share one stored record: a batch that appends more (a purge, a
+/// large send round) is stored as several.
+pub const GROUP_MAX: usize = 64;
+
+/// The entries of one stored record, in order.
+fn decode_group(value: &[u8]) -> Result<Vec<LedgerEntry>, String> {
+    value
+        .split(|b| *b == b'\n')
+        .map(|line| serde_json::from_slice(line).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// The first sequence number a stored record's key names.
+fn key_seq(k: &[u8]) -> u64 {
+    u64::from_be_bytes(k.try_into().unwrap_or([0; 8]))
+}
+
 /// The chain head: the last sequence number and hash.
 #[derive(Debug, Clone, Default)]
 pub struct Head {
@@ -96,9 +121,16 @@ impl Head {
     /// Reads the head from the store.
     pub fn load(store: &dyn Store) -> Result<Head, StoreError> {
         match store.last(Space::Ledger, b"")? {
-            Some((_, v)) => {
-                let e: LedgerEntry = serde_json::from_slice(&v)
-                    .map_err(|e| StoreError::Io(format!("ledger entry does not decode: {e}")))?;
+            Some((k, v)) => {
+                let e = decode_group(&v)
+                    .ok()
+                    .and_then(|mut g| g.pop())
+                    .ok_or_else(|| {
+                        StoreError::Io(format!(
+                            "ledger record {} does not decode: run `tidewire audit verify`",
+                            key_seq(&k)
+                        ))
+                    })?;
                 Ok(Head {
                     seq: e.seq,
                     hash: e.hash,
@@ -108,8 +140,33 @@ impl Head {
         }
     }
 
-    /// Chains `entry` onto the head and returns the op that writes it.
-    pub fn append(&mut self, mut entry: LedgerEntry) -> Op {
+    /// Chains `entries` onto the head and returns the ops that write them: one per
+    /// [`GROUP_MAX`] entries.
+    pub fn append_all(&mut self, entries: Vec<LedgerEntry>) -> Vec<Op> {
+        let mut ops = Vec::with_capacity(entries.len().div_ceil(GROUP_MAX));
+        let mut entries = entries.into_iter().peekable();
+        while entries.peek().is_some() {
+            let first = self.seq + 1;
+            let mut value = Vec::new();
+            for e in entries.by_ref().take(GROUP_MAX) {
+                if !value.is_empty() {
+                    value.push(b'\n');
+                }
+                value.extend_from_slice(&self.chain_onto(e));
+            }
+            ops.push(Op::put(Space::Ledger, key(first).to_vec(), value));
+        }
+        ops
+    }
+
+    /// Chains `entry` onto the head and returns the op that writes it on its own.
+    pub fn append(&mut self, entry: LedgerEntry) -> Op {
+        let seq = self.seq + 1;
+        Op::put(Space::Ledger, key(seq).to_vec(), self.chain_onto(entry))
+    }
+
+    /// Chains `entry` onto the head and returns its JSON, hash included.
+    fn chain_onto(&mut self, mut entry: LedgerEntry) -> Vec<u8> {
         entry.seq = self.seq + 1;
         entry.prev = std::mem::take(&mut self.hash);
         entry.hash = String::new();
@@ -127,20 +184,36 @@ impl Head {
         }
         self.seq = entry.seq;
         self.hash = hash;
-        Op::put(Space::Ledger, key(entry.seq).to_vec(), bytes)
+        bytes
     }
 }
 
 /// Reads entries after `after`, at most `limit`.
 pub fn read(store: &dyn Store, after: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
-    store
-        .scan(Space::Ledger, b"", &key(after + 1), limit)?
-        .into_iter()
-        .map(|(_, v)| {
-            serde_json::from_slice(&v)
-                .map_err(|e| StoreError::Io(format!("ledger entry does not decode: {e}")))
-        })
-        .collect()
+    // The record holding entry `after + 1` may begin before it.
+    let mut from = match store.floor(Space::Ledger, b"", &key(after + 1))? {
+        Some((k, _)) => k,
+        None => key(after + 1).to_vec(),
+    };
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let records = store.scan(Space::Ledger, b"", &from, limit.div_ceil(GROUP_MAX) + 1)?;
+        let Some((last, _)) = records.last() else {
+            break;
+        };
+        from = key(key_seq(last) + 1).to_vec();
+        for (k, v) in records {
+            let group = decode_group(&v).map_err(|e| {
+                StoreError::Io(format!(
+                    "ledger record {} does not decode ({e}): run `tidewire audit verify`",
+                    key_seq(&k)
+                ))
+            })?;
+            out.extend(group.into_iter().filter(|e| e.seq > after));
+        }
+    }
+    out.truncate(limit);
+    Ok(out)
 }
 
 /// The outcome of [`verify`].
@@ -159,38 +232,57 @@ pub fn verify(store: &dyn Store) -> Result<ChainCheck, StoreError> {
     let mut prev = String::new();
     let mut expected = 1u64;
     loop {
-        let batch = store.scan(Space::Ledger, b"", &key(expected), 1024)?;
+        let batch = store.scan(Space::Ledger, b"", &key(expected), 64)?;
         if batch.is_empty() {
             break;
         }
         for (k, v) in batch {
-            let seq = u64::from_be_bytes(k.as_slice().try_into().unwrap_or([0; 8]));
-            let problem = |p: String| ChainCheck {
+            let first = key_seq(&k);
+            let problem = |expected: u64, prev: &str, p: String| ChainCheck {
                 entries: expected - 1,
-                head: prev.clone(),
+                head: prev.to_owned(),
                 problem: Some(p),
             };
-            let Ok(e) = serde_json::from_slice::<LedgerEntry>(&v) else {
-                return Ok(problem(format!("entry {seq} does not decode")));
+            if first != expected {
+                return Ok(problem(
+                    expected,
+                    &prev,
+                    format!("entry {expected} is missing (found {first})"),
+                ));
+            }
+            let Ok(group) = decode_group(&v) else {
+                return Ok(problem(
+                    expected,
+                    &prev,
+                    format!("the record of entries from {first} does not decode"),
+                ));
             };
-            if seq != expected || e.seq != expected {
-                return Ok(problem(format!(
-                    "entry {expected} is missing (found {seq})"
-                )));
+            for e in group {
+                let seq = expected;
+                if e.seq != seq {
+                    return Ok(problem(
+                        seq,
+                        &prev,
+                        format!("entry {seq} is missing (found {})", e.seq),
+                    ));
+                }
+                if e.prev != prev {
+                    return Ok(problem(
+                        seq,
+                        &prev,
+                        format!("entry {seq} does not chain onto entry {}", seq - 1),
+                    ));
+                }
+                if e.compute_hash() != e.hash {
+                    return Ok(problem(
+                        seq,
+                        &prev,
+                        format!("entry {seq} was altered: its hash does not match its content"),
+                    ));
+                }
+                prev = e.hash;
+                expected += 1;
             }
-            if e.prev != prev {
-                return Ok(problem(format!(
-                    "entry {seq} does not chain onto entry {}",
-                    seq - 1
-                )));
-            }
-            if e.compute_hash() != e.hash {
-                return Ok(problem(format!(
-                    "entry {seq} was altered: its hash does not match its content"
-                )));
-            }
-            prev = e.hash;
-            expected += 1;
         }
     }
     Ok(ChainCheck {
@@ -231,6 +323,73 @@ mod tests {
             .unwrap();
         let bad = verify(&store).unwrap();
         assert!(bad.problem.unwrap().contains("entry 3 was altered"));
+    }
+
+    fn entry(i: usize) -> LedgerEntry {
+        let mut e = LedgerEntry::new("transfer");
+        e.notification = format!("n{i}");
+        e.detail = serde_json::json!({"note": "line one\nline two"});
+        e
+    }
+
+    #[test]
+    fn entries_appended_together_are_stored_as_records_of_at_most_group_max() {
+        let store = MemStore::default();
+        let mut head = Head::default();
+        // A ledger written one entry per record (as before grouping), then grouped batches.
+        for i in 0..3 {
+            store.apply(&[head.append(entry(i))]).unwrap();
+        }
+        let batch: Vec<LedgerEntry> = (3..3 + 2 * GROUP_MAX + 5).map(entry).collect();
+        let ops = head.append_all(batch);
+        assert_eq!(ops.len(), 3, "two full records and one of five");
+        store.apply(&ops).unwrap();
+        store.apply(&head.append_all(vec![entry(999)])).unwrap();
+        let total = (3 + 2 * GROUP_MAX + 5 + 1) as u64;
+        assert_eq!(store.count(Space::Ledger, b"").unwrap(), 3 + 3 + 1);
+
+        let ok = verify(&store).unwrap();
+        assert_eq!(ok.problem, None);
+        assert_eq!(ok.entries, total);
+        let loaded = Head::load(&store).unwrap();
+        assert_eq!((loaded.seq, loaded.hash), (total, head.hash.clone()));
+
+        // Read from every point, including inside a record and across record boundaries.
+        for after in 0..=total {
+            for limit in [1, 7, GROUP_MAX, 1000] {
+                let got: Vec<u64> = read(&store, after, limit)
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.seq)
+                    .collect();
+                let want: Vec<u64> = (after + 1..=total).take(limit).collect();
+                assert_eq!(got, want, "read after {after}, limit {limit}");
+            }
+        }
+        let back = read(&store, 3, 1).unwrap();
+        assert_eq!(back[0].detail["note"], "line one\nline two");
+    }
+
+    #[test]
+    fn an_edit_inside_a_grouped_record_is_found() {
+        let store = MemStore::default();
+        let mut head = Head::default();
+        store
+            .apply(&head.append_all((0..10).map(entry).collect()))
+            .unwrap();
+        let record = store.get(Space::Ledger, &key(1)).unwrap().unwrap();
+        let edited = String::from_utf8(record)
+            .unwrap()
+            .replacen("\"n6\"", "\"n66\"", 1);
+        store
+            .apply(&[Op::put(Space::Ledger, key(1).to_vec(), edited)])
+            .unwrap();
+        let bad = verify(&store).unwrap();
+        assert_eq!(
+            bad.problem.as_deref(),
+            Some("entry 7 was altered: its hash does not match its content")
+        );
+        assert_eq!(bad.entries, 6, "the entries before it check out");
     }
 
     #[test]

@@ -1349,9 +1349,7 @@ impl Node {
         if let Some(flag) = &flag {
             crate::subscribe::file_deliveries_ahead(self, numbered.feed_ahead, &feed_seqs, flag);
         }
-        for e in entries {
-            ops.push(head.append(e));
-        }
+        ops.extend(head.append_all(entries));
         let receipt = match flag {
             Some(flag) => self.committer.submit_flagged(ops, flag),
             None => self.committer.submit(ops),

@@ -187,6 +187,14 @@ mod tests {
         fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<crate::Entry>, StoreError> {
             self.inner.last(space, prefix)
         }
+        fn floor(
+            &self,
+            space: Space,
+            prefix: &[u8],
+            at: &[u8],
+        ) -> Result<Option<crate::Entry>, StoreError> {
+            self.inner.floor(space, prefix, at)
+        }
         fn count(&self, space: Space, prefix: &[u8]) -> Result<u64, StoreError> {
             self.inner.count(space, prefix)
         }

@@ -158,6 +158,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Entry>, StoreError>;
     /// The entry with the greatest key starting with `prefix`.
     fn last(&self, space: Space, prefix: &[u8]) -> Result<Option<Entry>, StoreError>;
+    /// The entry with the greatest key starting with `prefix` that is `<= at` (`at` includes
+    /// the prefix): where a record that covers a range of keys from its own begins.
+    fn floor(&self, space: Space, prefix: &[u8], at: &[u8]) -> Result<Option<Entry>, StoreError>;
     /// How many entries start with `prefix`.
     fn count(&self, space: Space, prefix: &[u8]) -> Result<u64, StoreError>;
     /// Applies all operations atomically (all or none survive a crash), not yet durable.

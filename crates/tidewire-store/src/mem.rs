@@ -51,6 +51,15 @@ impl Store for MemStore {
             .map(|((_, k), v)| (k.clone(), v.clone())))
     }
 
+    fn floor(&self, space: Space, prefix: &[u8], at: &[u8]) -> Result<Option<Entry>, StoreError> {
+        let map = self.lock()?;
+        Ok(map
+            .range(..=(space, at.to_vec()))
+            .next_back()
+            .filter(|((s, k), _)| *s == space && k.starts_with(prefix))
+            .map(|((_, k), v)| (k.clone(), v.clone())))
+    }
+
     fn count(&self, space: Space, prefix: &[u8]) -> Result<u64, StoreError> {
         Ok(self.scan(space, prefix, prefix, usize::MAX)?.len() as u64)
     }

@@ -303,6 +303,21 @@ impl Store for SledStore {
         }
     }
 
+    fn floor(&self, space: Space, prefix: &[u8], at: &[u8]) -> Result<Option<Entry>, StoreError> {
+        let p = full_key(space, prefix);
+        let _gate = self.blobs.read_gate()?;
+        match self.tree.range(..=full_key(space, at)).next_back() {
+            Some(item) => {
+                let (k, v) = item.map_err(io)?;
+                if !k.starts_with(&p) {
+                    return Ok(None);
+                }
+                Ok(Some((k[1..].to_vec(), self.resolve(&k, &v)?)))
+            }
+            None => Ok(None),
+        }
+    }
+
     fn count(&self, space: Space, prefix: &[u8]) -> Result<u64, StoreError> {
         Ok(self.tree.scan_prefix(full_key(space, prefix)).count() as u64)
     }
@@ -476,6 +491,43 @@ mod tests {
     /// Bytes of one record in the blob log for a key of `key_len` bytes (space byte excluded).
     fn record(key_len: usize, value_len: usize) -> u64 {
         (12 + 1 + key_len + value_len) as u64
+    }
+
+    #[test]
+    fn floor_finds_the_greatest_key_at_or_before_within_its_prefix_in_both_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = open_retrying(dir.path(), SledOptions::default());
+        let mem = crate::MemStore::default();
+        for s in [&sled as &dyn Store, &mem] {
+            s.apply(&[
+                Op::put(Space::Ledger, key(1), vec![7u8; 3]),
+                Op::put(Space::Ledger, key(5), vec![8u8; BLOB_THRESHOLD + 1]),
+                Op::put(Space::Outbox, b"b\x00\x01".to_vec(), b"x".to_vec()),
+                Op::put(Space::Feed, key(2), b"f".to_vec()),
+            ])
+            .unwrap();
+            let at = |k: u32| s.floor(Space::Ledger, b"", &key(k)).unwrap().map(|e| e.0);
+            assert_eq!(at(0), None, "nothing of the space at or before it");
+            assert_eq!(at(1), Some(key(1)), "an exact key is its own floor");
+            assert_eq!(at(4), Some(key(1)));
+            assert_eq!(at(5), Some(key(5)));
+            assert_eq!(at(99), Some(key(5)), "past the end: the last key");
+            let large = s.floor(Space::Ledger, b"", &key(6)).unwrap().unwrap().1;
+            assert_eq!(
+                large,
+                vec![8u8; BLOB_THRESHOLD + 1],
+                "a value in the blob log"
+            );
+            assert_eq!(
+                s.floor(Space::Outbox, b"c", b"c\x09").unwrap(),
+                None,
+                "a key of another prefix is not a floor"
+            );
+            assert_eq!(
+                s.floor(Space::Outbox, b"b", b"b\x09").unwrap().unwrap().0,
+                b"b\x00\x01".to_vec()
+            );
+        }
     }
 
     #[test]
