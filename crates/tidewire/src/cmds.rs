@@ -499,13 +499,16 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
+    // Counters in name order, in both forms, so that two outputs compare line by line.
+    let counters: std::collections::BTreeMap<_, _> = s.counters.iter().collect();
+    let refused: std::collections::BTreeMap<_, _> = s.refused.iter().collect();
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "node": s.node, "country": s.country, "org": s.org, "uptime_s": s.uptime_s, "policy_version": s.policy_version,
                 "links": s.links.iter().map(|l| serde_json::json!({"peer": l.peer, "up": l.up, "backlog": l.backlog, "last_error": l.last_error, "url": l.address})).collect::<Vec<_>>(),
-                "counters": s.counters, "refused": s.refused,
+                "counters": counters, "refused": refused,
                 "routes": s.routes.iter().map(|r| serde_json::json!({"node": r.node, "next_hop": r.next_hop, "distance": r.distance})).collect::<Vec<_>>(),
             }))?
         );
@@ -541,14 +544,12 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
         );
     }
     println!("counters");
-    let mut keys: Vec<_> = s.counters.keys().collect();
-    keys.sort();
-    for k in keys {
-        println!("  {:<16} {}", k, s.counters[k]);
+    for (k, v) in &counters {
+        println!("  {k:<16} {v}");
     }
-    if !s.refused.is_empty() {
+    if !refused.is_empty() {
         println!("refused by reason");
-        for (k, v) in &s.refused {
+        for (k, v) in &refused {
             println!("  {k:<24} {v}");
         }
     }
