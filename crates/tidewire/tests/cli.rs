@@ -1,0 +1,307 @@
+//! The command line as a user runs it, against real nodes over mTLS: `publish`, `status` and
+//! `audit`, in their human and `--json` forms, and their errors. Each test runs the real
+//! `tidewire` binary with `--federation DIR`, as the README shows.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use tidewire::demo::LocalFederation;
+
+/// What a run of the binary left: exit success, stdout, stderr.
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `tidewire ARGS` with `--federation` pointing at `f`'s directory.
+async fn tidewire(f: &LocalFederation, args: &[&str]) -> Run {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidewire"))
+        .args(args)
+        .arg("--federation")
+        .arg(&f.dir)
+        .env_clear()
+        .output()
+        .await
+        .expect("running tidewire");
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The README's example notification: for accra and Senegal (dakar).
+fn readme_example() -> serde_json::Value {
+    serde_json::json!({
+        "kind": "vessel_of_interest",
+        "case_ref": "MAOC-2026-0142",
+        "routes": ["atlantic.south-america.west-africa", "vessel.imo.9387421"],
+        "handling": "H2",
+        "grading": { "source": "B", "information": "2" },
+        "audience": ["node:accra", "country:SN"],
+        "onward_transfer": false,
+        "purposes": ["interdiction", "investigation"],
+        "fields": {
+            "vessel": { "name": "MV Example", "imo": "9387421", "flag": "TG",
+                        "position": { "lat": 5.61, "lon": -0.19 } },
+            "persons": [ { "name": "J. Doe", "nationality": "CO", "dob": "1979-03-02",
+                           "role": "master" } ],
+            "narrative": "Mother ship suspected of transhipment off the Bijagos."
+        }
+    })
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("writing a test file");
+    path.display().to_string()
+}
+
+async fn line() -> (tempfile::TempDir, LocalFederation) {
+    federation(
+        &["maoc-n", "dakar", "accra"],
+        &["maoc-n:dakar", "dakar:accra"],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_prints_the_id_and_where_it_is_queued_and_json_on_request() {
+    let (tmp, f) = line().await;
+    let file = write(tmp.path(), "n.json", &readme_example().to_string());
+
+    let human = tidewire(&f, &["publish", "--node", "maoc-n", "--file", &file]).await;
+    assert!(human.ok, "publish failed: {}", human.stderr);
+    let first = human.stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("published ") && first.contains("(seq 1)"),
+        "{}",
+        human.stdout
+    );
+    assert!(
+        human.stdout.contains("queued for: accra, dakar"),
+        "{}",
+        human.stdout
+    );
+    let id = first
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(id.len(), 32, "a 128-bit id in hex: {first}");
+
+    let json = tidewire(
+        &f,
+        &["--json", "publish", "--node", "maoc-n", "--file", &file],
+    )
+    .await;
+    assert!(json.ok, "publish --json failed: {}", json.stderr);
+    let reply: serde_json::Value =
+        serde_json::from_str(json.stdout.trim()).expect("one JSON object");
+    assert_eq!(reply["origin_seq"], 2, "{reply}");
+    assert_eq!(reply["destinations"], serde_json::json!(["accra", "dakar"]));
+    let second = reply["id"].as_str().expect("an id").to_owned();
+    assert_ne!(
+        second, id,
+        "a publish without idempotency key is a new notification"
+    );
+
+    for id in [&id, &second] {
+        wait_for(
+            Duration::from_secs(20),
+            "accra and dakar receive what maoc-n published",
+            async || {
+                has(&f, "accra", id, "received").await && has(&f, "dakar", id, "received").await
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_line_of_a_jsonl_file_is_named_and_nothing_of_the_file_is_published() {
+    let (tmp, f) = line().await;
+    let good = readme_example();
+    let mut bad = good.clone();
+    bad.as_object_mut().expect("an object").remove("kind");
+    let file = write(
+        tmp.path(),
+        "batch.jsonl",
+        &format!("{good}\n{bad}\n{good}\n"),
+    );
+
+    let run = tidewire(&f, &["publish", "--node", "maoc-n", "--file", &file]).await;
+    assert!(!run.ok, "a file with a bad line must fail: {}", run.stdout);
+    assert!(
+        run.stderr.contains("batch.jsonl:2") && run.stderr.contains("`kind`"),
+        "the error names the line and the field: {}",
+        run.stderr
+    );
+    assert_eq!(counter(&f, "maoc-n", "published").await, 0);
+
+    let broken = write(tmp.path(), "broken.json", "{\"kind\": \"alert\",\n");
+    let run = tidewire(&f, &["publish", "--node", "maoc-n", "--file", &broken]).await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("broken.json") && run.stderr.contains("line 2"),
+        "the error names the file and where the JSON breaks: {}",
+        run.stderr
+    );
+
+    let fixed = write(tmp.path(), "fixed.jsonl", &format!("{good}\n{good}\n"));
+    let run = tidewire(&f, &["publish", "--node", "maoc-n", "--file", &fixed]).await;
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(
+        run.stdout.matches("published ").count(),
+        2,
+        "{}",
+        run.stdout
+    );
+    assert_eq!(counter(&f, "maoc-n", "published").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_links_routes_and_counters_as_a_table_and_as_json() {
+    let (_tmp, f) = line().await;
+    publish(&f, "maoc-n", &readme_example()).await;
+    // Counters move once what they count is durable and acknowledged: wait for them, so that
+    // the two outputs below show the same figures.
+    wait_for(
+        Duration::from_secs(20),
+        "dakar delivers its copy and relays accra's",
+        async || {
+            counter(&f, "dakar", "delivered").await == 1
+                && counter(&f, "dakar", "forwarded").await == 1
+        },
+    )
+    .await;
+
+    let table = tidewire(&f, &["status", "--node", "dakar"]).await;
+    assert!(table.ok, "{}", table.stderr);
+    let out = &table.stdout;
+    assert!(out.starts_with("node dakar (SN, dakar)"), "{out}");
+    for peer in ["accra", "maoc-n"] {
+        assert!(
+            out.lines()
+                .any(|l| l.split_whitespace().take(2).eq([peer, "up"])),
+            "link to {peer} shown up: {out}"
+        );
+    }
+    assert!(out.contains("routes") && out.contains("counters"), "{out}");
+    let row = |name: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    // One envelope (copy) per destination: dakar's own and accra's, which dakar relays.
+    assert_eq!(row("received"), Some(2), "{out}");
+    assert_eq!(row("delivered"), Some(1), "{out}");
+    assert_eq!(row("forwarded"), Some(1), "{out}");
+
+    let json = tidewire(&f, &["--json", "status", "--node", "dakar"]).await;
+    assert!(json.ok, "{}", json.stderr);
+    let s: serde_json::Value = serde_json::from_str(&json.stdout).expect("one JSON object");
+    assert_eq!(s["node"], "dakar");
+    assert_eq!(s["country"], "SN");
+    let links = s["links"].as_array().expect("links");
+    assert_eq!(links.len(), 2, "{s}");
+    assert!(
+        links.iter().all(|l| l["up"] == true && l["backlog"] == 0),
+        "{s}"
+    );
+    assert_eq!(s["counters"]["received"], 2, "{s}");
+    assert_eq!(s["counters"]["verified"], 2, "{s}");
+    let names: Vec<&String> = s["counters"]
+        .as_object()
+        .expect("counters")
+        .keys()
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "counters in name order");
+    let routes = s["routes"].as_array().expect("routes");
+    assert!(
+        routes
+            .iter()
+            .any(|r| r["node"] == "maoc-n" && r["next_hop"] == "maoc-n" && r["distance"] == 1),
+        "{s}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_of_a_node_not_in_the_federation_or_not_running_fails_and_says_why() {
+    let (_tmp, f) = line().await;
+    let unknown = tidewire(&f, &["status", "--node", "lagos"]).await;
+    assert!(!unknown.ok);
+    assert!(
+        unknown.stderr.contains("`lagos` is not in")
+            && unknown.stderr.contains("accra, dakar, maoc-n"),
+        "names the node and the ones there are: {}",
+        unknown.stderr
+    );
+
+    // Port 1 on loopback: nothing listens there.
+    let down = tidewire(&f, &["status", "--node", "https://127.0.0.1:1"]).await;
+    assert!(!down.ok);
+    assert!(
+        down.stderr
+            .contains("cannot reach node at https://127.0.0.1:1"),
+        "{}",
+        down.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_query_and_verify_answer_what_was_disclosed_to_whom() {
+    let (_tmp, f) = line().await;
+    let id = publish(&f, "maoc-n", &readme_example()).await;
+    wait_for(Duration::from_secs(20), "accra receives it", async || {
+        has(&f, "accra", &id, "received").await
+    })
+    .await;
+
+    let q = tidewire(
+        &f,
+        &[
+            "--json",
+            "audit",
+            "query",
+            "--node",
+            "maoc-n",
+            "--destination",
+            "accra",
+        ],
+    )
+    .await;
+    assert!(q.ok, "{}", q.stderr);
+    let entries: Vec<serde_json::Value> = q
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line per entry"))
+        .collect();
+    assert_eq!(entries.len(), 1, "{}", q.stdout);
+    let e = &entries[0];
+    assert_eq!(e["event"], "transfer");
+    assert_eq!(e["notification"], id.as_str());
+    assert_eq!(e["destination"], "node:accra");
+    assert!(
+        e["policy_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("sha256:")),
+        "the policy in force is named: {e}"
+    );
+    assert_eq!(e["detail"]["via"], "dakar", "{e}");
+
+    let v = tidewire(&f, &["audit", "verify", "--node", "maoc-n"]).await;
+    assert!(v.ok, "{}", v.stderr);
+    assert!(
+        v.stdout.starts_with("ledger intact: 3 entries"),
+        "published, and a transfer each to accra and dakar: {}",
+        v.stdout
+    );
+}
