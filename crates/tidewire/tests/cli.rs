@@ -305,3 +305,85 @@ async fn audit_query_and_verify_answer_what_was_disclosed_to_whom() {
         v.stdout
     );
 }
+
+#[test]
+fn pki_init_writes_a_federation_ready_to_run_and_never_overwrites_one() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("fed");
+    let init = |nodes: &str, links: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tidewire"))
+            .args(["pki", "init", "--nodes", nodes, "--links", links])
+            .args(["--base-port", "7400", "--out"])
+            .arg(&out)
+            .env_clear()
+            .output()
+            .expect("running tidewire pki init")
+    };
+    let first = init("maoc-n,dakar,accra", "maoc-n:dakar,dakar:accra");
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+
+    // Ports in the order the nodes were named, from --base-port (written, not bound here).
+    let fed: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("federation.json")).expect("federation.json"),
+    )
+    .expect("federation.json is JSON");
+    for (node, port) in [("maoc-n", 7400), ("dakar", 7401), ("accra", 7402)] {
+        assert_eq!(
+            fed["nodes"][node]["client_url"],
+            format!("https://127.0.0.1:{port}"),
+            "{fed}"
+        );
+        let config = std::fs::read_to_string(out.join(node).join("node.toml")).expect("node.toml");
+        assert!(
+            config.contains(&format!("listen = \"127.0.0.1:{port}\"")),
+            "{config}"
+        );
+    }
+    let dakar = std::fs::read_to_string(out.join("dakar/node.toml")).expect("node.toml");
+    assert_eq!(
+        dakar.matches("[[link]]").count(),
+        2,
+        "dakar links both ways: {dakar}"
+    );
+
+    // Secrets are readable by their owner only, whatever the umask.
+    let mode = |p: &str| {
+        std::fs::metadata(out.join(p))
+            .unwrap_or_else(|e| panic!("{p}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for secret in [
+        "ca.key",
+        "client/admin.key",
+        "dakar/dakar.key",
+        "dakar/tls.key",
+        "dakar/users.toml",
+    ] {
+        assert_eq!(mode(secret), 0o600, "{secret}");
+    }
+
+    let key_before = std::fs::read(out.join("dakar/dakar.key")).expect("key");
+    let again = init("maoc-n,dakar", "maoc-n:dakar");
+    assert!(
+        !again.status.success(),
+        "a second init into the same directory must fail"
+    );
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds a federation"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(
+        std::fs::read(out.join("dakar/dakar.key")).expect("key"),
+        key_before,
+        "the existing signing key is untouched"
+    );
+}
