@@ -384,7 +384,11 @@ pub async fn subscribe(a: SubscribeArgs, json: bool) -> Result<()> {
                         "   case     {}   grading {}   purposes {}",
                         d.case_ref,
                         d.grading,
-                        d.purposes.join(", ")
+                        if d.purposes.is_empty() {
+                            "none stated".to_owned()
+                        } else {
+                            d.purposes.join(", ")
+                        }
                     );
                 }
                 if !d.handling_restriction.is_empty() {
