@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{admin, federation, has, wait_for};
+use common::{admin, has, line, wait_for};
 use tidewire::demo::LocalFederation;
 use tidewire_proto::v1 as pb;
 
@@ -46,14 +46,6 @@ async fn origin_items(f: &LocalFederation) -> Vec<pb::ConsentItem> {
 
 async fn events(f: &LocalFederation, node: &str, id: &str, event: &str) -> usize {
     common::events(f, node, id, event).await
-}
-
-async fn line() -> (tempfile::TempDir, LocalFederation) {
-    federation(
-        &["maoc-n", "dakar", "accra"],
-        &["maoc-n:dakar", "dakar:accra"],
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

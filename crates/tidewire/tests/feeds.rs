@@ -24,18 +24,13 @@ use tidewire::demo::LocalFederation;
 use tidewire_proto::v1 as pb;
 
 const NODES: [&str; 3] = ["maoc-n", "dakar", "accra"];
-const LINKS: [&str; 2] = ["maoc-n:dakar", "dakar:accra"];
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
 mod common;
 
-use common::{audit, publish, wait_for};
-
-async fn line() -> (tempfile::TempDir, LocalFederation) {
-    common::federation(&NODES, &LINKS).await
-}
+use common::{audit, line, publish, wait_for};
 
 /// Issues a subscriber identity registered at `node`.
 fn issue(dir: &Path, node: &str, name: &str, clearance: &str, routes: &[&str]) -> PathBuf {

@@ -30,15 +30,7 @@ type Channel = tonic::transport::Channel;
 
 mod common;
 
-use common::{admin, audit, publish, publish_on, wait_for};
-
-async fn line() -> (tempfile::TempDir, LocalFederation) {
-    common::federation(
-        &["maoc-n", "dakar", "accra"],
-        &["maoc-n:dakar", "dakar:accra"],
-    )
-    .await
-}
+use common::{admin, audit, line, publish, publish_on, wait_for};
 
 async fn apply(f: &LocalFederation, node: &str, text: &str) -> String {
     admin(f, node)

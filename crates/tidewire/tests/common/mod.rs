@@ -19,6 +19,15 @@ pub async fn federation(nodes: &[&str], links: &[&str]) -> (tempfile::TempDir, L
     (tmp, f)
 }
 
+/// The README's line: maoc-n – dakar – accra, converged.
+pub async fn line() -> (tempfile::TempDir, LocalFederation) {
+    federation(
+        &["maoc-n", "dakar", "accra"],
+        &["maoc-n:dakar", "dakar:accra"],
+    )
+    .await
+}
+
 /// An Admin client on `node`, as the federation's admin identity.
 pub async fn admin(f: &LocalFederation, node: &str) -> pb::admin_client::AdminClient<Channel> {
     pb::admin_client::AdminClient::new(f.conn(node).connect().await.expect("connect"))
