@@ -109,7 +109,8 @@ pub fn keys_generate(
 pub struct PublishArgs {
     #[command(flatten)]
     pub conn: Conn,
-    /// Notification JSON file (repeatable); a `.jsonl` file holds one notification per line.
+    /// Notification JSON file (repeatable); a `.jsonl` file holds one notification per line;
+    /// `-` reads standard input: one notification, or several one after the other (JSON lines).
     #[arg(long, required = true)]
     file: Vec<PathBuf>,
     /// Idempotency key (single notification only): a retry returns the first id.
@@ -121,6 +122,13 @@ pub struct PublishArgs {
 fn read_notifications(files: &[PathBuf]) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for f in files {
+        if f.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("cannot read standard input")?;
+            out.extend(split_json_values("stdin", &text)?);
+            continue;
+        }
         let text =
             std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
         if f.extension().is_some_and(|e| e == "jsonl") {
@@ -137,6 +145,39 @@ fn read_notifications(files: &[PathBuf]) -> Result<Vec<(String, String)>> {
     for (name, text) in &out {
         tidewire_core::Notification::from_json(text.as_bytes())
             .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    }
+    Ok(out)
+}
+
+/// Splits `text` into the JSON values it holds one after the other (one pretty-printed
+/// notification, JSON lines, or both), each named `NAME:LINE` by the line it starts on.
+fn split_json_values(name: &str, text: &str) -> Result<Vec<(String, String)>> {
+    // Lines counted up to `counted`, so that a long input is scanned once.
+    let (mut counted, mut line) = (0, 1);
+    let mut line_at = |offset: usize| {
+        line += text[counted..offset].matches('\n').count();
+        counted = offset;
+        line
+    };
+    let mut out = Vec::new();
+    let mut values = serde_json::Deserializer::from_str(text).into_iter::<serde::de::IgnoredAny>();
+    let mut start = 0;
+    while let Some(v) = values.next() {
+        if let Err(e) = v {
+            bail!(
+                "{name}: not JSON at line {}, column {}: {e}",
+                e.line(),
+                e.column()
+            );
+        }
+        let end = values.byte_offset();
+        let value = text[start..end].trim_start();
+        let at = end - value.len();
+        out.push((format!("{name}:{}", line_at(at)), value.to_owned()));
+        start = end;
+    }
+    if out.is_empty() {
+        bail!("{name}: no notification to publish (the input is empty)");
     }
     Ok(out)
 }

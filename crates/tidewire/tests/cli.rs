@@ -19,14 +19,30 @@ struct Run {
 
 /// Runs `tidewire ARGS` with `--federation` pointing at `f`'s directory.
 async fn tidewire(f: &LocalFederation, args: &[&str]) -> Run {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidewire"))
+    tidewire_fed(f, args, "").await
+}
+
+/// [`tidewire`] with `input` on its standard input.
+async fn tidewire_fed(f: &LocalFederation, args: &[&str], input: &str) -> Run {
+    use tokio::io::AsyncWriteExt;
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidewire"))
         .args(args)
         .arg("--federation")
         .arg(&f.dir)
         .env_clear()
-        .output()
-        .await
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("running tidewire");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(input.as_bytes())
+        .await
+        .expect("writing stdin");
+    drop(stdin);
+    let out = child.wait_with_output().await.expect("tidewire ends");
     Run {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -59,14 +75,6 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("writing a test file");
     path.display().to_string()
-}
-
-async fn line() -> (tempfile::TempDir, LocalFederation) {
-    federation(
-        &["maoc-n", "dakar", "accra"],
-        &["maoc-n:dakar", "dakar:accra"],
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,6 +170,70 @@ async fn a_bad_line_of_a_jsonl_file_is_named_and_nothing_of_the_file_is_publishe
         run.stdout
     );
     assert_eq!(counter(&f, "maoc-n", "published").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_reads_standard_input_one_notification_or_several() {
+    let (_tmp, f) = line().await;
+    let one = serde_json::to_string_pretty(&readme_example()).expect("json");
+    let run = tidewire_fed(&f, &["publish", "--node", "maoc-n", "--file", "-"], &one).await;
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with("published ") && run.stdout.contains("from stdin:1"),
+        "a pretty-printed notification is one: {}",
+        run.stdout
+    );
+
+    let mut alert = readme_example();
+    alert["case_ref"] = "MAOC-2026-0143".into();
+    let lines = format!("{}\n\n{}\n{}\n", readme_example(), alert, readme_example());
+    let run = tidewire_fed(
+        &f,
+        &["--json", "publish", "--node", "maoc-n", "--file", "-"],
+        &lines,
+    )
+    .await;
+    assert!(run.ok, "{}", run.stderr);
+    let names: Vec<String> = run
+        .stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line each");
+            assert_eq!(
+                v["destinations"],
+                serde_json::json!(["accra", "dakar"]),
+                "{v}"
+            );
+            v["file"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        ["stdin:1", "stdin:3", "stdin:4"],
+        "named by the line each starts on"
+    );
+    assert_eq!(counter(&f, "maoc-n", "published").await, 4);
+
+    let broken = format!("{}\n{{\"kind\": \n", readme_example());
+    let run = tidewire_fed(&f, &["publish", "--node", "maoc-n", "--file", "-"], &broken).await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("stdin: not JSON at line 3"),
+        "the error says where the input breaks: {}",
+        run.stderr
+    );
+    let empty = tidewire_fed(&f, &["publish", "--node", "maoc-n", "--file", "-"], "\n").await;
+    assert!(!empty.ok);
+    assert!(
+        empty.stderr.contains("no notification to publish"),
+        "{}",
+        empty.stderr
+    );
+    assert_eq!(
+        counter(&f, "maoc-n", "published").await,
+        4,
+        "nothing of a bad input is published"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
