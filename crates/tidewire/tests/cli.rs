@@ -459,3 +459,64 @@ fn pki_init_writes_a_federation_ready_to_run_and_never_overwrites_one() {
         "the existing signing key is untouched"
     );
 }
+
+/// Runs `tidewire ARGS` with nothing else: no federation, an empty environment.
+fn tidewire_bare(args: &[&str]) -> Run {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidewire"))
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("running tidewire");
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn the_demo_delivers_every_expected_notification_and_says_so() {
+    let human = tidewire_bare(&["demo"]);
+    assert!(human.ok, "demo failed: {}\n{}", human.stdout, human.stderr);
+    let out = &human.stdout;
+    assert!(
+        out.contains("all 12 expected deliveries arrived, verified end to end"),
+        "{out}"
+    );
+    for section in [
+        "publishing 5 case notifications",
+        "who received what, along which path",
+        "withheld by policy on the way",
+        "summary per node",
+    ] {
+        assert!(out.contains(section), "`{section}` missing: {out}");
+    }
+    for node in ["maoc-n", "accra", "dakar", "jiatf-s"] {
+        assert!(
+            out.lines()
+                .skip_while(|l| !l.starts_with("summary per node"))
+                .any(|l| l.split_whitespace().next() == Some(node)),
+            "{node} in the summary: {out}"
+        );
+    }
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kept = tmp.path().join("demo-fed");
+    let json = tidewire_bare(&["--json", "demo", "--out", &kept.display().to_string()]);
+    assert!(json.ok, "{}", json.stderr);
+    let d: serde_json::Value = serde_json::from_str(&json.stdout).expect("one JSON object");
+    assert_eq!(d["missing"], serde_json::json!([]), "{d}");
+    let deliveries = d["deliveries"].as_array().expect("deliveries");
+    assert_eq!(deliveries.len(), 12, "{d}");
+    for x in deliveries {
+        assert_eq!(
+            x["path"][0], x["origin"],
+            "a custody path starts at the origin: {x}"
+        );
+        assert_ne!(x["to"], x["origin"], "{x}");
+    }
+    assert!(
+        kept.join("federation.json").is_file() && kept.join("maoc-n/node.toml").is_file(),
+        "--out keeps the federation it ran"
+    );
+}
