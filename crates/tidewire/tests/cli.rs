@@ -520,3 +520,91 @@ fn the_demo_delivers_every_expected_notification_and_says_so() {
         "--out keeps the federation it ran"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_policy_file_is_named_with_its_line_and_applying_it_changes_nothing() {
+    let (tmp, f) = line().await;
+    let good = f.dir.join("dakar/policy.toml").display().to_string();
+    let check = tidewire_bare(&["policy", "check", &good]);
+    assert!(check.ok, "{}", check.stderr);
+    assert!(check.stdout.contains("ok, version 1"), "{}", check.stdout);
+
+    let bad = write(
+        tmp.path(),
+        "bad.toml",
+        "version = 1\n[[rule]]\nid = \"x\"\nto = \"node:accra\"\n",
+    );
+    let check = tidewire_bare(&["policy", "check", &bad]);
+    assert!(!check.ok);
+    assert!(
+        check.stderr.contains("bad.toml: line 4"),
+        "names the file and the line: {}",
+        check.stderr
+    );
+
+    let before = tidewire(&f, &["policy", "show", "--node", "dakar"]).await;
+    assert!(before.ok, "{}", before.stderr);
+    let apply = tidewire(&f, &["policy", "apply", "--node", "dakar", &bad]).await;
+    assert!(!apply.ok, "a bad policy must not be applied");
+    assert!(apply.stderr.contains("line 4"), "{}", apply.stderr);
+    let after = tidewire(&f, &["policy", "show", "--node", "dakar"]).await;
+    assert_eq!(
+        before.stdout.lines().next(),
+        after.stdout.lines().next(),
+        "the node keeps the policy version it had"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cases_lists_what_a_node_holds_and_shows_one_with_its_history() {
+    let (_tmp, f) = line().await;
+    let id = publish(&f, "maoc-n", &readme_example()).await;
+    wait_for(Duration::from_secs(20), "accra receives it", async || {
+        has(&f, "accra", &id, "received").await
+    })
+    .await;
+
+    let list = tidewire(&f, &["cases", "list", "--node", "accra"]).await;
+    assert!(list.ok, "{}", list.stderr);
+    let row = list
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} listed: {}", list.stdout));
+    assert!(
+        row.contains("maoc-n")
+            && row.contains("vessel_of_interest")
+            && row.contains("MAOC-2026-0142"),
+        "{row}"
+    );
+
+    let show = tidewire(
+        &f,
+        &["--json", "cases", "show", "--node", "accra", &id[..8]],
+    )
+    .await;
+    assert!(show.ok, "a prefix of the id is enough: {}", show.stderr);
+    let c: serde_json::Value = serde_json::from_str(&show.stdout).expect("one JSON object");
+    assert_eq!(c["copies"][0]["id"], id.as_str(), "{c}");
+    let events: Vec<&str> = c["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    assert!(events.contains(&"received"), "{c}");
+    assert_eq!(
+        c["history"][0]["detail"]["path"],
+        serde_json::json!(["maoc-n", "dakar"]),
+        "{c}"
+    );
+
+    let none = tidewire(&f, &["cases", "show", "--node", "accra", "ffff"]).await;
+    assert!(!none.ok);
+    assert!(
+        none.stderr
+            .contains("no notification `ffff` is held by accra"),
+        "{}",
+        none.stderr
+    );
+}
