@@ -127,7 +127,8 @@ impl Head {
                     .and_then(|mut g| g.pop())
                     .ok_or_else(|| {
                         StoreError::Io(format!(
-                            "ledger record {} does not decode: run `tidewire audit verify`",
+                            "the ledger's last record (entries from {}) does not decode: the \
+                             data directory is damaged; restore it from a backup",
                             key_seq(&k)
                         ))
                     })?;
@@ -205,7 +206,8 @@ pub fn read(store: &dyn Store, after: u64, limit: usize) -> Result<Vec<LedgerEnt
         for (k, v) in records {
             let group = decode_group(&v).map_err(|e| {
                 StoreError::Io(format!(
-                    "ledger record {} does not decode ({e}): run `tidewire audit verify`",
+                    "ledger record {} does not decode ({e}): `tidewire audit verify` names the \
+                     first damaged entry",
                     key_seq(&k)
                 ))
             })?;
@@ -390,6 +392,33 @@ mod tests {
             Some("entry 7 was altered: its hash does not match its content")
         );
         assert_eq!(bad.entries, 6, "the entries before it check out");
+    }
+
+    #[test]
+    fn a_damaged_last_record_stops_the_head_from_loading_with_a_clear_error() {
+        let store = MemStore::default();
+        let mut head = Head::default();
+        store
+            .apply(&head.append_all((0..3).map(entry).collect()))
+            .unwrap();
+        store
+            .apply(&[Op::put(
+                Space::Ledger,
+                key(4).to_vec(),
+                b"{\"seq\":4,".to_vec(),
+            )])
+            .unwrap();
+        let e = Head::load(&store).unwrap_err().to_string();
+        assert!(
+            e.contains("last record (entries from 4) does not decode") && e.contains("damaged"),
+            "{e}"
+        );
+        let e = read(&store, 0, 10).unwrap_err().to_string();
+        assert!(e.contains("ledger record 4 does not decode"), "{e}");
+        assert_eq!(
+            verify(&store).unwrap().problem.as_deref(),
+            Some("the record of entries from 4 does not decode")
+        );
     }
 
     #[test]
