@@ -334,6 +334,15 @@ mod tests {
         e
     }
 
+    /// A store whose ledger holds `n` entries appended in one batch.
+    fn ledger_of(n: usize) -> MemStore {
+        let store = MemStore::default();
+        store
+            .apply(&Head::default().append_all((0..n).map(entry).collect()))
+            .unwrap();
+        store
+    }
+
     #[test]
     fn entries_appended_together_are_stored_as_records_of_at_most_group_max() {
         let store = MemStore::default();
@@ -374,11 +383,7 @@ mod tests {
 
     #[test]
     fn an_edit_inside_a_grouped_record_is_found() {
-        let store = MemStore::default();
-        let mut head = Head::default();
-        store
-            .apply(&head.append_all((0..10).map(entry).collect()))
-            .unwrap();
+        let store = ledger_of(10);
         let record = store.get(Space::Ledger, &key(1)).unwrap().unwrap();
         let edited = String::from_utf8(record)
             .unwrap()
@@ -396,11 +401,7 @@ mod tests {
 
     #[test]
     fn a_damaged_last_record_stops_the_head_from_loading_with_a_clear_error() {
-        let store = MemStore::default();
-        let mut head = Head::default();
-        store
-            .apply(&head.append_all((0..3).map(entry).collect()))
-            .unwrap();
+        let store = ledger_of(3);
         store
             .apply(&[Op::put(
                 Space::Ledger,

@@ -71,6 +71,16 @@ fn readme_example() -> serde_json::Value {
     })
 }
 
+/// Publishes the README's example at maoc-n and waits until accra has received it.
+async fn published_at_maoc_n_and_received_at_accra(f: &LocalFederation) -> String {
+    let id = publish(f, "maoc-n", &readme_example()).await;
+    wait_for(Duration::from_secs(20), "accra receives it", async || {
+        has(f, "accra", &id, "received").await
+    })
+    .await;
+    id
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("writing a test file");
@@ -331,11 +341,7 @@ async fn status_of_a_node_not_in_the_federation_or_not_running_fails_and_says_wh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_query_and_verify_answer_what_was_disclosed_to_whom() {
     let (_tmp, f) = line().await;
-    let id = publish(&f, "maoc-n", &readme_example()).await;
-    wait_for(Duration::from_secs(20), "accra receives it", async || {
-        has(&f, "accra", &id, "received").await
-    })
-    .await;
+    let id = published_at_maoc_n_and_received_at_accra(&f).await;
 
     let q = tidewire(
         &f,
@@ -558,11 +564,7 @@ async fn a_bad_policy_file_is_named_with_its_line_and_applying_it_changes_nothin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cases_lists_what_a_node_holds_and_shows_one_with_its_history() {
     let (_tmp, f) = line().await;
-    let id = publish(&f, "maoc-n", &readme_example()).await;
-    wait_for(Duration::from_secs(20), "accra receives it", async || {
-        has(&f, "accra", &id, "received").await
-    })
-    .await;
+    let id = published_at_maoc_n_and_received_at_accra(&f).await;
 
     let list = tidewire(&f, &["cases", "list", "--node", "accra"]).await;
     assert!(list.ok, "{}", list.stderr);
