@@ -23,6 +23,7 @@ async fn impersonating_another_node_is_refused_and_counted() -> anyhow::Result<(
         frame: Some(Frame::Hello(pb::Hello {
             node: "c".into(),
             protocol: 1,
+            ..Default::default()
         })),
     })
     .await?;

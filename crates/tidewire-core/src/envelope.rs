@@ -80,6 +80,11 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
     env.encode_to_vec()
 }
 
+/// How many bytes [`encode`] would give, without encoding.
+pub fn encoded_len(env: &Envelope) -> usize {
+    env.encoded_len()
+}
+
 /// Decodes envelope bytes, refusing oversized input.
 pub fn decode(bytes: &[u8]) -> Result<Envelope, VerifyError> {
     if bytes.len() > MAX_ENVELOPE_BYTES {

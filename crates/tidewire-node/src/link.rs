@@ -208,6 +208,17 @@ fn learn_link_state(node: &Node, from: &NodeId, ls: pb::LinkState) {
     }
 }
 
+/// The largest link frame a node with `limits.max_message_bytes = max` sends or takes: an
+/// envelope of up to `max` bytes and the transfer around it (sequence number, destinations, a
+/// consent grant). An envelope over `max` inside such a frame is then refused by itself (`Ack`
+/// refusal `too_large`) instead of failing the frame and, with it, the whole link.
+pub fn frame_limit(max: usize) -> usize {
+    max.saturating_add(LINK_FRAME_SLACK)
+}
+
+/// What a transfer frame adds around its envelope, at most.
+const LINK_FRAME_SLACK: usize = 64 * 1024;
+
 fn set_link(node: &Node, peer: &NodeId, up: bool, error: Option<String>) {
     {
         let mut links = node.links.lock().unwrap_or_else(|p| p.into_inner());
@@ -658,7 +669,7 @@ async fn connect(
         .connect()
         .await
         .map_err(|e| crate::tls::error_chain(&e))?;
-    let max = node.cfg.limits.max_message_bytes;
+    let max = frame_limit(node.cfg.limits.max_message_bytes);
     let mut client = pb::federation_client::FederationClient::new(channel)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -667,6 +678,7 @@ async fn connect(
         frame: Some(Frame::Hello(pb::Hello {
             node: node.id().to_string(),
             protocol: 1,
+            max_message_bytes: node.cfg.limits.max_message_bytes as u64,
         })),
     })
     .await
@@ -679,7 +691,10 @@ async fn connect(
     match inbound.message().await {
         Ok(Some(pb::LinkFrame {
             frame: Some(Frame::Hello(h)),
-        })) if h.node == peer.as_str() => Ok((inbound, tx)),
+        })) if h.node == peer.as_str() => {
+            node.note_peer_limit(peer, h.max_message_bytes);
+            Ok((inbound, tx))
+        }
         Ok(Some(pb::LinkFrame {
             frame: Some(Frame::Hello(h)),
         })) => Err(format!("dialed `{peer}` but `{}` answered", h.node)),

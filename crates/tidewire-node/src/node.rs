@@ -613,6 +613,19 @@ pub enum SkipTally {
     Expired,
     /// The policy, the audience or a missing consent denied it.
     Denied,
+    /// Larger than the next hop accepts.
+    TooLargeForPeer,
+}
+
+/// The reason recorded, and counted under `refused`, for a copy larger than its next hop accepts.
+pub const TOO_LARGE_FOR_PEER: &str = "too_large_for_peer";
+
+/// What signing a custody round adds to a prepared envelope at most (signature, key id, round
+/// place and proof), counted when checking a copy against its next hop's size limit.
+const SIGNING_SLACK: usize = 1024;
+
+fn detail_is_too_large(detail: &serde_json::Value) -> bool {
+    detail["reason"] == TOO_LARGE_FOR_PEER
 }
 
 /// At most this many copies wait, prepared ahead, for their send loop (see [`Node::take_ahead`]).
@@ -1049,6 +1062,8 @@ pub struct LinkInfo {
     pub last_error: String,
     /// Configured URL (empty for links the peer dials).
     pub url: String,
+    /// The largest envelope the peer accepts, from its hello (0: not said).
+    pub max_message_bytes: u64,
 }
 
 impl std::fmt::Debug for Node {
@@ -1540,9 +1555,29 @@ impl Node {
         let c = match s.tally {
             Some(SkipTally::Expired) => &self.counters.expired,
             Some(SkipTally::Denied) => &self.counters.denied,
+            Some(SkipTally::TooLargeForPeer) => {
+                self.counters.refuse(TOO_LARGE_FOR_PEER);
+                return;
+            }
             None => return,
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notes the largest envelope `peer` accepts, from its hello (0: it did not say).
+    pub fn note_peer_limit(&self, peer: &NodeId, max_message_bytes: u64) {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        links.entry(peer.clone()).or_default().max_message_bytes = max_message_bytes;
+    }
+
+    /// The largest envelope `peer` accepts, if it said.
+    pub fn peer_limit(&self, peer: &NodeId) -> Option<usize> {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        links
+            .get(peer)
+            .map(|l| l.max_message_bytes)
+            .filter(|b| *b > 0)
+            .map(|b| usize::try_from(b).unwrap_or(usize::MAX))
     }
 
     /// Wakes every link sender.
@@ -2138,6 +2173,7 @@ impl Node {
                 tally: match event {
                     "expired" => Some(SkipTally::Expired),
                     "denied" => Some(SkipTally::Denied),
+                    _ if detail_is_too_large(&e.detail) => Some(SkipTally::TooLargeForPeer),
                     _ => None,
                 },
                 entry: Some(Box::new(e)),
@@ -2261,6 +2297,22 @@ impl Node {
                 substitute,
             },
         );
+        // A copy the next hop would reject for its size would break the link at every attempt
+        // (the frame fails to decode there): it is resolved here instead, and recorded.
+        if let Some(limit) = self.peer_limit(peer) {
+            let bytes = envelope::encoded_len(&out) + SIGNING_SLACK;
+            if bytes > limit {
+                return Err(skip(
+                    "dropped",
+                    None,
+                    serde_json::json!({
+                        "reason": TOO_LARGE_FOR_PEER,
+                        "detail": format!("about {bytes} bytes signed; `{peer}` accepts envelopes of up to {limit} bytes (its limits.max_message_bytes)"),
+                        "via": peer.as_str(),
+                    }),
+                ));
+            }
+        }
         let mut e = LedgerEntry::new("transfer");
         e.notification = item.id.to_string();
         e.destination = format!("node:{dest}");

@@ -214,8 +214,8 @@ async fn start_inner(
         .add_service(reflection)
         .add_service(
             pb::federation_server::FederationServer::new(FederationService(node.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
+                .max_decoding_message_size(crate::link::frame_limit(max))
+                .max_encoding_message_size(crate::link::frame_limit(max)),
         )
         .add_service(
             pb::publisher_server::PublisherServer::new(PublisherService(node.clone()))

@@ -64,11 +64,13 @@ impl pb::federation_server::Federation for FederationService {
             ))
             .into());
         }
+        node.note_peer_limit(&peer, hello.max_message_bytes);
         let (tx, rx) = mpsc::channel(1024);
         tx.send(pb::LinkFrame {
             frame: Some(Frame::Hello(pb::Hello {
                 node: node.id().to_string(),
                 protocol: 1,
+                max_message_bytes: node.cfg.limits.max_message_bytes as u64,
             })),
         })
         .await

@@ -401,6 +401,7 @@ impl Kit {
             frame: Some(pb::link_frame::Frame::Hello(pb::Hello {
                 node: who.into(),
                 protocol: 1,
+                ..Default::default()
             })),
         })
         .await?;

@@ -245,3 +245,83 @@ async fn content_held_past_the_retention_is_purged_and_older_copies_are_not_kept
     assert!(held(&f, "maoc-n", &kept).await);
     f.stop().await;
 }
+
+/// Centres set their own limits. A copy larger than its next hop accepts (as that node said in
+/// its hello) is not sent: a frame its link cannot decode would break the link at every attempt,
+/// holding up everything queued behind it. The sender records and counts it instead, and
+/// smaller copies keep flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_larger_than_the_next_hop_accepts_is_recorded_not_sent_and_the_link_keeps_flowing() {
+    let (_tmp, mut f) = pair().await;
+    f.stop_node("dakar").await.expect("stop dakar");
+    common::set_limit(&f, "dakar", "max_message_bytes", "65536");
+    f.restart_node("dakar").await.expect("restart dakar");
+    wait_for(Duration::from_secs(20), "the link to come back", || async {
+        common::status(&f, "maoc-n")
+            .await
+            .links
+            .iter()
+            .all(|l| l.up)
+    })
+    .await;
+
+    // Within maoc-n's limits (4 MiB, and 64 KiB per field), over dakar's once sealed.
+    let mut large = alert(&"x".repeat(60 * 1024), None);
+    large["fields"]["annex"] = "y".repeat(30 * 1024).into();
+    let big = publish(&f, "maoc-n", &large).await;
+    wait_for(
+        Duration::from_secs(20),
+        "maoc-n to record the copy it could not send",
+        || async { events(&f, "maoc-n", &big, "dropped").await == 1 },
+    )
+    .await;
+    let dropped = common::audit(&f, "maoc-n", &big, "dropped").await;
+    let detail: serde_json::Value =
+        serde_json::from_str(&dropped[0].detail_json).expect("detail is JSON");
+    assert_eq!(detail["reason"], "too_large_for_peer", "{detail}");
+    assert_eq!(detail["via"], "dakar", "{detail}");
+    assert!(
+        detail["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("accepts envelopes of up to 65536 bytes")),
+        "says what the peer accepts: {detail}"
+    );
+    assert_eq!(dropped[0].destination, "node:dakar");
+    assert_eq!(
+        events(&f, "maoc-n", &big, "transfer").await,
+        0,
+        "never sent"
+    );
+    let status = common::status(&f, "maoc-n").await;
+    assert_eq!(status.refused.get("too_large_for_peer"), Some(&1));
+    assert!(
+        status.links.iter().all(|l| l.up),
+        "the link stays up: {status:?}"
+    );
+
+    // Resolved, not retried: the backlog empties, and a small alert still arrives.
+    wait_for(
+        Duration::from_secs(10),
+        "maoc-n's backlog to drain",
+        || async {
+            common::backlogs(&f, "maoc-n")
+                .await
+                .values()
+                .all(|b| *b == 0)
+        },
+    )
+    .await;
+    let small = publish(&f, "maoc-n", &alert("small enough", None)).await;
+    wait_for(
+        Duration::from_secs(20),
+        "the small alert to arrive",
+        || async { events(&f, "dakar", &small, "received").await == 1 },
+    )
+    .await;
+    assert_eq!(events(&f, "dakar", &big, "received").await, 0);
+    assert_eq!(
+        events(&f, "dakar", "", "refused").await,
+        0,
+        "nothing reached dakar to refuse"
+    );
+}

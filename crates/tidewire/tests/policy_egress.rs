@@ -503,6 +503,7 @@ impl RecordingPeer {
             frame: Some(Frame::Hello(pb::Hello {
                 node: "accra".into(),
                 protocol: 1,
+                ..Default::default()
             })),
         })
         .await
