@@ -348,7 +348,7 @@ impl pb::admin_server::Admin for AdminService {
         // A query may read the whole ledger: off the async workers, which carry the links.
         let out = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
             let mut out = Vec::new();
-            let mut after = 0;
+            let mut after = q.after;
             'scan: loop {
                 let batch = ledger::read(node.store.as_ref(), after, 4096)?;
                 if batch.is_empty() {

@@ -1041,6 +1041,7 @@ pub async fn audit(c: AuditCmd, json: bool) -> Result<()> {
                 destination: destination.unwrap_or_default(),
                 event: event.unwrap_or_default(),
                 limit,
+                after: 0,
             },
             false,
         ),
@@ -1053,13 +1054,44 @@ pub async fn audit(c: AuditCmd, json: bool) -> Result<()> {
             true,
         ),
     };
-    let r = pb::admin_client::AdminClient::new(conn.connect().await?)
-        .audit_query(q)
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    for e in &r.entries {
-        if json || export {
+    // In pages, printed as they come: a whole ledger does not fit one reply (nor memory).
+    let mut admin = pb::admin_client::AdminClient::new(conn.connect().await?);
+    let mut left = q.limit;
+    let mut after = 0;
+    let mut printed = 0u64;
+    while left > 0 {
+        let page = left.min(AUDIT_PAGE);
+        let r = admin
+            .audit_query(pb::AuditQueryRequest {
+                limit: page,
+                after,
+                ..q.clone()
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let Some(last) = r.entries.last() else { break };
+        after = last.seq;
+        left -= r.entries.len() as u32;
+        printed += r.entries.len() as u64;
+        print_audit_entries(&r.entries, json || export);
+        if (r.entries.len() as u32) < page {
+            break;
+        }
+    }
+    if !json && !export && printed == 0 {
+        println!("no ledger entries match");
+    }
+    Ok(())
+}
+
+/// Entries per `AuditQuery` page: a reply of about half a megabyte.
+const AUDIT_PAGE: u32 = 1000;
+
+/// Prints ledger entries as JSON lines, or as a table.
+fn print_audit_entries(entries: &[pb::AuditEntry], json: bool) {
+    for e in entries {
+        if json {
             println!(
                 "{}",
                 serde_json::json!({"seq": e.seq, "at": timefmt::format_ms(e.at_ms), "event": e.event, "notification": e.notification, "destination": e.destination, "policy_version": e.policy_version, "rule": e.rule, "detail": serde_json::from_str::<serde_json::Value>(&e.detail_json).unwrap_or_default(), "hash": e.hash})
@@ -1086,10 +1118,6 @@ pub async fn audit(c: AuditCmd, json: bool) -> Result<()> {
             );
         }
     }
-    if !json && !export && r.entries.is_empty() {
-        println!("no ledger entries match");
-    }
-    Ok(())
 }
 
 /// `tidewire cases …`

@@ -610,3 +610,59 @@ async fn cases_lists_what_a_node_holds_and_shows_one_with_its_history() {
         none.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_export_pages_through_a_ledger_longer_than_one_reply() {
+    let (tmp, f) = line().await;
+    let n = readme_example().to_string();
+    let lines = format!("{n}\n").repeat(400);
+    let file = write(tmp.path(), "many.jsonl", &lines);
+    let run = tidewire(&f, &["publish", "--node", "maoc-n", "--file", &file]).await;
+    assert!(run.ok, "{}", run.stderr);
+    // 400 `published` and 800 `transfer` entries once both copies of each are on their way.
+    wait_for(
+        Duration::from_secs(30),
+        "maoc-n to send every copy",
+        async || counter(&f, "maoc-n", "forwarded").await == 800,
+    )
+    .await;
+
+    let export = tidewire(&f, &["audit", "export", "--node", "maoc-n"]).await;
+    assert!(export.ok, "{}", export.stderr);
+    let seqs: Vec<u64> = export
+        .stdout
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).expect("a JSON line per entry");
+            e["seq"].as_u64().expect("a seq")
+        })
+        .collect();
+    let total = seqs.len() as u64;
+    assert!(total >= 1200, "{total} entries exported");
+    assert_eq!(
+        seqs,
+        (1..=total).collect::<Vec<_>>(),
+        "every entry once, in order"
+    );
+    let verify = tidewire(&f, &["audit", "verify", "--node", "maoc-n"]).await;
+    assert!(
+        verify
+            .stdout
+            .starts_with(&format!("ledger intact: {total} entries")),
+        "{}",
+        verify.stdout
+    );
+
+    let transfers = tidewire(
+        &f,
+        &[
+            "--json", "audit", "query", "--node", "maoc-n", "--event", "transfer", "--limit",
+            "5000",
+        ],
+    )
+    .await;
+    assert!(transfers.ok, "{}", transfers.stderr);
+    assert_eq!(transfers.stdout.lines().count(), 800);
+    let few = tidewire(&f, &["audit", "query", "--node", "maoc-n", "--limit", "5"]).await;
+    assert_eq!(few.stdout.lines().count(), 5, "{}", few.stdout);
+}
