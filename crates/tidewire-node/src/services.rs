@@ -425,11 +425,21 @@ impl pb::admin_server::Admin for AdminService {
         }
         // Whole bytes of the prefix narrow the scan; an odd last digit is checked per entry.
         let prefix = hex::decode(&wanted[..wanted.len() / 2 * 2]).unwrap_or_default();
+        let mut from = prefix.clone();
+        if !q.after.is_empty() {
+            let after = hex::decode(&q.after).map_err(|_| {
+                NodeError::Invalid(format!(
+                    "cursor `{}` is not one this node gave (`next` of a reply)",
+                    q.after
+                ))
+            })?;
+            from = [after.as_slice(), &[0]].concat();
+        }
         let node = self.0.clone();
         // Read in pages, up to the limit: never every stored copy at once.
-        let items = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
+        let (items, next) = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
             let mut items = Vec::new();
-            let mut from = prefix.clone();
+            let mut last_key = Vec::new();
             while items.len() < limit {
                 let page = node.store.scan(
                     tidewire_store::Space::Notifications,
@@ -442,6 +452,7 @@ impl pb::admin_server::Admin for AdminService {
                 };
                 from = [last.as_slice(), &[0]].concat();
                 for (k, v) in page {
+                    last_key.clone_from(&k);
                     let Ok(id) = NotificationId::from_slice(&k[..16.min(k.len())]) else {
                         continue;
                     };
@@ -468,10 +479,16 @@ impl pb::admin_server::Admin for AdminService {
                     });
                 }
             }
-            Ok(items)
+            // A full page may have more after it; a short one ended the listing.
+            let next = if items.len() >= limit {
+                hex::encode(&last_key)
+            } else {
+                String::new()
+            };
+            Ok((items, next))
         })
         .await
         .map_err(|e| NodeError::Internal(format!("case listing task: {e}")))??;
-        Ok(Response::new(pb::CasesListReply { items }))
+        Ok(Response::new(pb::CasesListReply { items, next }))
     }
 }

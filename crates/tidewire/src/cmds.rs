@@ -1120,6 +1120,31 @@ fn print_audit_entries(entries: &[pb::AuditEntry], json: bool) {
     }
 }
 
+/// Case items per `CasesList` page.
+const CASES_PAGE: u32 = 1000;
+
+/// Prints case items as JSON lines, or as a table.
+fn print_cases(items: &[pb::CaseItem], json: bool) {
+    for i in items {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"id": i.id, "origin": i.origin, "kind": i.kind, "case_ref": i.case_ref, "routes": i.routes, "created_at": timefmt::format_ms(i.created_at_ms), "state": i.state})
+            );
+        } else {
+            println!(
+                "{}  {:<10} {:<22} {:<16} {}  {}",
+                i.id,
+                i.origin,
+                i.kind,
+                i.case_ref,
+                timefmt::format_ms(i.created_at_ms),
+                i.state
+            );
+        }
+    }
+}
+
 /// `tidewire cases …`
 #[derive(Debug, Subcommand)]
 pub enum CasesCmd {
@@ -1144,31 +1169,26 @@ pub enum CasesCmd {
 pub async fn cases(c: CasesCmd, json: bool) -> Result<()> {
     match c {
         CasesCmd::List { conn, limit } => {
-            let r = pb::admin_client::AdminClient::new(conn.connect().await?)
-                .cases_list(pb::CasesListRequest {
-                    limit: limit.max(1),
-                    ..Default::default()
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            for i in &r.items {
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"id": i.id, "origin": i.origin, "kind": i.kind, "case_ref": i.case_ref, "routes": i.routes, "created_at": timefmt::format_ms(i.created_at_ms), "state": i.state})
-                    );
-                } else {
-                    println!(
-                        "{}  {:<10} {:<22} {:<16} {}  {}",
-                        i.id,
-                        i.origin,
-                        i.kind,
-                        i.case_ref,
-                        timefmt::format_ms(i.created_at_ms),
-                        i.state
-                    );
+            // In pages, printed as they come, like the ledger.
+            let mut admin = pb::admin_client::AdminClient::new(conn.connect().await?);
+            let mut left = limit.max(1);
+            let mut after = String::new();
+            while left > 0 {
+                let r = admin
+                    .cases_list(pb::CasesListRequest {
+                        limit: left.min(CASES_PAGE),
+                        after: std::mem::take(&mut after),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                left = left.saturating_sub(r.items.len() as u32);
+                print_cases(&r.items, json);
+                if r.next.is_empty() || r.items.is_empty() {
+                    break;
                 }
+                after = r.next;
             }
         }
         CasesCmd::Show { conn, id } => {
@@ -1177,6 +1197,7 @@ pub async fn cases(c: CasesCmd, json: bool) -> Result<()> {
                 .cases_list(pb::CasesListRequest {
                     limit: 0,
                     id_prefix: id.clone(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_error)?

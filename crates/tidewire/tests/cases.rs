@@ -15,6 +15,7 @@ async fn cases_list_honours_its_limit_and_finds_one_by_id_prefix() {
     let list = |limit, id_prefix: &str| pb::CasesListRequest {
         limit,
         id_prefix: id_prefix.into(),
+        ..Default::default()
     };
     let all = a.cases_list(list(0, "")).await.unwrap().into_inner().items;
     assert_eq!(all.len(), 5);

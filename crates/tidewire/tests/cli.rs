@@ -665,4 +665,41 @@ async fn audit_export_pages_through_a_ledger_longer_than_one_reply() {
     assert_eq!(transfers.stdout.lines().count(), 800);
     let few = tidewire(&f, &["audit", "query", "--node", "maoc-n", "--limit", "5"]).await;
     assert_eq!(few.stdout.lines().count(), 5, "{}", few.stdout);
+
+    // The case listing pages the same way: accra holds the 400, read 150 at a time.
+    wait_for(
+        Duration::from_secs(30),
+        "accra to hold all 400",
+        async || counter(&f, "accra", "delivered").await == 400,
+    )
+    .await;
+    let mut admin = admin(&f, "accra").await;
+    let (mut ids, mut after) = (Vec::new(), String::new());
+    loop {
+        let r = admin
+            .cases_list(tidewire_proto::v1::CasesListRequest {
+                limit: 150,
+                after: after.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("cases list")
+            .into_inner();
+        assert!(r.items.len() <= 150);
+        ids.extend(r.items.into_iter().map(|i| i.id));
+        if r.next.is_empty() {
+            break;
+        }
+        after = r.next;
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        (ids.len(), sorted),
+        (400, ids),
+        "every copy once, in id order"
+    );
+    let list = tidewire(&f, &["cases", "list", "--node", "accra", "--limit", "1000"]).await;
+    assert_eq!(list.stdout.lines().count(), 400, "{}", list.stderr);
 }
