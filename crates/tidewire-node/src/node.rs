@@ -624,10 +624,6 @@ pub const TOO_LARGE_FOR_PEER: &str = "too_large_for_peer";
 /// place and proof), counted when checking a copy against its next hop's size limit.
 const SIGNING_SLACK: usize = 1024;
 
-fn detail_is_too_large(detail: &serde_json::Value) -> bool {
-    detail["reason"] == TOO_LARGE_FOR_PEER
-}
-
 /// At most this many copies wait, prepared ahead, for their send loop (see [`Node::take_ahead`]).
 const AHEAD_MAX: usize = 1024;
 
@@ -2173,7 +2169,6 @@ impl Node {
                 tally: match event {
                     "expired" => Some(SkipTally::Expired),
                     "denied" => Some(SkipTally::Denied),
-                    _ if detail_is_too_large(&e.detail) => Some(SkipTally::TooLargeForPeer),
                     _ => None,
                 },
                 entry: Some(Box::new(e)),
@@ -2302,7 +2297,7 @@ impl Node {
         if let Some(limit) = self.peer_limit(peer) {
             let bytes = envelope::encoded_len(&out) + SIGNING_SLACK;
             if bytes > limit {
-                return Err(skip(
+                let mut s = skip(
                     "dropped",
                     None,
                     serde_json::json!({
@@ -2310,7 +2305,9 @@ impl Node {
                         "detail": format!("about {bytes} bytes signed; `{peer}` accepts envelopes of up to {limit} bytes (its limits.max_message_bytes)"),
                         "via": peer.as_str(),
                     }),
-                ));
+                );
+                s.tally = Some(SkipTally::TooLargeForPeer);
+                return Err(s);
             }
         }
         let mut e = LedgerEntry::new("transfer");
