@@ -356,7 +356,16 @@ fn prepare_local(
     cursor: u64,
     note: &[u8],
 ) -> Option<(pb::Delivery, LedgerEntry)> {
-    let copy = node.stored_copy(note).ok()?;
+    let copy = match node.stored_copy(note) {
+        Ok(c) => c,
+        // Recalled, expired or purged since it was appended: nothing to deliver.
+        Err(crate::node::NoCopy::Missing) => return None,
+        Err(e) => {
+            // Never silent: an officer misses this one, and the operator must know.
+            tracing::error!(cursor, user = %user.name, problem = ?e, "a feed entry could not be read; it is not delivered");
+            return None;
+        }
+    };
     let view = &copy.view;
     let h = &view.header;
     if h.expired(tidewire_core::timefmt::now_ms()) || h.handling.level() > user.clearance {
