@@ -652,9 +652,19 @@ impl BenchNodes {
         }
     }
 
-    /// CPU seconds used so far by this process and the nodes' processes.
-    fn cpu_s(&self) -> f64 {
-        process_cpu_s() + self.children_cpu_s()
+    /// CPU seconds used so far by this process and by each node's process.
+    fn cpu(&self) -> Cpu {
+        let nodes = match self {
+            BenchNodes::InProcess(_) => BTreeMap::new(),
+            BenchNodes::Processes { children, .. } => children
+                .iter()
+                .map(|(id, c)| (id.clone(), proc_cpu_s(&format!("/proc/{}/stat", c.id()))))
+                .collect(),
+        };
+        Cpu {
+            total: process_cpu_s() + nodes.values().sum::<f64>(),
+            nodes,
+        }
     }
 
     /// Adds the figures every mode reports (see [`Run`]) to `out` and stops the nodes.
@@ -663,13 +673,13 @@ impl BenchNodes {
         out: &mut serde_json::Value,
         notifications: u64,
         elapsed_s: f64,
-        cpu_s: f64,
+        cpu: Cpu,
         (fields, json_bytes): (usize, usize),
     ) {
         Run {
             notifications,
             elapsed_s,
-            cpu_s,
+            cpu,
             per_node: self.peak_rss_per_node(),
             fields,
             json_bytes,
@@ -680,17 +690,6 @@ impl BenchNodes {
         }
         .fill(out);
         self.stop().await;
-    }
-
-    /// CPU seconds used so far by the nodes' processes (0 when they run in this one).
-    fn children_cpu_s(&self) -> f64 {
-        match self {
-            BenchNodes::InProcess(_) => 0.0,
-            BenchNodes::Processes { children, .. } => children
-                .iter()
-                .map(|(_, c)| proc_cpu_s(&format!("/proc/{}/stat", c.id())))
-                .sum(),
-        }
     }
 
     /// Peak RSS per node process, in MiB (empty when the nodes run in this process).
@@ -823,12 +822,43 @@ fn peak_rss_of(path: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// CPU seconds: all processes together, and each node's process (empty when the nodes run in
+/// the bench's own process).
+#[derive(Debug, Clone, Default)]
+struct Cpu {
+    total: f64,
+    nodes: BTreeMap<String, f64>,
+}
+
+impl Cpu {
+    /// What was used between `before` and this sample. A node restarted in between (a new
+    /// process) counts from zero.
+    fn since(&self, before: &Cpu) -> Cpu {
+        Cpu {
+            total: self.total - before.total,
+            nodes: self
+                .nodes
+                .iter()
+                .map(|(id, s)| {
+                    let was = before
+                        .nodes
+                        .get(id)
+                        .copied()
+                        .filter(|b| b <= s)
+                        .unwrap_or(0.0);
+                    (id.clone(), s - was)
+                })
+                .collect(),
+        }
+    }
+}
+
 /// What every `bench relay` mode reports besides its own figures.
 struct Run {
     /// Notifications the rate and CPU figures count.
     notifications: u64,
     elapsed_s: f64,
-    cpu_s: f64,
+    cpu: Cpu,
     /// Peak RSS per node process (empty when the nodes ran in this process).
     per_node: BTreeMap<String, f64>,
     fields: usize,
@@ -849,8 +879,9 @@ impl Run {
             "throughput_per_s": (n / self.elapsed_s).round(),
             "peak_rss_mib": peak,
             "peak_rss_mib_per_node": self.per_node,
-            "cpu_us_per_notification": (self.cpu_s * 1e6 / n).round(),
-            "cpu_cores_busy": (self.cpu_s / self.elapsed_s * 100.0).round() / 100.0,
+            "cpu_us_per_notification": (self.cpu.total * 1e6 / n).round(),
+            "cpu_us_per_notification_per_node": self.cpu.nodes.iter().map(|(id, s)| (id.clone(), (s * 1e6 / n).round())).collect::<BTreeMap<_, _>>(),
+            "cpu_cores_busy": (self.cpu.total / self.elapsed_s * 100.0).round() / 100.0,
             "fields": self.fields,
             "json_bytes": self.json_bytes,
             "nodes_in_process": self.nodes_in_process,
@@ -898,7 +929,7 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
             rate.map(|r| format!(" at {r}/s")).unwrap_or_default()
         );
     }
-    let cpu_before = fedn.cpu_s();
+    let cpu_before = fedn.cpu();
     let start = Instant::now();
     let target = last.to_owned();
     let publisher = tokio::spawn(async move {
@@ -941,7 +972,7 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = fedn.cpu_s() - cpu_before;
+    let cpu = fedn.cpu().since(&cpu_before);
     let (_, publish_s) = publisher.await?.map_err(status_error)?;
     latencies.sort_by(|x, y| x.total_cmp(y));
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
@@ -981,8 +1012,29 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
             let list: Vec<String> = per.iter().map(|(n, m)| format!("{n} {m} MiB")).collect();
             println!("peak RSS per node: {}", list.join(", "));
         }
+        print_cpu_per_node(&out);
     }
     Ok(())
+}
+
+/// With a process per node: how the CPU per notification splits between the nodes and the
+/// bench's own publisher and subscriber.
+fn print_cpu_per_node(out: &serde_json::Value) {
+    let Some(per) = out["cpu_us_per_notification_per_node"]
+        .as_object()
+        .filter(|m| !m.is_empty())
+    else {
+        return;
+    };
+    let us = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+    let nodes: f64 = per.values().map(us).sum();
+    let mut list: Vec<String> = per
+        .iter()
+        .map(|(n, v)| format!("{n} {:.0} µs", us(v)))
+        .collect();
+    let rest = us(&out["cpu_us_per_notification"]) - nodes;
+    list.push(format!("publisher and subscriber {:.0} µs", rest.max(0.0)));
+    println!("CPU per notification: {}", list.join(", "));
 }
 
 /// `tidewire bench relay --backlog`: the last hop alone. Its receiver is stopped, everything is
@@ -1036,16 +1088,16 @@ async fn bench_backlog(
         eprintln!("  {queued} queued at {before} for {last}; starting {last}");
     }
     fedn.restart_node(last).await?;
-    let restarted = (Instant::now(), fedn.cpu_s());
+    let restarted = (Instant::now(), fedn.cpu());
     // Timed from the first acknowledgement seen to the last: the sustained rate, without the
     // reconnection and the first round's ramp-up.
-    let mut started: Option<(Instant, u64, f64)> = None;
+    let mut started: Option<(Instant, u64, Cpu)> = None;
     let mut progress = (Instant::now(), queued);
     let mut last_report = Instant::now();
     loop {
         let b = link().await?;
         if started.is_none() && b < queued && b > 0 {
-            started = Some((Instant::now(), b, fedn.cpu_s()));
+            started = Some((Instant::now(), b, fedn.cpu()));
         }
         if b == 0 {
             break;
@@ -1064,7 +1116,7 @@ async fn bench_backlog(
     // Drained before it was seen under way (a small backlog): time it from the restart.
     let (t0, left, cpu0) = started.unwrap_or((restarted.0, queued, restarted.1));
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = fedn.cpu_s() - cpu0;
+    let cpu = fedn.cpu().since(&cpu0);
     let mut out = serde_json::json!({
         "hops": a.hops, "count": count, "mode": "backlog", "drained": left,
         "p50_ms": null, "p99_ms": null, "max_ms": null,
@@ -1086,6 +1138,7 @@ async fn bench_backlog(
             out["cpu_cores_busy"],
             out["peak_rss_mib"]
         );
+        print_cpu_per_node(&out);
     }
     Ok(())
 }

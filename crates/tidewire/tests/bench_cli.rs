@@ -73,6 +73,19 @@ fn bench_relay_with_processes_reports_peak_rss_per_node() -> Result<()> {
         per.values().all(|v| v.as_f64().is_some_and(|m| m > 0.0)),
         "{r}"
     );
+    let cpu = r["cpu_us_per_notification_per_node"]
+        .as_object()
+        .context("cpu_us_per_notification_per_node")?;
+    assert_eq!(
+        cpu.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["a", "b"],
+        "{r}"
+    );
+    let nodes: f64 = cpu.values().filter_map(serde_json::Value::as_f64).sum();
+    assert!(
+        nodes > 0.0 && nodes <= r["cpu_us_per_notification"].as_f64().unwrap_or(0.0) + 2.0,
+        "the nodes' shares add up to at most the whole: {r}"
+    );
     Ok(())
 }
 
