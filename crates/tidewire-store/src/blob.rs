@@ -1,8 +1,8 @@
 //! The blob log: large values live in append-only segment files beside sled, and sled holds
 //! only a small pointer ([`BlobRef`]) to each.
 //!
-//! Layout: `DIR/blobs/00000001.seg`, `00000002.seg`, … Records are appended to the highest
-//! numbered (active) segment; a new segment starts when a record would take the active one past
+//! Layout: `DIR/00000001.seg`, `00000002.seg`, … (the store's `DIR` is `store/blob-log`).
+//! Records are appended to the highest numbered (active) segment; a new segment starts when a record would take the active one past
 //! its size limit (64 MiB by default). A record is
 //!
 //! ```text

@@ -3,7 +3,10 @@
 //!
 //! Large values do not go into sled: sled copies whole leaf nodes, large values included, on
 //! every insert. A value of at least [`SledOptions::blob_threshold`] bytes is appended to the
-//! blob log (`DIR/blobs/*.seg`, see `blob.rs`) and sled stores a 17-byte pointer to it instead.
+//! blob log (`DIR/blob-log/*.seg`, see `blob.rs`) and sled stores a 17-byte pointer to it
+//! instead. The log has a directory of its own: `DIR/blobs` belongs to sled, which at every
+//! start removes the files there whose names parse as numbers above its stable log position
+//! (and warns about every other one). Stores written when the log lived there are moved at open.
 //! Every sled value starts with a tag byte: `1` = the value follows inline, `2` = a pointer
 //! (segment u32 ‖ offset u64 ‖ length u32, big-endian) follows. A store written before the tag
 //! existed has no format marker and is refused at open.
@@ -59,6 +62,33 @@ impl Default for SledOptions {
             segment_bytes: SEGMENT_BYTES,
         }
     }
+}
+
+/// The blob log's directory, inside the store's.
+const BLOB_DIR: &str = "blob-log";
+
+/// Where earlier versions kept the blob log: sled's own `blobs` directory. It only ever held
+/// the log's segments (sled keeps its own blobs there only for values far larger than the
+/// ones this store gives it), so the directory moves whole.
+const OLD_BLOB_DIR: &str = "blobs";
+
+/// Moves a blob log from sled's `blobs` directory to its own, before sled opens: one atomic
+/// rename of the directory, made durable by an fsync of the store's. A crash leaves either
+/// layout, and the next open finishes the move.
+fn move_old_blob_log(dir: &Path) -> std::io::Result<()> {
+    let (old, new) = (dir.join(OLD_BLOB_DIR), dir.join(BLOB_DIR));
+    let holds_segments = std::fs::read_dir(&old).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+    });
+    if new.exists() || !holds_segments {
+        return Ok(());
+    }
+    std::fs::rename(&old, &new)?;
+    File::open(dir)?.sync_all()?;
+    tracing::info!(from = %old.display(), to = %new.display(), "blob log moved to its own directory");
+    Ok(())
 }
 
 /// A store in a directory on disk.
@@ -155,6 +185,11 @@ impl SledStore {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        move_old_blob_log(dir).map_err(|e| {
+            open_err(format!(
+                "cannot move the blob log out of sled's directory: {e}"
+            ))
+        })?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(64 * 1024 * 1024)
@@ -191,7 +226,7 @@ impl SledStore {
                 "store holds values without a valid format tag; reading them fails"
             );
         }
-        let blobs = BlobLog::open(&dir.join("blobs"), opts.segment_bytes, usage)
+        let blobs = BlobLog::open(&dir.join(BLOB_DIR), opts.segment_bytes, usage)
             .map_err(|e| open_err(e.to_string()))?;
         tracing::info!(
             dir = %dir.display(),
@@ -472,7 +507,7 @@ mod tests {
 
     /// Segment file names in the store's blob directory, sorted.
     fn segments(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir.join("blobs"))
+        let mut v: Vec<String> = std::fs::read_dir(dir.join(BLOB_DIR))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|n| n.ends_with(".seg"))
@@ -484,7 +519,7 @@ mod tests {
     fn blob_bytes(dir: &Path) -> u64 {
         segments(dir)
             .iter()
-            .map(|n| std::fs::metadata(dir.join("blobs").join(n)).unwrap().len())
+            .map(|n| std::fs::metadata(dir.join(BLOB_DIR).join(n)).unwrap().len())
             .sum()
     }
 
@@ -698,6 +733,54 @@ mod tests {
     }
 
     #[test]
+    fn a_blob_log_in_sleds_directory_moves_to_its_own_and_every_value_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let expected: Vec<Entry> = (0..20u32).map(|i| (key(i), val(3600, i as u8))).collect();
+        {
+            let s = open_retrying(dir.path(), SledOptions::default());
+            let ops: Vec<Op> = expected
+                .iter()
+                .map(|(k, v)| Op::put(Space::Notifications, k.clone(), v.clone()))
+                .collect();
+            s.apply(&ops).unwrap();
+            s.sync().unwrap();
+        }
+        // The layout of earlier versions: the log's segments in sled's `blobs` directory.
+        let (old, new) = (dir.path().join(OLD_BLOB_DIR), dir.path().join(BLOB_DIR));
+        std::fs::remove_dir_all(&old).unwrap();
+        std::fs::rename(&new, &old).unwrap();
+        assert!(old.join("00000001.seg").is_file());
+
+        let s = open_retrying(dir.path(), SledOptions::default());
+        assert_eq!(
+            s.scan(Space::Notifications, b"", b"", 100).unwrap(),
+            expected
+        );
+        assert!(
+            new.join("00000001.seg").is_file(),
+            "moved to its own directory"
+        );
+        let left: Vec<_> = std::fs::read_dir(&old)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            left.is_empty(),
+            "sled's directory holds none of the log: {left:?}"
+        );
+        // New values go to the new place, and a reopen finds everything.
+        s.apply(&[Op::put(Space::Notifications, key(99), val(3600, 99))])
+            .unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let s = open_retrying(dir.path(), SledOptions::default());
+        assert_eq!(s.count(Space::Notifications, b"").unwrap(), 21);
+        assert_eq!(
+            s.get(Space::Notifications, &key(99)).unwrap(),
+            Some(val(3600, 99))
+        );
+    }
+
+    #[test]
     fn segments_rotate_at_the_size_limit() {
         let dir = tempfile::tempdir().unwrap();
         let s = open_retrying(dir.path(), SMALL);
@@ -718,7 +801,7 @@ mod tests {
             [1, 2, 3, 4, 5, 6].map(|i| format!("{i:08}.seg")).to_vec()
         );
         for (i, name) in segments(dir.path()).iter().enumerate() {
-            let len = std::fs::metadata(dir.path().join("blobs").join(name))
+            let len = std::fs::metadata(dir.path().join(BLOB_DIR).join(name))
                 .unwrap()
                 .len();
             let want = match i {
@@ -822,7 +905,7 @@ mod tests {
             .unwrap();
             s.sync().unwrap();
         }
-        let seg = dir.path().join("blobs").join("00000001.seg");
+        let seg = dir.path().join(BLOB_DIR).join("00000001.seg");
         let mut bytes = std::fs::read(&seg).unwrap();
         // A byte inside the first record's value.
         bytes[100] ^= 0x40;
@@ -885,7 +968,7 @@ mod tests {
         }
         // A record that was being written when the machine stopped: a header and part of a
         // value, never referenced.
-        let seg = dir.path().join("blobs").join("00000001.seg");
+        let seg = dir.path().join(BLOB_DIR).join("00000001.seg");
         let before = std::fs::metadata(&seg).unwrap().len();
         let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 5, 0, 0, 14, 16, 1, 2, 3])
@@ -1025,7 +1108,7 @@ mod tests {
         };
         fill(&s, 1);
         fill(&s, 2);
-        let seg1 = dir.path().join("blobs").join("00000001.seg");
+        let seg1 = dir.path().join(BLOB_DIR).join("00000001.seg");
         assert!(seg1.exists());
         {
             // A reader between looking up a pointer and reading its bytes.
