@@ -7,33 +7,16 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use tidewire_core::envelope::{self, Hop};
+use tidewire_core::envelope;
 use tidewire_core::keys::SigningKey;
-use tidewire_core::{NodeId, Notification, NotificationId, timefmt};
 use tidewire_proto::v1 as pb;
 use tidewire_proto::v1::link_frame::Frame;
-use tidewire_testkit::{Kit, eventually, notification};
+use tidewire_testkit::{Kit, eventually, notification, relayed_by};
 
 /// Seals `n` as `a` and relays it to `b`, as node `a` would; returns its id and its bytes.
 fn from_a(key: &SigningKey, n: &serde_json::Value) -> anyhow::Result<(String, Vec<u8>)> {
-    let (a, b): (NodeId, NodeId) = ("a".parse()?, "b".parse()?);
-    let n = Notification::from_value(n)?;
-    let id = NotificationId::random();
-    let now = timefmt::now_ms();
-    let sealed = envelope::seal(&n, &a, key, id, 1, now);
-    let relayed = envelope::relay(
-        &sealed,
-        Hop {
-            node: &a,
-            key,
-            to: &b,
-            at_ms: now,
-            policy_version: "",
-            withhold: Vec::new(),
-            substitute: Vec::new(),
-        },
-    );
-    Ok((id.to_string(), envelope::encode(&relayed)))
+    let (id, env) = relayed_by(key, "a", "b", n)?;
+    Ok((id, envelope::encode(&env)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

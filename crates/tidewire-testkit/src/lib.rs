@@ -100,6 +100,36 @@ pub fn notification(case_ref: &str, audience: &[&str]) -> serde_json::Value {
     })
 }
 
+/// Seals `n` as node `from` with `key` and relays it to `to`, as `from` would (no policy, its
+/// custody entry signed): for a test that plays `from` over [`Kit::link_as`]. Returns the
+/// notification's id and the envelope, to send as is or to tamper with first.
+pub fn relayed_by(
+    key: &tidewire_core::keys::SigningKey,
+    from: &str,
+    to: &str,
+    n: &serde_json::Value,
+) -> Result<(String, tidewire_core::envelope::Envelope)> {
+    use tidewire_core::envelope::{self, Hop};
+    let (from, to): (tidewire_core::NodeId, tidewire_core::NodeId) = (from.parse()?, to.parse()?);
+    let n = tidewire_core::Notification::from_value(n)?;
+    let id = tidewire_core::NotificationId::random();
+    let now = tidewire_core::timefmt::now_ms();
+    let sealed = envelope::seal(&n, &from, key, id, 1, now);
+    let relayed = envelope::relay(
+        &sealed,
+        Hop {
+            node: &from,
+            key,
+            to: &to,
+            at_ms: now,
+            policy_version: "",
+            withhold: Vec::new(),
+            substitute: Vec::new(),
+        },
+    );
+    Ok((id.to_string(), relayed))
+}
+
 /// A federation written to disk but not started yet: edit it, then [`Builder::start`].
 pub struct Builder {
     tmp: tempfile::TempDir,

@@ -206,17 +206,7 @@ async fn content_held_past_the_retention_is_purged_and_older_copies_are_not_kept
         || async { common::counter(&f, "dakar", "past_retention").await >= 1 },
     )
     .await;
-    wait_for(
-        Duration::from_secs(10),
-        "maoc-n's backlog to drain",
-        || async {
-            common::backlogs(&f, "maoc-n")
-                .await
-                .values()
-                .all(|&b| b == 0)
-        },
-    )
-    .await;
+    common::wait_drained(&f, "maoc-n", Duration::from_secs(10)).await;
     assert!(
         !held(&f, "dakar", &late).await,
         "dakar kept a copy past its retention"
@@ -300,17 +290,7 @@ async fn a_copy_larger_than_the_next_hop_accepts_is_recorded_not_sent_and_the_li
     );
 
     // Resolved, not retried: the backlog empties, and a small alert still arrives.
-    wait_for(
-        Duration::from_secs(10),
-        "maoc-n's backlog to drain",
-        || async {
-            common::backlogs(&f, "maoc-n")
-                .await
-                .values()
-                .all(|b| *b == 0)
-        },
-    )
-    .await;
+    common::wait_drained(&f, "maoc-n", Duration::from_secs(10)).await;
     let small = publish(&f, "maoc-n", &alert("small enough", None)).await;
     wait_for(
         Duration::from_secs(20),

@@ -133,6 +133,14 @@ pub async fn backlogs(f: &LocalFederation, node: &str) -> std::collections::BTre
         .collect()
 }
 
+/// Waits (bounded) until `node` has nothing queued for any peer.
+pub async fn wait_drained(f: &LocalFederation, node: &str, within: Duration) {
+    wait_for(within, &format!("{node}'s backlog to drain"), async || {
+        backlogs(f, node).await.values().all(|b| *b == 0)
+    })
+    .await;
+}
+
 /// A counter of `node`'s status (0 if it has none by that name).
 pub async fn counter(f: &LocalFederation, node: &str, name: &str) -> u64 {
     status(f, node)
