@@ -142,9 +142,19 @@ fn read_notifications(files: &[PathBuf]) -> Result<Vec<(String, String)>> {
         }
     }
     // Check locally first, so a bad file is reported with its name before anything is sent.
+    let now = timefmt::now_ms();
     for (name, text) in &out {
-        tidewire_core::Notification::from_json(text.as_bytes())
+        let n = tidewire_core::Notification::from_json(text.as_bytes())
             .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        // Published all the same (the origin keeps it and records why it goes nowhere), but
+        // the one publishing it should know before reading "queued for".
+        if let Some(t) = n.expires_at_ms.filter(|t| *t <= now) {
+            eprintln!(
+                "warning: {name}: expires_at {} is already past: the notification is kept here \
+                 but will not be forwarded (each copy is recorded as `expired`)",
+                timefmt::format_ms(t)
+            );
+        }
     }
     Ok(out)
 }

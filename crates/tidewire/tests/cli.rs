@@ -703,3 +703,37 @@ async fn audit_export_pages_through_a_ledger_longer_than_one_reply() {
     let list = tidewire(&f, &["cases", "list", "--node", "accra", "--limit", "1000"]).await;
     assert_eq!(list.stdout.lines().count(), 400, "{}", list.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_a_notification_already_past_its_expiry_warns_and_it_goes_nowhere() {
+    let (tmp, f) = line().await;
+    let mut stale = readme_example();
+    stale["expires_at"] = "2020-01-01T00:00:00Z".into();
+    let file = write(tmp.path(), "stale.json", &stale.to_string());
+    let run = tidewire(
+        &f,
+        &["--json", "publish", "--node", "maoc-n", "--file", &file],
+    )
+    .await;
+    assert!(run.ok, "still published: {}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("expires_at 2020-01-01T00:00:00.000Z is already past")
+            || run
+                .stderr
+                .contains("expires_at 2020-01-01T00:00:00Z is already past"),
+        "{}",
+        run.stderr
+    );
+    let id = serde_json::from_str::<serde_json::Value>(run.stdout.trim()).expect("JSON")["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    wait_for(
+        Duration::from_secs(20),
+        "maoc-n to record both copies as expired",
+        async || events(&f, "maoc-n", &id, "expired").await == 2,
+    )
+    .await;
+    assert_eq!(events(&f, "maoc-n", &id, "transfer").await, 0);
+}
