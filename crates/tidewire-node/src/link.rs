@@ -467,6 +467,9 @@ async fn send_loop(
                     break;
                 }
             };
+            // Where this destination's reading stood before this round: a copy that cannot be
+            // read now is read again from there.
+            let mut done_up_to = cursors.get(dest).cloned();
             for (key, value) in items {
                 // A copy prepared ahead by the commit that queued it: its transfer is recorded in
                 // that commit, and sent only once that is durable.
@@ -508,12 +511,22 @@ async fn send_loop(
                         };
                         prepared.push((transfer, p.env));
                     }
+                    Err(skipped) if skipped.keeps_item() => {
+                        // Not resolved, never dropped: it stays queued, and this destination
+                        // resumes from it on the next wake.
+                        match done_up_to {
+                            Some(c) => cursors.insert(dest.clone(), c),
+                            None => cursors.remove(dest),
+                        };
+                        break;
+                    }
                     Err(skipped) => {
                         node.tally_skipped(&skipped);
                         resolved_ops.push(Op::delete(Space::Outbox, key));
                         resolved_entries.extend(skipped.entry.map(|e| *e));
                     }
                 }
+                done_up_to = cursors.get(dest).cloned();
             }
         }
         // Every disclosure is on the ledger, with the policy version that allowed it, before its

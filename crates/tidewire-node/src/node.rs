@@ -600,10 +600,18 @@ pub struct Prepared {
 /// Why an outbox item was not sent; it is resolved (removed) with this ledger entry.
 #[derive(Debug)]
 pub struct Skipped {
-    /// The ledger entry recording why.
+    /// The ledger entry recording why. `None`: nothing was decided, because the copy could not
+    /// be read (a store error that may pass); the item stays queued ([`Skipped::keeps_item`]).
     pub entry: Option<Box<LedgerEntry>>,
     /// The counter it adds to (see [`Node::tally_skipped`]).
     pub tally: Option<SkipTally>,
+}
+
+impl Skipped {
+    /// Whether the outbox item must stay queued and be tried again, rather than be resolved.
+    pub fn keeps_item(&self) -> bool {
+        self.entry.is_none()
+    }
 }
 
 /// The counter a skipped outbox item adds to.
@@ -2140,6 +2148,11 @@ impl Node {
         let stored = match self.store.get(Space::Notifications, key) {
             Ok(Some(v)) => v,
             Ok(None) => return Err(NoCopy::Missing),
+            // Damage on disk does not heal by reading again: the copy is lost, and said so.
+            Err(e @ tidewire_store::StoreError::Corrupt { .. }) => {
+                tracing::error!(error = %e, "a stored copy is damaged");
+                return Err(NoCopy::Corrupt);
+            }
             Err(e) => return Err(NoCopy::Store(e)),
         };
         let (_, bytes) = decode_stored(&stored).ok_or(NoCopy::Corrupt)?;
@@ -2191,7 +2204,7 @@ impl Node {
                 ));
             }
             Err(NoCopy::Store(e)) => {
-                tracing::error!(error = %e, "store read failed on egress");
+                tracing::error!(error = %e, "store read failed on egress; the copy stays queued");
                 return Err(Skipped {
                     entry: None,
                     tally: None,

@@ -305,3 +305,50 @@ async fn a_copy_larger_than_the_next_hop_accepts_is_recorded_not_sent_and_the_li
         "nothing reached dakar to refuse"
     );
 }
+
+/// A queued copy whose bytes were damaged on disk is resolved as `dropped` (reason: the stored
+/// copy is corrupt) and recorded, and the copies queued with it still go. Before, the damage
+/// surfaced as a plain store error, and the outbox item was deleted with no ledger entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_copy_damaged_on_disk_is_recorded_as_dropped_and_the_rest_still_go() {
+    let (_tmp, mut f) = pair().await;
+    f.stop_node("dakar").await.expect("stop dakar");
+    let before = publish(&f, "maoc-n", &alert("first in line", None)).await;
+    // Large enough to be kept in the blob log rather than inline in sled.
+    let marked = format!("MARK-4242 {}", "to be damaged ".repeat(100));
+    let damaged = publish(&f, "maoc-n", &alert(&marked, None)).await;
+    let after = publish(&f, "maoc-n", &alert("last in line", None)).await;
+
+    // Damage one byte of that copy's record in maoc-n's blob log, with maoc-n stopped (so that
+    // it holds no decoded copy in memory either).
+    f.stop_node("maoc-n").await.expect("stop maoc-n");
+    let segment = f.dir.join("maoc-n/data/store/blob-log/00000001.seg");
+    let mut bytes = std::fs::read(&segment).expect("blob segment");
+    let at = bytes
+        .windows(9)
+        .position(|w| w == b"MARK-4242")
+        .expect("the marked copy is in the first segment");
+    bytes[at] ^= 0x20;
+    std::fs::write(&segment, bytes).expect("write segment");
+    f.restart_node("maoc-n").await.expect("restart maoc-n");
+    f.restart_node("dakar").await.expect("restart dakar");
+
+    wait_for(
+        Duration::from_secs(20),
+        "the intact copies at dakar",
+        || async {
+            events(&f, "dakar", &before, "received").await == 1
+                && events(&f, "dakar", &after, "received").await == 1
+        },
+    )
+    .await;
+    let dropped = common::audit(&f, "maoc-n", &damaged, "dropped").await;
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert!(
+        dropped[0].detail_json.contains("stored copy is corrupt"),
+        "{}",
+        dropped[0].detail_json
+    );
+    assert_eq!(events(&f, "dakar", &damaged, "received").await, 0);
+    common::wait_drained(&f, "maoc-n", Duration::from_secs(10)).await;
+}
