@@ -467,9 +467,6 @@ async fn send_loop(
                     break;
                 }
             };
-            // Where this destination's reading stood before this round: a copy that cannot be
-            // read now is read again from there.
-            let mut done_up_to = cursors.get(dest).cloned();
             for (key, value) in items {
                 // A copy prepared ahead by the commit that queued it: its transfer is recorded in
                 // that commit, and sent only once that is durable.
@@ -480,7 +477,9 @@ async fn send_loop(
                 if matches!(ahead, Taken::Pending) {
                     break;
                 }
-                cursors.insert(dest.clone(), key.clone());
+                // Where this destination's reading stood before this item: a copy that cannot
+                // be read now is read again from there.
+                let before = cursors.insert(dest.clone(), key.clone());
                 let Some(item) = OutboxItem::decode(&value) else {
                     resolved_ops.push(Op::delete(Space::Outbox, key));
                     continue;
@@ -514,7 +513,7 @@ async fn send_loop(
                     Err(skipped) if skipped.keeps_item() => {
                         // Not resolved, never dropped: it stays queued, and this destination
                         // resumes from it on the next wake.
-                        match done_up_to {
+                        match before {
                             Some(c) => cursors.insert(dest.clone(), c),
                             None => cursors.remove(dest),
                         };
@@ -526,7 +525,6 @@ async fn send_loop(
                         resolved_entries.extend(skipped.entry.map(|e| *e));
                     }
                 }
-                done_up_to = cursors.get(dest).cloned();
             }
         }
         // Every disclosure is on the ledger, with the policy version that allowed it, before its
