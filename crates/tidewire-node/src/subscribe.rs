@@ -542,18 +542,24 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
             routes.iter().map(|p| p.to_string()).collect()
         };
         if let Some(guard) = &durable_guard {
-            node.commit(
-                vec![
-                    Op::put(
-                        Space::Meta,
-                        interest_key(&guard.key),
-                        serde_json::to_vec(&patterns).unwrap_or_default(),
-                    ),
-                    touch(&guard.key),
-                ],
-                Vec::new(),
-            )
-            .await?;
+            let mut ops = vec![
+                Op::put(
+                    Space::Meta,
+                    interest_key(&guard.key),
+                    serde_json::to_vec(&patterns).unwrap_or_default(),
+                ),
+                touch(&guard.key),
+            ];
+            // A new durable subscription starts here for good: what arrives while its reader is
+            // away is kept for it even if it never acknowledged anything.
+            if stored.is_none() {
+                ops.push(Op::put(
+                    Space::Cursors,
+                    guard.key.clone(),
+                    start.to_be_bytes().to_vec(),
+                ));
+            }
+            node.commit(ops, Vec::new()).await?;
         }
         drop(turn);
         node.add_interest(&patterns);

@@ -709,6 +709,45 @@ async fn a_durable_subscription_resumes_without_gap_or_duplicate_after_disconnec
     drop(tmp);
 }
 
+/// The command line's default: a new durable subscription "from now". Its reader goes away
+/// before anything arrives, so it never acknowledges; what arrives meanwhile is still kept for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_durable_subscription_from_now_keeps_what_arrives_before_its_first_ack() {
+    let (_tmp, f) = line().await;
+    let id = issue(&f.dir, "accra", "night-officer", "H3", ALL);
+    let me = who(&f.dir, "accra", &id);
+    let now = pb::subscribe_request::Start::Now;
+    let follows = ["atlantic.>"];
+
+    // Delivered before the subscription exists: not part of it.
+    publish(&f, "maoc-n", &desk_note("EARLIER")).await;
+    let mut probe = Feed::open(
+        me.clone(),
+        &follows,
+        &[],
+        pb::subscribe_request::Start::Beginning,
+        "",
+    )
+    .await;
+    assert_eq!(next(&mut probe).await.case_ref, "EARLIER");
+    drop(probe);
+
+    let s = Feed::open(me.clone(), &follows, &[], now, "night").await;
+    drop(s);
+    for r in names("AWAY", 0..3) {
+        publish(&f, "maoc-n", &desk_note(&r)).await;
+    }
+    let mut s = Feed::open(me.clone(), &follows, &[], now, "night").await;
+    let back = take(&mut s, 3).await;
+    assert_eq!(
+        refs(&back),
+        names("AWAY", 0..3),
+        "what arrived while away, and nothing from before the subscription"
+    );
+    assert_quiet(&mut s, Duration::from_millis(500), "after the missed ones").await;
+    f.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. A stalled subscriber
 
