@@ -136,11 +136,25 @@ pub fn cert_dns_name(der: &[u8]) -> Option<String> {
 
 /// Walks an error's source chain into one line, so that the real cause of an mTLS failure
 /// (`UnknownCA`, `CertificateRequired`) is shown, not just "transport error".
+///
+/// A gRPC status is read by its message: its `Display` repeats the whole source chain in
+/// `Debug` form. A rustls message's link to its manual is left out.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
+    let own = |e: &(dyn std::error::Error + 'static)| -> String {
+        let t = match e.downcast_ref::<tonic::Status>() {
+            Some(s) if s.message().is_empty() => s.code().description().to_owned(),
+            Some(s) => s.message().to_owned(),
+            None => e.to_string(),
+        };
+        match t.find(": https://") {
+            Some(at) => t[..at].to_owned(),
+            None => t,
+        }
+    };
+    let mut parts = vec![own(e)];
     let mut cur = e.source();
     while let Some(s) = cur {
-        let t = s.to_string();
+        let t = own(s);
         if !parts.iter().any(|p| p.contains(&t)) {
             parts.push(t);
         }
@@ -185,4 +199,28 @@ fn tls_hint(text: &str) -> Option<&'static str> {
         .iter()
         .find(|(needle, _)| text.contains(needle))
         .map(|(_, hint)| *hint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_link_reads_as_its_causes_once_without_debug_dumps_or_manual_links() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "peer closed connection without sending TLS close_notify: https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof",
+        );
+        let mut status =
+            tonic::Status::unknown("h2 protocol error: error reading a body from connection");
+        status.set_source(std::sync::Arc::new(io));
+        assert_eq!(
+            error_chain(&status),
+            "h2 protocol error: error reading a body from connection: peer closed connection without sending TLS close_notify"
+        );
+        assert_eq!(
+            error_chain(&tonic::Status::unavailable("")),
+            "The service is currently unavailable"
+        );
+    }
 }
