@@ -423,6 +423,10 @@ async fn send_loop(
         .spawn(write_loop(node.clone(), pending, out, cancel.clone()).in_current_span());
     let mut changed = node.outbox_changed.subscribe();
     let mut inflight: BTreeMap<u64, Inflight> = BTreeMap::new();
+    let mut counted = InFlightGauge {
+        node: &node,
+        counted: 0,
+    };
     let mut cursors: HashMap<NodeId, Vec<u8>> = HashMap::new();
     let mut seq = 0u64;
     let window = node.cfg.limits.link_window;
@@ -445,7 +449,9 @@ async fn send_loop(
                 .cloned()
                 .collect()
         };
-        for dest in &dests {
+        // Draining for a graceful stop: nothing new goes, what went is acknowledged.
+        let draining = node.draining.is_cancelled();
+        for dest in dests.iter().filter(|_| !draining) {
             if inflight.len() >= window {
                 break;
             }
@@ -554,6 +560,7 @@ async fn send_loop(
                 return;
             }
         }
+        counted.set(inflight.len());
         if sent > 0 && inflight.len() < window {
             continue;
         }
@@ -569,6 +576,35 @@ async fn send_loop(
         while let Ok(ack) = acks.try_recv() {
             complete(&node, &peer, &mut inflight, ack);
         }
+        counted.set(inflight.len());
+    }
+}
+
+/// One link's share of `Node::in_flight`; given back when its send loop ends, since its
+/// unacknowledged transfers then wait in the outbox to be sent again.
+struct InFlightGauge<'a> {
+    node: &'a Node,
+    counted: usize,
+}
+
+impl InFlightGauge<'_> {
+    fn set(&mut self, n: usize) {
+        if n > self.counted {
+            self.node
+                .in_flight
+                .fetch_add((n - self.counted) as u64, Ordering::AcqRel);
+        } else if n < self.counted {
+            self.node
+                .in_flight
+                .fetch_sub((self.counted - n) as u64, Ordering::AcqRel);
+        }
+        self.counted = n;
+    }
+}
+
+impl Drop for InFlightGauge<'_> {
+    fn drop(&mut self) {
+        self.set(0);
     }
 }
 

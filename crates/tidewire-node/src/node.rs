@@ -833,6 +833,11 @@ pub struct Node {
     started: Instant,
     /// Root of the shutdown tree.
     pub shutdown: CancellationToken,
+    /// Fired before `shutdown` on a graceful stop: links send nothing new and wait for the
+    /// acknowledgements of what they sent (see `server::Running::stop`).
+    pub draining: CancellationToken,
+    /// Transfers sent on every link and not yet acknowledged.
+    pub in_flight: AtomicU64,
     /// Every spawned task.
     pub tracker: TaskTracker,
     /// The user table.
@@ -1194,6 +1199,8 @@ impl Node {
             ls_seq: AtomicU64::new(timefmt::now_ms() as u64),
             started: Instant::now(),
             shutdown,
+            draining: CancellationToken::new(),
+            in_flight: AtomicU64::new(0),
             tracker: TaskTracker::new(),
             users,
             publish_bucket: Mutex::new((Instant::now(), 0.0)),

@@ -33,10 +33,34 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops the node: cancels everything, drains tasks (bounded), flushes the store.
+    /// Stops the node: links stop sending and wait for the acknowledgements of what they sent
+    /// (bounded by [`DRAIN_DEADLINE`]), then everything is cancelled, tasks are drained
+    /// (bounded) and the store is flushed.
     pub async fn stop(self) {
+        self.drain().await;
         self.node.shutdown.cancel();
         self.wait().await;
+    }
+
+    /// Lets the links' sent transfers be acknowledged before the links close, so that a peer
+    /// does not receive them again after a restart. Gives up after [`DRAIN_DEADLINE`]: what is
+    /// still unacknowledged then stays queued and is sent again (the peer's seen-set makes
+    /// that harmless).
+    async fn drain(&self) {
+        let node = &self.node;
+        node.draining.cancel();
+        node.bump_outbox();
+        let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
+        while node.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    unacknowledged = node.in_flight.load(std::sync::atomic::Ordering::Acquire),
+                    "links not drained in time; the unacknowledged transfers stay queued"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Waits until the node has stopped (after its shutdown token fired).
@@ -70,6 +94,9 @@ impl Running {
         tracing::info!("node stopped");
     }
 }
+
+/// How long a graceful stop waits for links' sent transfers to be acknowledged.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(3);
 
 /// Adds a link to a peer at run time. The node with the smaller id dials; the other records the
 /// peer and waits for it.

@@ -352,3 +352,39 @@ async fn a_queued_copy_damaged_on_disk_is_recorded_as_dropped_and_the_rest_still
     assert_eq!(events(&f, "dakar", &damaged, "received").await, 0);
     common::wait_drained(&f, "maoc-n", Duration::from_secs(10)).await;
 }
+
+/// A graceful stop drains: a sending node stopped mid-backlog waits for the acknowledgements
+/// of what it already sent before closing its links, so that its peer does not receive those
+/// again after the restart (before, every transfer in flight at the stop came back as a
+/// duplicate). The rest of the backlog waits in the outbox and goes after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_mid_backlog_lets_sent_transfers_be_acknowledged_first() {
+    let (_tmp, mut f) = pair().await;
+    f.stop_node("dakar").await.expect("stop dakar");
+    let alerts: Vec<_> = (0..3000)
+        .map(|i| alert(&format!("backlog {i}"), None))
+        .collect();
+    let ids = common::publish_stream(&f, "maoc-n", &alerts).await;
+    f.restart_node("dakar").await.expect("restart dakar");
+    wait_for(
+        Duration::from_secs(20),
+        "dakar to start receiving the backlog",
+        async || common::counter(&f, "dakar", "received").await > 0,
+    )
+    .await;
+    f.stop_node("maoc-n").await.expect("stop maoc-n");
+    f.restart_node("maoc-n").await.expect("restart maoc-n");
+    common::wait_drained(&f, "maoc-n", Duration::from_secs(60)).await;
+    wait_for(
+        Duration::from_secs(20),
+        "the whole backlog at dakar",
+        async || common::counter(&f, "dakar", "received").await >= ids.len() as u64,
+    )
+    .await;
+    assert_eq!(common::counter(&f, "dakar", "duplicates").await, 0);
+    assert_eq!(
+        common::counter(&f, "dakar", "received").await,
+        ids.len() as u64
+    );
+    f.stop().await;
+}

@@ -51,6 +51,35 @@ pub async fn publish(f: &LocalFederation, node: &str, n: &serde_json::Value) -> 
     publish_on(f.conn(node).connect().await.expect("connect"), n).await
 }
 
+/// Publishes `ns` at `node` on one `PublishStream` and returns their ids in order; every one
+/// must be acknowledged.
+pub async fn publish_stream(
+    f: &LocalFederation,
+    node: &str,
+    ns: &[serde_json::Value],
+) -> Vec<String> {
+    let reqs: Vec<pb::PublishRequest> = ns
+        .iter()
+        .map(|n| pb::PublishRequest {
+            notification_json: n.to_string(),
+            idempotency_key: String::new(),
+        })
+        .collect();
+    let ch = f.conn(node).connect().await.expect("connect");
+    let mut replies = pb::publisher_client::PublisherClient::new(ch)
+        .publish_stream(futures::stream::iter(reqs))
+        .await
+        .expect("publish stream")
+        .into_inner();
+    let mut ids = Vec::with_capacity(ns.len());
+    while let Some(r) = replies.message().await.expect("publish reply") {
+        assert_eq!(r.error_code, 0, "refused: {}", r.error_message);
+        ids.push(r.id);
+    }
+    assert_eq!(ids.len(), ns.len(), "every publish acknowledged");
+    ids
+}
+
 /// Ledger entries of `node` for a notification (empty = any) and event (empty = any).
 pub async fn audit(f: &LocalFederation, node: &str, id: &str, event: &str) -> Vec<pb::AuditEntry> {
     admin(f, node)
