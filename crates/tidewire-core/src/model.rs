@@ -61,7 +61,7 @@ impl From<NodeId> for String {
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -106,7 +106,7 @@ impl From<CountryCode> for String {
 
 impl fmt::Display for CountryCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -154,7 +154,7 @@ impl FromStr for NotificationId {
 
 impl fmt::Display for NotificationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
+        f.pad(&hex::encode(self.0))
     }
 }
 
@@ -256,7 +256,7 @@ impl FromStr for Kind {
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -470,7 +470,7 @@ impl From<Route> for String {
 
 impl fmt::Display for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -555,7 +555,7 @@ impl From<RoutePattern> for String {
 
 impl fmt::Display for RoutePattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -645,6 +645,16 @@ mod tests {
     }
     fn p(s: &str) -> RoutePattern {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn names_honour_width_and_alignment_in_tables() {
+        let id: NodeId = "accra".parse().unwrap();
+        let cc: CountryCode = "GH".parse().unwrap();
+        assert_eq!(format!("[{id:<8}][{cc:>3}]"), "[accra   ][ GH]");
+        assert_eq!(format!("[{:<10}]", Kind::Alert), "[alert     ]");
+        assert_eq!(format!("[{:<10}]", r("a.b")), "[a.b       ]");
+        assert_eq!(format!("[{:<10}]", p("a.>")), "[a.>       ]");
     }
 
     #[test]
