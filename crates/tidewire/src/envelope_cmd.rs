@@ -138,7 +138,7 @@ pub fn run(cmd: EnvelopeCmd, json: bool) -> Result<()> {
             print_view(
                 &view,
                 json,
-                "not verified (use `tidewire envelope verify --roster`)",
+                "not verified: `tidewire envelope verify --roster FILE` checks it",
             );
         }
     }
