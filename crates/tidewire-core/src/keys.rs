@@ -250,7 +250,7 @@ impl Roster {
     /// Parses roster TOML text.
     pub fn parse(text: &str) -> Result<Roster, String> {
         let file: RosterFile =
-            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+            toml::from_str(text).map_err(|e| crate::tomlfile::describe(text, &e))?;
         let mut nodes = BTreeMap::new();
         for (i, n) in file.nodes.into_iter().enumerate() {
             let at = |field: &str, e: &dyn fmt::Display| format!("node[{i}].{field}: {e}");

@@ -292,7 +292,7 @@ impl NodeConfig {
             message,
         };
         let mut f: ConfigFile =
-            toml::from_str(text).map_err(|e| err(e.to_string().trim_end().replace('\n', " ")))?;
+            toml::from_str(text).map_err(|e| err(tidewire_core::tomlfile::describe(text, &e)))?;
         // Keys set by an environment override, and the variable that set each.
         let mut overridden: HashMap<&str, &str> = HashMap::new();
         let mut table: Option<toml::Table> = None;
@@ -312,7 +312,7 @@ impl NodeConfig {
             if table.is_none() {
                 table = Some(
                     toml::from_str(text)
-                        .map_err(|e| err(e.to_string().trim_end().replace('\n', " ")))?,
+                        .map_err(|e| err(tidewire_core::tomlfile::describe(text, &e)))?,
                 );
             }
             let t = table.as_mut().expect("parsed above");
@@ -327,7 +327,7 @@ impl NodeConfig {
                     err(format!(
                         "with the overrides of {}: {}",
                         vars.join(", "),
-                        e.to_string().trim_end().replace('\n', " ")
+                        e.message().trim()
                     ))
                 })?;
         }
@@ -557,6 +557,27 @@ key = "c.key"
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_misspelt_key_is_named_on_one_line_with_its_place_and_the_key_meant() {
+        let dir = tempfile::tempdir().unwrap();
+        files(dir.path());
+        let path = dir.path().join("node.toml");
+        let text = BASE.replacen("listen =", "listne =", 1);
+        let line = text.lines().position(|l| l.starts_with("listne")).unwrap() + 1;
+        let e = NodeConfig::parse(&text, &path, &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}: line {line}, column 1: unknown key `listne`",
+                path.display()
+            )),
+            "{e}"
+        );
+        assert!(e.ends_with("did you mean `listen`?"), "{e}");
+        assert!(!e.contains('\n') && !e.contains(" | "), "one line: {e}");
     }
 
     #[test]

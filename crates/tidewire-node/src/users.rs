@@ -52,7 +52,7 @@ impl UsersFile {
     /// Parses and validates the text.
     pub fn parse(text: &str) -> Result<UsersFile, String> {
         let f: UsersFile =
-            toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))?;
+            toml::from_str(text).map_err(|e| tidewire_core::tomlfile::describe(text, &e))?;
         for (i, u) in f.users.iter().enumerate() {
             if !ROLES.contains(&u.role.as_str()) {
                 return Err(format!(

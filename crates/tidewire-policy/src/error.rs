@@ -50,6 +50,9 @@ impl PolicyError {
             .replace("unknown field", "unknown key")
             .replace("missing field", "missing key")
             .replace("expected i64", "expected an integer");
+        if let Some(hint) = tidewire_core::tomlfile::nearest_key(&message) {
+            message.push_str(&format!("; did you mean `{hint}`?"));
+        }
         let at = err.span().and_then(|s| text.get(s.start..)).unwrap_or("");
         if message.ends_with("expected a sequence") {
             if at.starts_with('[') && !at.starts_with("[[") {
@@ -75,17 +78,7 @@ impl PolicyError {
     }
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut end = offset.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let before = &text[..end];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
-    (line, column)
-}
+use tidewire_core::tomlfile::line_col;
 
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -106,18 +99,6 @@ impl std::error::Error for PolicyError {}
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn line_and_column_are_one_based_and_count_characters() {
-        let text = "ab\ncdé\nxyz";
-        assert_eq!(line_col(text, 0), (1, 1));
-        assert_eq!(line_col(text, 3), (2, 1));
-        let x = text.find('x').unwrap();
-        assert_eq!(line_col(text, x), (3, 1));
-        assert_eq!(line_col(text, x + 1), (3, 2));
-        // 'é' is two bytes but one column
-        assert_eq!(line_col(text, text.find('é').unwrap() + 2), (2, 4));
-    }
 
     #[test]
     fn display_matches_the_house_format() {

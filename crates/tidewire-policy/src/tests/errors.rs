@@ -47,13 +47,13 @@ fn unknown_rule_key_is_refused() {
         &rule("alow = [\"x\"]"),
         5,
         1,
-        &["unknown key `alow`", "`allow`"],
+        &["unknown key `alow`", "did you mean `allow`?"],
     );
     refused(
         &rule("generalize = {}"),
         5,
         1,
-        &["unknown key `generalize`", "`generalise`"],
+        &["unknown key `generalize`", "did you mean `generalise`?"],
     );
 }
 
@@ -63,7 +63,7 @@ fn unknown_when_key_is_refused() {
         &rule("when = { kind = [\"alert\"] }"),
         5,
         10,
-        &["unknown key `kind`", "`kinds`"],
+        &["unknown key `kind`", "did you mean `kinds`?"],
     );
 }
 
