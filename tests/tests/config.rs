@@ -128,3 +128,56 @@ fn bad_config_files_give_clear_errors() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Files the config points to are read before the store is opened: a node refused for a bad
+/// users, policy or roster file has written nothing to its data directory, and says which file
+/// and line to fix.
+#[tokio::test]
+async fn a_node_refused_for_a_bad_file_leaves_its_data_directory_untouched() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (path, text) = real_config(tmp.path())?;
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("listen =") {
+                "listen = \"127.0.0.1:0\""
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = path.parent().expect("dir").to_owned();
+    for (file, bad, says) in [
+        (
+            "users.toml",
+            "[[user]]\nnmae = \"x\"\n",
+            "did you mean `name`?",
+        ),
+        (
+            "policy.toml",
+            "version = 1\ndefault = \"deny\"\n[[rule]]\nid = \"r\"\nto = [\"node:*\"]\nalow = [\"*\"]\n",
+            "did you mean `allow`?",
+        ),
+    ] {
+        let original = std::fs::read_to_string(dir.join(file))?;
+        std::fs::write(dir.join(file), bad)?;
+        let cfg = NodeConfig::parse(&text, &path, &HashMap::new())?;
+        let data = cfg.data_dir.clone();
+        let e = match tidewire_node::start(cfg, tokio_util::sync::CancellationToken::new()).await {
+            Ok(r) => {
+                r.stop().await;
+                panic!("a node started with a bad {file}");
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(file) && e.contains(says), "{file}: {e}");
+        assert!(e.contains("line "), "{file}: names the line: {e}");
+        assert!(
+            !data.join("store").exists(),
+            "{file}: the store was created for a node that did not start"
+        );
+        std::fs::write(dir.join(file), original)?;
+    }
+    Ok(())
+}

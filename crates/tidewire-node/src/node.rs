@@ -1088,10 +1088,11 @@ pub(crate) fn be_u64(b: &[u8]) -> u64 {
 }
 
 impl Node {
-    /// Opens the store and loads keys, roster, policy and users.
+    /// Loads keys, roster, TLS material, policy and users, then opens the store with
+    /// `open_store`: a file that is wrong is reported before anything is written to disk.
     pub fn open(
         cfg: NodeConfig,
-        store: Arc<dyn Store>,
+        open_store: impl FnOnce() -> Result<Arc<dyn Store>, NodeError>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Node>, NodeError> {
         let key = SigningKey::load(&cfg.signing_key)?;
@@ -1125,6 +1126,7 @@ impl Node {
             }
         };
         let users = Users::open(cfg.users.clone())?;
+        let store = open_store()?;
         let meta_u64 = |k: &str| -> Result<u64, NodeError> {
             Ok(store
                 .get(Space::Meta, k.as_bytes())?

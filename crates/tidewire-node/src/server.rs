@@ -188,7 +188,6 @@ async fn start_inner(
     listener: Option<std::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<Running, NodeError> {
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&cfg.data_dir.join("store"))?);
     let listener = match listener {
         None => TcpListener::bind(cfg.listen).await.map_err(|e| {
             NodeError::Config(format!("key `listen`: cannot bind {}: {e}", cfg.listen))
@@ -209,7 +208,12 @@ async fn start_inner(
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let node = Node::open(cfg, store, shutdown.clone())?;
+    let store_dir = cfg.data_dir.join("store");
+    let node = Node::open(
+        cfg,
+        || Ok(Arc::new(SledStore::open(&store_dir)?) as Arc<dyn Store>),
+        shutdown.clone(),
+    )?;
     let max = node.cfg.limits.max_message_bytes;
 
     let (health, health_service) = tonic_health::server::health_reporter();
