@@ -471,14 +471,21 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
                         .collect()
                 })
                 .unwrap_or_default();
+            let withheld = match r["withheld"].as_u64().unwrap_or(0) {
+                0 => String::new(),
+                1 => "   (1 field withheld)".to_owned(),
+                n => format!("   ({n} fields withheld)"),
+            };
             println!(
-                "  {} {:<22} -> {:<8} via {} -> {}   ({} field(s) withheld)",
+                "  {} {:<22} -> {:<8} via {}{withheld}",
                 &r["notification"].as_str().unwrap_or("")[..12],
                 r["kind"].as_str().unwrap_or(""),
                 r["to"].as_str().unwrap_or(""),
-                path.join(" -> "),
-                r["to"].as_str().unwrap_or(""),
-                r["withheld"]
+                path.iter()
+                    .map(String::as_str)
+                    .chain(r["to"].as_str())
+                    .collect::<Vec<_>>()
+                    .join(" -> "),
             );
         }
         println!(
@@ -487,9 +494,33 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
         );
         for e in &ledger_example {
             let d: serde_json::Value = serde_json::from_str(&e.detail_json).unwrap_or_default();
+            // `[{"path": "persons[0].dob", "method": "year"}, …]` as `persons[0].dob (year), …`.
+            let paths = |list: &serde_json::Value, how: &str| -> String {
+                let items: Vec<String> = list
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|x| {
+                        let path = x["path"].as_str().unwrap_or("?");
+                        match x[how].as_str() {
+                            Some(m) => format!("{path} ({m})"),
+                            None => path.to_owned(),
+                        }
+                    })
+                    .collect();
+                if items.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    items.join(", ")
+                }
+            };
             println!(
-                "  to {:<14} rule {:<20} policy {}  withheld {}  generalised {}",
-                e.destination, e.rule, e.policy_version, d["withheld"], d["generalised"]
+                "  to {:<14} rule {:<20} policy {}\n      withheld {}; generalised {}",
+                e.destination,
+                e.rule,
+                e.policy_version,
+                paths(&d["withheld"], ""),
+                paths(&d["generalised"], "method")
             );
         }
         println!("\nsummary per node");
