@@ -144,8 +144,7 @@ fn read_notifications(files: &[PathBuf]) -> Result<Vec<(String, String)>> {
     // Check locally first, so a bad file is reported with its name before anything is sent.
     let now = timefmt::now_ms();
     for (name, text) in &out {
-        let n = tidewire_core::Notification::from_json(text.as_bytes())
-            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let n = parse_notification(name, text)?;
         // Published all the same (the origin keeps it and records why it goes nowhere), but
         // the one publishing it should know before reading "queued for".
         if let Some(t) = n.expires_at_ms.filter(|t| *t <= now) {
@@ -157,6 +156,56 @@ fn read_notifications(files: &[PathBuf]) -> Result<Vec<(String, String)>> {
         }
     }
     Ok(out)
+}
+
+/// Parses the notification JSON `text` read from `name`; an invalid value is reported with
+/// the file, the line of its key, the field and the fix.
+pub(crate) fn parse_notification(name: &str, text: &str) -> Result<tidewire_core::Notification> {
+    tidewire_core::Notification::from_json(text.as_bytes()).map_err(|e| {
+        let line = match &e {
+            tidewire_core::error::CoreError::Notification { path, .. } => key_line(text, path),
+            _ => None,
+        };
+        match line {
+            Some(l) => anyhow::anyhow!("{name}: line {l}: {e}"),
+            None => anyhow::anyhow!("{name}: {e}"),
+        }
+    })
+}
+
+/// The line of the top-level key a notification field path starts with (`routes` for
+/// `routes[0]`, `grading` for `grading.source`) in a notification written over several lines;
+/// `None` on one line, where the name already says which.
+fn key_line(text: &str, path: &str) -> Option<usize> {
+    let top = path.split(['.', '[']).next().filter(|t| !t.is_empty())?;
+    let start = text.len() - text.trim_start().len();
+    if !text.trim().contains('\n') {
+        return None;
+    }
+    let bytes = text.as_bytes();
+    let (mut depth, mut line, mut i) = (0usize, 1 + text[..start].matches('\n').count(), start);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\n' => line += 1,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'"' => {
+                let open = i;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                let key = text.get(open + 1..i.min(bytes.len()))?;
+                let followed = text.get(i + 1..).unwrap_or("").trim_start();
+                if depth == 1 && key == top && followed.starts_with(':') {
+                    return Some(line);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Splits `text` into the JSON values it holds one after the other (one pretty-printed
@@ -718,10 +767,9 @@ pub async fn policy(c: PolicyCmd, json: bool) -> Result<()> {
         } => {
             let p = tidewire_policy::Policy::load(&policy).map_err(|e| anyhow::anyhow!("{e}"))?;
             let roster = roster.map(|r| Roster::load(&r)).transpose()?;
-            let text = std::fs::read(&notification)
+            let text = std::fs::read_to_string(&notification)
                 .with_context(|| format!("cannot read {}", notification.display()))?;
-            let n = tidewire_core::Notification::from_json(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", notification.display()))?;
+            let n = parse_notification(&notification.display().to_string(), &text)?;
             let origin_id = origin.unwrap_or_else(|| "local".into());
             let origin_party = party_for(&format!("node:{origin_id}"), roster.as_ref(), None)?;
             let key = SigningKey::generate();
@@ -1327,5 +1375,28 @@ pub async fn bench(c: BenchCmd, json: bool) -> Result<()> {
     match c {
         BenchCmd::Relay(a) => crate::demo::bench_relay(a, json).await,
         BenchCmd::Fanout(a) => crate::demo::bench_fanout(a, json).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_line;
+
+    #[test]
+    fn a_bad_field_is_placed_on_the_line_of_its_top_level_key() {
+        let text = "\n{\n  \"kind\": \"alert\",\n  \"fields\": {\"handling\": \"x\", \"a\\\"b\": [1]},\n  \"handling\": \"H9\",\n  \"routes\": [\n    \"Bad..route\"\n  ]\n}\n";
+        assert_eq!(
+            key_line(text, "handling"),
+            Some(5),
+            "not the one inside `fields`"
+        );
+        assert_eq!(key_line(text, "routes[0]"), Some(6));
+        assert_eq!(key_line(text, "kind"), Some(3));
+        assert_eq!(key_line(text, "audience"), None, "absent");
+        assert_eq!(
+            key_line(r#"{"handling": "H9"}"#, "handling"),
+            None,
+            "one line"
+        );
     }
 }

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use tidewire_core::envelope::{self, VerifiedView};
 use tidewire_core::fields::PathPattern;
 use tidewire_core::keys::{Roster, SigningKey};
-use tidewire_core::{NodeId, Notification, NotificationId, timefmt};
+use tidewire_core::{NodeId, NotificationId, timefmt};
 
 /// `tidewire envelope …`
 #[derive(Debug, Subcommand)]
@@ -63,10 +63,9 @@ pub fn run(cmd: EnvelopeCmd, json: bool) -> Result<()> {
         } => {
             let node: NodeId = node.parse().map_err(|e| anyhow::anyhow!("--node: {e}"))?;
             let key = SigningKey::load(&key)?;
-            let text = std::fs::read(&notification)
+            let text = std::fs::read_to_string(&notification)
                 .with_context(|| format!("cannot read {}", notification.display()))?;
-            let n = Notification::from_json(&text)
-                .with_context(|| format!("{}", notification.display()))?;
+            let n = crate::cmds::parse_notification(&notification.display().to_string(), &text)?;
             let id = NotificationId::random();
             let env = envelope::seal(&n, &node, &key, id, 1, timefmt::now_ms());
             let bytes = envelope::encode(&env);

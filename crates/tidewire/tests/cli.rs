@@ -170,6 +170,26 @@ async fn a_bad_line_of_a_jsonl_file_is_named_and_nothing_of_the_file_is_publishe
         run.stderr
     );
 
+    // A pretty-printed file with a bad value: named with the line of its key.
+    let mut wrong = good.clone();
+    wrong["handling"] = "H9".into();
+    let pretty = serde_json::to_string_pretty(&wrong).expect("json");
+    let handling_line = pretty
+        .lines()
+        .position(|l| l.starts_with("  \"handling\""))
+        .expect("a top-level handling line")
+        + 1;
+    let wrong = write(tmp.path(), "wrong.json", &pretty);
+    let run = tidewire(&f, &["publish", "--node", "maoc-n", "--file", &wrong]).await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains(&format!(
+            "wrong.json: line {handling_line}: notification `handling`"
+        )) && run.stderr.contains("use H0, H1, H2 or H3"),
+        "the error names the file, line, field and fix: {}",
+        run.stderr
+    );
+
     let fixed = write(tmp.path(), "fixed.jsonl", &format!("{good}\n{good}\n"));
     let run = tidewire(&f, &["publish", "--node", "maoc-n", "--file", &fixed]).await;
     assert!(run.ok, "{}", run.stderr);
