@@ -17,7 +17,8 @@ pub struct Conn {
     /// A federation directory from `tidewire pki init`.
     #[arg(long)]
     pub federation: Option<PathBuf>,
-    /// A client identity directory (client.pem, client.key, ca.pem), e.g. from `pki issue-client`.
+    /// A client identity directory (client.pem, client.key, ca.pem), e.g. from `pki issue-client`,
+    /// or the `client` directory of `pki init` (admin.pem, admin.key, ca.pem).
     #[arg(long)]
     pub identity: Option<PathBuf>,
 }
@@ -78,12 +79,13 @@ impl Conn {
                 );
             };
             let domain = (!is_url).then(|| tidewire_node::tls::node_dns_name(&self.node));
+            let (cert, key) = identity_files(identity)?;
             return Ok((
                 url,
                 domain,
                 read(&identity.join("ca.pem"))?,
-                read(&identity.join("client.pem"))?,
-                read(&identity.join("client.key"))?,
+                read(&cert)?,
+                read(&key)?,
             ));
         }
         let Some(dir) = &self.federation else {
@@ -125,5 +127,45 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
         anyhow::anyhow!("node refused the request ({:?}): {detail}", s.code())
     } else {
         anyhow::anyhow!("node refused the request ({:?}): {}", s.code(), s.message())
+    }
+}
+
+/// The certificate and key of a client identity directory: `client.pem` and `client.key` (as
+/// `pki issue-client` writes them), or else its one `NAME.pem` with `NAME.key` beside it (as
+/// `pki init` writes the development admin, `client/admin.pem`).
+fn identity_files(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("client.pem"), dir.join("client.key"));
+    if cert.exists() {
+        return Ok((cert, key));
+    }
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("--identity {}: cannot read the directory", dir.display()))?;
+    let pairs: Vec<(PathBuf, PathBuf)> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "pem")
+                && p.file_name().is_some_and(|n| n != "ca.pem")
+        })
+        .map(|p| {
+            let key = p.with_extension("key");
+            (p, key)
+        })
+        .filter(|(_, key)| key.exists())
+        .collect();
+    match <[_; 1]>::try_from(pairs) {
+        Ok([pair]) => Ok(pair),
+        Err(pairs) if pairs.is_empty() => bail!(
+            "--identity {}: no client.pem and client.key there; give a directory from `tidewire pki issue-client`",
+            dir.display()
+        ),
+        Err(pairs) => bail!(
+            "--identity {}: several identities there ({}); give a directory holding one",
+            dir.display(),
+            pairs
+                .iter()
+                .map(|(c, _)| c.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }

@@ -358,6 +358,42 @@ async fn status_of_a_node_not_in_the_federation_or_not_running_fails_and_says_wh
     );
 }
 
+/// A node by URL with an identity directory, as an operator outside the federation directory
+/// types it: `pki init`'s development admin (`client/admin.pem`) works as `--identity`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_by_url_with_the_development_client_as_identity() {
+    let (_tmp, f) = line().await;
+    let url = format!("https://{}", f.nodes["dakar"].addr);
+    let client = f.dir.join("client");
+    let run = tidewire_bare(&[
+        "status",
+        "--node",
+        &url,
+        "--identity",
+        client.to_str().expect("utf-8 path"),
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with("node dakar (SN, dakar)"),
+        "{}",
+        run.stdout
+    );
+
+    let wrong = tidewire_bare(&[
+        "status",
+        "--node",
+        &url,
+        "--identity",
+        f.dir.to_str().expect("utf-8 path"),
+    ]);
+    assert!(!wrong.ok);
+    assert!(
+        wrong.stderr.contains("no client.pem and client.key there"),
+        "{}",
+        wrong.stderr
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_query_and_verify_answer_what_was_disclosed_to_whom() {
     let (_tmp, f) = line().await;
