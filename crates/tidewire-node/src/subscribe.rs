@@ -584,8 +584,20 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
                 let mut last_ack = start;
                 let mut last_progress = Instant::now();
                 let redelivery = Duration::from_secs(node.cfg.limits.redelivery_s);
+                // Revoking the user or changing its access ends the stream with the reason.
+                let still_allowed = || match node.users.recheck(&user) {
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::info!(reason = %e, "subscription ended: the user's access changed");
+                        Some(Status::from(e))
+                    }
+                };
                 loop {
                     changed.borrow_and_update();
+                    if let Some(status) = still_allowed() {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
                     if !durable.is_empty() {
                         let acked = node
                             .store
@@ -673,6 +685,12 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
                                 "the node could not record deliveries; resubscribe to resume",
                             )))
                             .await;
+                        return;
+                    }
+                    if !deliveries.is_empty()
+                        && let Some(status) = still_allowed()
+                    {
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
                     for d in deliveries {

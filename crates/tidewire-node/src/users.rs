@@ -104,6 +104,8 @@ pub struct User {
     pub clearance: u8,
     /// Allowed route patterns.
     pub routes: Vec<RoutePattern>,
+    /// SHA-256 of the certificate it authenticated with.
+    pub cert_sha256: [u8; 32],
 }
 
 /// The table, reloaded when the file changes.
@@ -186,6 +188,21 @@ impl Users {
             role: u.role.clone(),
             clearance: Handling::parse_level(&u.clearance).unwrap_or(0),
             routes: u.routes.iter().filter_map(|r| r.parse().ok()).collect(),
+            cert_sha256: *cert_sha256,
         })
+    }
+
+    /// Checks that an authenticated user still holds the access it had: a long-lived stream
+    /// calls this so that revoking a user, or changing its role, clearance, routes or
+    /// certificate, takes effect on streams already open, not only on the next connection.
+    pub fn recheck(&self, user: &User) -> Result<(), NodeError> {
+        let now = self.authenticate(&user.name, &user.cert_sha256)?;
+        if now != *user {
+            return Err(NodeError::Aborted(format!(
+                "the access of client `{}` changed (role, clearance or routes); subscribe again to follow under it",
+                user.name
+            )));
+        }
+        Ok(())
     }
 }

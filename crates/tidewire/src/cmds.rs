@@ -412,21 +412,26 @@ pub async fn subscribe(a: SubscribeArgs, json: bool) -> Result<()> {
             cursor: last.or(a.cursor).unwrap_or(0),
             durable: durable.clone(),
         };
+        // An error, and whether trying again may help (the node unreachable) or not (the
+        // node refused this client: revoked, not allowed, a bad request).
         let opened = async {
-            let channel = a.conn.connect().await?;
+            let channel = a.conn.connect().await.map_err(|e| (e, true))?;
             let mut client = pb::subscriber_client::SubscriberClient::new(channel);
             let stream = client
                 .subscribe(req)
                 .await
-                .map_err(status_error)?
+                .map_err(|s| {
+                    let retry = is_transport(&s);
+                    (status_error(s), retry)
+                })?
                 .into_inner();
-            anyhow::Ok((client, stream))
+            Ok::<_, (anyhow::Error, bool)>((client, stream))
         }
         .await;
         let (mut client, mut stream) = match opened {
             Ok(x) => x,
-            Err(e) if attempt == 0 => return Err(e),
-            Err(e) => {
+            Err((e, retry)) if attempt == 0 || !retry => return Err(e),
+            Err((e, _)) => {
                 let why = format!("still cannot reach {} ({e:#})", a.conn.node);
                 pause(&why, &mut backoff).await;
                 continue;
@@ -458,6 +463,9 @@ pub async fn subscribe(a: SubscribeArgs, json: bool) -> Result<()> {
                 // The node ended the stream (shutting down) or the transport failed: resume.
                 None => break "the node closed the stream".to_owned(),
                 Some(Err(e)) if is_transport(&e) => break e.message().to_owned(),
+                // The client's access changed on the node: subscribing again follows under the
+                // new access (or is refused, if it was revoked).
+                Some(Err(e)) if e.code() == tonic::Code::Aborted => break e.message().to_owned(),
                 Some(Err(e)) => return Err(status_error(e)),
             };
             backoff = Duration::from_millis(500);

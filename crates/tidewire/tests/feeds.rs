@@ -748,6 +748,88 @@ async fn a_new_durable_subscription_from_now_keeps_what_arrives_before_its_first
     f.stop().await;
 }
 
+/// Sets `name`'s clearance, or revokes it, in `node`'s user table, as `tidewire users` does.
+fn change_user(
+    dir: &Path,
+    node: &str,
+    name: &str,
+    change: impl FnOnce(&mut tidewire_node::users::UserEntry),
+) {
+    let path = dir.join(node).join("users.toml");
+    let mut table = tidewire_node::users::UsersFile::load(&path).expect("users.toml");
+    change(
+        table
+            .users
+            .iter_mut()
+            .find(|u| u.name == name)
+            .expect("the user"),
+    );
+    table.save(&path).expect("save users.toml");
+}
+
+/// The status `feed` ends with, within 10 s; a delivery before it fails the test.
+async fn ended_with(feed: &mut Feed) -> tonic::Status {
+    match tokio::time::timeout(Duration::from_secs(10), feed.stream.next()).await {
+        Ok(Some(Err(e))) => e,
+        Ok(Some(Ok(d))) => panic!("delivered {} instead of ending", d.case_ref),
+        Ok(None) => panic!("the stream ended without saying why"),
+        Err(_) => panic!("the stream still open 10 s after the change"),
+    }
+}
+
+/// Revoking an officer, or lowering its clearance, takes effect on the subscription it has
+/// open, not only on its next connection: the stream ends with the reason, and nothing
+/// published afterwards reaches it under the old access.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_access_ends_the_open_subscription_with_the_reason() {
+    let (_tmp, f) = line().await;
+    let id = issue(&f.dir, "accra", "rotating-officer", "H3", ALL);
+    let me = who(&f.dir, "accra", &id);
+    let now = pb::subscribe_request::Start::Now;
+    let mut feed = Feed::open(me.clone(), &["atlantic.>"], &[], now, "").await;
+    publish(&f, "maoc-n", &desk_note("BEFORE")).await;
+    assert_eq!(next(&mut feed).await.case_ref, "BEFORE");
+
+    // Clearance lowered to H0: the stream ends (ABORTED), and a new one follows under H0.
+    change_user(&f.dir, "accra", "rotating-officer", |u| {
+        u.clearance = "H0".into()
+    });
+    let ended = ended_with(&mut feed).await;
+    assert_eq!(ended.code(), tonic::Code::Aborted, "{ended:?}");
+    assert!(
+        ended.message().contains("subscribe again"),
+        "{}",
+        ended.message()
+    );
+    let mut feed = Feed::open(me.clone(), &["atlantic.>"], &[], now, "").await;
+    publish(&f, "maoc-n", &desk_note("H1-ONLY")).await;
+    let mut open = desk_note("H0-OPEN");
+    open["handling"] = "H0".into();
+    publish(&f, "maoc-n", &open).await;
+    assert_eq!(
+        next(&mut feed).await.case_ref,
+        "H0-OPEN",
+        "H1 is above the new clearance"
+    );
+
+    // Revoked: the stream ends (PERMISSION_DENIED), and subscribing again is refused.
+    change_user(&f.dir, "accra", "rotating-officer", |u| u.revoked = true);
+    publish(&f, "maoc-n", &open).await;
+    let ended = ended_with(&mut feed).await;
+    assert_eq!(ended.code(), tonic::Code::PermissionDenied, "{ended:?}");
+    assert!(ended.message().contains("revoked"), "{}", ended.message());
+    let again = pb::subscriber_client::SubscriberClient::new(me.connect().await.expect("connect"))
+        .subscribe(pb::SubscribeRequest {
+            routes: vec!["atlantic.>".into()],
+            start: now as i32,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a revoked officer cannot subscribe");
+    assert_eq!(again.code(), tonic::Code::PermissionDenied);
+    f.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. A stalled subscriber
 
