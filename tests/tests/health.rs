@@ -61,3 +61,73 @@ async fn health_is_serving_while_running_and_not_serving_when_the_node_stops() -
     );
     Ok(())
 }
+
+/// One plain HTTP/1.1 request to `addr`; the status line and the body.
+async fn http_get(addr: std::net::SocketAddr, request: &str) -> anyhow::Result<(String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await?;
+    sock.write_all(request.as_bytes()).await?;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), sock.read_to_string(&mut text)).await??;
+    let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+    Ok((
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    ))
+}
+
+/// DESIGN's metrics surface: Prometheus text on a port of its own, with the node's counters,
+/// refusals by reason, and each link's state and backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_prometheus_text_on_their_own_port() -> anyhow::Result<()> {
+    let kit = Kit::builder(&["a", "b"], &["a:b"])?
+        .with_metrics("a")?
+        .start()
+        .await?;
+    let addr = kit.node("a").metrics_addr.context("a serves metrics")?;
+    kit.publish(
+        "a",
+        &tidewire_testkit::notification("MAOC-2026-0001", &["node:b"]),
+    )
+    .await?;
+    tidewire_testkit::eventually(Duration::from_secs(20), "b receives it", async || {
+        let n = kit.received_ids("b").await?.len();
+        ensure!(n == 1, "{n} received");
+        Ok(())
+    })
+    .await;
+
+    let get = "GET /metrics HTTP/1.1\r\nhost: a\r\n\r\n";
+    let (status, body) = http_get(addr, get).await?;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    for line in [
+        "# TYPE tidewire_published_total counter",
+        "tidewire_published_total{node=\"a\"} 1",
+        "tidewire_link_up{node=\"a\",peer=\"b\"} 1",
+        "# TYPE tidewire_refused_total counter",
+    ] {
+        assert!(body.lines().any(|l| l == line), "no `{line}` in:\n{body}");
+    }
+    // The backlog drains to 0 once b acknowledges.
+    tidewire_testkit::eventually(
+        Duration::from_secs(20),
+        "a's backlog to b at 0",
+        async || {
+            let (_, body) = http_get(addr, get).await?;
+            ensure!(
+                body.lines()
+                    .any(|l| l == "tidewire_link_backlog{node=\"a\",peer=\"b\"} 0"),
+                "{body}"
+            );
+            Ok(())
+        },
+    )
+    .await;
+
+    let (status, _) = http_get(addr, "GET /elsewhere HTTP/1.1\r\n\r\n").await?;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let (status, _) = http_get(addr, "POST /metrics HTTP/1.1\r\n\r\n").await?;
+    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+    kit.stop().await;
+    Ok(())
+}

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::node::Node;
 
@@ -34,6 +35,12 @@ pub fn render(node: &Node) -> String {
             u8::from(l.up)
         ));
     }
+    out.push_str("# TYPE tidewire_link_backlog gauge\n");
+    for (peer, queued) in node.link_backlogs() {
+        out.push_str(&format!(
+            "tidewire_link_backlog{{node=\"{id}\",peer=\"{peer}\"}} {queued}\n"
+        ));
+    }
     out.push_str(&format!(
         "# TYPE tidewire_uptime_seconds gauge\ntidewire_uptime_seconds{{node=\"{id}\"}} {}\n",
         node.uptime_s()
@@ -51,15 +58,38 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, stop: CancellationTok
         let Ok((mut sock, _)) = accepted else {
             continue;
         };
-        let body = render(&node);
-        tokio::spawn(async move {
+        let conn = node.clone();
+        node.tracker.spawn(async move {
             let mut buf = [0u8; 1024];
-            let _ = sock.read(&mut buf).await;
+            let n = match tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                sock.read(&mut buf),
+            )
+            .await
+            {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            // The request line: `GET /metrics HTTP/1.1`.
+            let line = std::str::from_utf8(&buf[..n])
+                .unwrap_or("")
+                .lines()
+                .next()
+                .unwrap_or("");
+            let mut parts = line.split_whitespace();
+            let (status, body) = match (parts.next(), parts.next()) {
+                (Some("GET"), Some("/metrics" | "/")) => ("200 OK", render(&conn)),
+                (Some("GET"), _) => ("404 Not Found", "metrics are at /metrics\n".to_owned()),
+                _ => (
+                    "405 Method Not Allowed",
+                    "use GET /metrics\n".to_owned(),
+                ),
+            };
             let resp = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = sock.write_all(resp.as_bytes()).await;
-        });
+        }.in_current_span());
     }
 }

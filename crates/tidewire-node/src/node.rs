@@ -2395,6 +2395,33 @@ impl Node {
             .collect()
     }
 
+    /// What waits to go on each link, by peer: the queued copies whose destination the
+    /// routing table sends through that peer, and, while a link is down, those for the peer
+    /// itself (it may have no route then). `status` and the metrics page show these.
+    pub fn link_backlogs(&self) -> BTreeMap<NodeId, u64> {
+        let table = self
+            .routing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .table();
+        let backlog = self.backlog_by_dest();
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(peer, l)| {
+                let queued = backlog
+                    .iter()
+                    .filter(|(d, _)| {
+                        table.get(*d).is_some_and(|(hop, _)| hop == peer) || (*d == peer && !l.up)
+                    })
+                    .map(|(_, c)| *c)
+                    .sum();
+                (peer.clone(), queued)
+            })
+            .collect()
+    }
+
     /// Route patterns this node's subscribers follow, aggregated for link-state announcements.
     /// Every pattern a live or durable subscription follows, with those covered by a broader
     /// one removed (`atlantic.west-africa.>` goes when `atlantic.>` is there).

@@ -210,7 +210,7 @@ impl pb::admin_server::Admin for AdminService {
         let n = &self.0;
         let (counters, refused) = n.counters.snapshot();
         let table = n.routing.lock().unwrap_or_else(|p| p.into_inner()).table();
-        let backlog = n.backlog_by_dest();
+        let backlog = n.link_backlogs();
         let links = n
             .links
             .lock()
@@ -219,13 +219,7 @@ impl pb::admin_server::Admin for AdminService {
             .map(|(peer, l)| pb::LinkStatus {
                 peer: peer.to_string(),
                 up: l.up,
-                backlog: backlog
-                    .iter()
-                    .filter(|(d, _)| {
-                        table.get(*d).is_some_and(|(hop, _)| hop == peer) || (*d == peer && !l.up)
-                    })
-                    .map(|(_, c)| *c)
-                    .sum(),
+                backlog: backlog.get(peer).copied().unwrap_or(0),
                 last_error: l.last_error.clone(),
                 address: l.url.clone(),
             })

@@ -173,6 +173,16 @@ impl Builder {
         })
     }
 
+    /// Serves `node`'s Prometheus metrics on a port of its own (`metrics_listen =
+    /// "127.0.0.1:0"`; the address is `Running::metrics_addr`).
+    pub fn with_metrics(self, node: &str) -> Result<Self> {
+        edit_config(&self.dir, node, |cfg| {
+            cfg.metrics_listen = Some("127.0.0.1:0".into());
+            Ok(true)
+        })?;
+        Ok(self)
+    }
+
     /// Leaves `node` out: it stays in the roster and in its peers' configs, but nothing runs it
     /// (so a test can play it with its certificate and keys). Its port stays held while the kit
     /// lives; connections to it are accepted and closed at once, as with a refused connection.

@@ -391,6 +391,10 @@ pub fn init(o: &InitOptions) -> Result<Federation> {
             "# Tidewire node `{id}` ({cc}). Start it with: tidewire node run --config {}",
             nd.join("node.toml").display()
         );
+        text.push_str(
+            "# Prometheus metrics: add `metrics_listen = \"127.0.0.1:PORT\"` next to `listen` to serve\n\
+             # them at http://127.0.0.1:PORT/metrics.\n",
+        );
         text.push_str(&toml::to_string(&cfg)?);
         std::fs::write(nd.join("node.toml"), text)?;
         let url = format!("https://127.0.0.1:{}", ports[id]);
