@@ -355,7 +355,10 @@ impl pb::admin_server::Admin for AdminService {
                         && (q.destination.is_empty()
                             || e.destination == q.destination
                             || e.destination.ends_with(&format!(":{}", q.destination)))
-                        && (q.event.is_empty() || e.event == q.event);
+                        && (q.event.is_empty() || e.event == q.event)
+                        && (q.rule.is_empty() || e.rule == q.rule)
+                        && (q.since_ms == 0 || e.at_ms >= q.since_ms)
+                        && (q.until_ms == 0 || e.at_ms < q.until_ms);
                     if hit {
                         out.push(pb::AuditEntry {
                             seq: e.seq,

@@ -173,6 +173,18 @@ pub(crate) fn parse_notification(name: &str, text: &str) -> Result<tidewire_core
     })
 }
 
+/// A time on the command line: RFC 3339 (`2026-11-01T08:00:00Z`) or a date (`2026-11-01`, the
+/// start of that day, UTC), as Unix ms.
+fn parse_when(text: &str) -> Result<i64, String> {
+    let full = if text.len() == 10 && text.as_bytes().get(4) == Some(&b'-') {
+        format!("{text}T00:00:00Z")
+    } else {
+        text.to_owned()
+    };
+    timefmt::parse_rfc3339_ms(&full)
+        .map_err(|e| format!("`{text}`: {e}; write 2026-11-01 or 2026-11-01T08:00:00Z"))
+}
+
 /// The line of the top-level key a notification field path starts with (`routes` for
 /// `routes[0]`, `grading` for `grading.source`) in a notification written over several lines;
 /// `None` on one line, where the name already says which.
@@ -1054,6 +1066,15 @@ pub enum AuditCmd {
         /// Only this event (transfer, denied, received, delivered, refused, policy_applied, …).
         #[arg(long)]
         event: Option<String>,
+        /// Only entries recorded under this policy rule (its id).
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only entries recorded at or after this time (RFC 3339, or a date: 2026-11-01).
+        #[arg(long, value_parser = parse_when)]
+        since: Option<i64>,
+        /// Only entries recorded before this time (RFC 3339, or a date: the start of that day).
+        #[arg(long, value_parser = parse_when)]
+        until: Option<i64>,
         /// At most this many entries.
         #[arg(long, default_value_t = 100)]
         limit: u32,
@@ -1099,6 +1120,9 @@ pub async fn audit(c: AuditCmd, json: bool) -> Result<()> {
             notification,
             destination,
             event,
+            rule,
+            since,
+            until,
             limit,
         } => (
             conn,
@@ -1108,6 +1132,9 @@ pub async fn audit(c: AuditCmd, json: bool) -> Result<()> {
                 event: event.unwrap_or_default(),
                 limit,
                 after: 0,
+                rule: rule.unwrap_or_default(),
+                since_ms: since.unwrap_or(0),
+                until_ms: until.unwrap_or(0),
             },
             false,
         ),

@@ -431,6 +431,37 @@ async fn audit_query_and_verify_answer_what_was_disclosed_to_whom() {
     );
     assert_eq!(e["detail"]["via"], "dakar", "{e}");
 
+    // By rule and by time: "what went out under this rule, this month?"
+    let count = |args: &'static [&'static str]| {
+        let f = &f;
+        async move {
+            let mut all = vec!["--json", "audit", "query", "--node", "maoc-n"];
+            all.extend_from_slice(args);
+            let run = tidewire(f, &all).await;
+            assert!(run.ok, "{args:?}: {}", run.stderr);
+            run.stdout.lines().count()
+        }
+    };
+    assert_eq!(count(&["--rule", "federation-partners"]).await, 2);
+    assert_eq!(count(&["--rule", "no-such-rule"]).await, 0);
+    assert_eq!(
+        count(&["--since", "2020-01-01", "--until", "2999-01-01"]).await,
+        3
+    );
+    assert_eq!(count(&["--since", "2999-01-01"]).await, 0);
+    assert_eq!(count(&["--until", "2020-01-01T00:00:00Z"]).await, 0);
+    let bad = tidewire(
+        &f,
+        &["audit", "query", "--node", "maoc-n", "--since", "last week"],
+    )
+    .await;
+    assert!(!bad.ok);
+    assert!(
+        bad.stderr.contains("--since") && bad.stderr.contains("write 2026-11-01"),
+        "{}",
+        bad.stderr
+    );
+
     let v = tidewire(&f, &["audit", "verify", "--node", "maoc-n"]).await;
     assert!(v.ok, "{}", v.stderr);
     assert!(
