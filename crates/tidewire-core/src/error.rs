@@ -16,7 +16,7 @@ pub enum CoreError {
         reason: String,
     },
     /// A notification value is invalid.
-    #[error("notification `{path}`: {reason}")]
+    #[error("{}", notification_problem(path, reason))]
     Notification {
         /// The offending key or field path.
         path: String,
@@ -152,5 +152,14 @@ impl VerifyError {
             VerifyError::Widened { .. } => "widened",
             VerifyError::InvalidTransformation { .. } => "bad_transformation",
         }
+    }
+}
+
+/// "notification `handling`: …", or "notification: …" for the whole of it.
+fn notification_problem(path: &str, reason: &str) -> String {
+    if path.is_empty() {
+        format!("notification: {reason}")
+    } else {
+        format!("notification `{path}`: {reason}")
     }
 }

@@ -94,7 +94,7 @@ impl Notification {
             return Err(bad(
                 "",
                 format!(
-                    "the notification is {} bytes; the limit is {MAX_JSON_BYTES}",
+                    "it is {} bytes, over the limit of {MAX_JSON_BYTES}; send less in one notification",
                     text.len()
                 ),
             ));
@@ -330,6 +330,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 2"), "{e}");
+        // The whole notification: no empty path.
+        let e = Notification::from_json(b"[1]").unwrap_err().to_string();
+        assert_eq!(e, "notification: a notification is a JSON object");
+        let huge = vec![b' '; MAX_JSON_BYTES + 1];
+        let e = Notification::from_json(&huge).unwrap_err().to_string();
+        assert!(
+            e.starts_with("notification: it is ") && e.ends_with("send less in one notification"),
+            "{e}"
+        );
     }
 
     #[test]
