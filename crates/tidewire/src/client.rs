@@ -123,6 +123,15 @@ impl Conn {
 /// Turns a gRPC status into one clear line.
 pub fn status_error(s: tonic::Status) -> anyhow::Error {
     let detail = tidewire_node::tls::error_chain(&s);
+    // The connection failed, or the node went away: not a refusal.
+    if s.code() == tonic::Code::Unknown && s.message().starts_with("h2 protocol error")
+        || s.code() == tonic::Code::Cancelled
+    {
+        return anyhow::anyhow!("the connection to the node was lost: {detail}");
+    }
+    if s.code() == tonic::Code::Unavailable {
+        return anyhow::anyhow!("the node is unavailable: {detail}");
+    }
     if s.message().is_empty() || detail.contains(s.message()) && s.code() == tonic::Code::Unknown {
         anyhow::anyhow!("node refused the request ({:?}): {detail}", s.code())
     } else {

@@ -326,7 +326,19 @@ pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
     let mut i = 0;
     let mut failed = 0;
     while let Some(r) = replies.next().await {
-        let r = r.map_err(status_error)?;
+        let r = r.map_err(|e| {
+            // What was acknowledged is durable at the node; say where to start again.
+            let rest = items
+                .get(i)
+                .map(|(name, _)| {
+                    format!("; from {name} on, nothing was acknowledged: publish those again")
+                })
+                .unwrap_or_default();
+            status_error(e).context(format!(
+                "{} of {total} were acknowledged (each is durable at the node){rest}",
+                i - failed
+            ))
+        })?;
         let name = &items[i].0;
         i += 1;
         if r.error_code != 0 {
@@ -354,6 +366,14 @@ pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
         if r.error_code == 0 {
             warn_unmatched(name, &r.unmatched_audience);
         }
+    }
+    if i < items.len() {
+        bail!(
+            "the node ended the stream after {i} of {total} replies ({} acknowledged, each durable \
+             at the node); from {} on, nothing was acknowledged: publish those again",
+            i - failed,
+            items[i].0
+        );
     }
     if failed > 0 {
         bail!("{failed} of {total} notifications were refused");

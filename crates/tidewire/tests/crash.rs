@@ -263,6 +263,112 @@ async fn kill_9_mid_stream_loses_no_acknowledged_publish() -> Result<()> {
     Ok(())
 }
 
+/// The same crash, as an operator sees it: `tidewire publish --file batch.jsonl` streaming to
+/// `a` when `a` is killed. The command fails, says how many were acknowledged and from which
+/// line to publish again; exactly the ids it printed reach `b`, each once, after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publish_command_killed_mid_file_says_what_was_acknowledged_and_where_to_resume()
+-> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+
+    const TOTAL: u64 = 20_000;
+    let tmp = tempfile::tempdir()?;
+    let dir = pki_init(tmp.path())?;
+    let mut a = NodeProcess::start(&dir, "a", 1)?;
+    let _b = NodeProcess::start(&dir, "b", 1)?;
+    eventually(
+        Duration::from_secs(20),
+        "the a–b link comes up",
+        async || link_up(&dir, "a", "b").await,
+    )
+    .await;
+    let batch = tmp.path().join("batch.jsonl");
+    let lines: Vec<String> = (0..TOTAL).map(notification).collect();
+    std::fs::write(&batch, lines.join("\n") + "\n")?;
+
+    let mut publish = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidewire"))
+        .args(["--json", "publish", "--node", "a", "--file"])
+        .arg(&batch)
+        .arg("--federation")
+        .arg(&dir)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawning tidewire publish")?;
+    let mut out = tokio::io::BufReader::new(publish.stdout.take().context("stdout")?).lines();
+    let mut printed = Vec::new();
+    while printed.len() < BEFORE_KILL {
+        let line = tokio::time::timeout(Duration::from_secs(30), out.next_line())
+            .await
+            .context("no acknowledgement printed for 30 s")??
+            .context("tidewire publish ended before the kill")?;
+        let r: serde_json::Value = serde_json::from_str(&line)?;
+        printed.push(r["id"].as_str().context("an id")?.to_owned());
+    }
+    a.kill_9()?;
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(30), out.next_line())
+        .await
+        .context("tidewire publish did not notice the kill")??
+    {
+        let r: serde_json::Value = serde_json::from_str(&line)?;
+        printed.push(r["id"].as_str().context("an id")?.to_owned());
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(30), publish.wait_with_output())
+        .await
+        .context("tidewire publish did not exit")??;
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    assert!(!ended.status.success(), "a publish cut short must fail");
+    let n = printed.len();
+    assert!(
+        (n as u64) < TOTAL,
+        "the whole file went through before the kill"
+    );
+    assert!(
+        stderr.contains(&format!("{n} of {TOTAL} were acknowledged"))
+            && stderr.contains(&format!("from {}:{} on", batch.display(), n + 1))
+            && stderr.contains("publish those again"),
+        "says how many were acknowledged and where to resume: {stderr}"
+    );
+
+    let _a = NodeProcess::start(&dir, "a", 2)?;
+    eventually(
+        Duration::from_secs(30),
+        "b receives every id the command printed",
+        async || {
+            let ch = conn(&dir, "b").connect().await?;
+            let entries = pb::admin_client::AdminClient::new(ch)
+                .audit_query(pb::AuditQueryRequest {
+                    event: "received".into(),
+                    limit: u32::MAX,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .entries;
+            let got: std::collections::BTreeMap<&str, usize> =
+                entries.iter().fold(Default::default(), |mut m, e| {
+                    *m.entry(e.notification.as_str()).or_default() += 1;
+                    m
+                });
+            let missing = printed
+                .iter()
+                .filter(|id| !got.contains_key(id.as_str()))
+                .count();
+            ensure!(missing == 0, "{missing} of {n} still missing at b");
+            ensure!(
+                got.values().all(|c| *c == 1),
+                "a notification arrived twice"
+            );
+            Ok(())
+        },
+    )
+    .await;
+    Ok(())
+}
+
 /// Publishes `notification(i)` at `a` (unary); returns its id.
 async fn publish_one(dir: &Path, i: u64) -> Result<String> {
     let ch = conn(dir, "a").connect().await?;
