@@ -11,12 +11,24 @@ pub fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
     Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
-/// Formats Unix milliseconds as RFC 3339 in UTC.
+/// Formats Unix milliseconds as RFC 3339 in UTC: whole seconds as `2027-05-28T00:00:00Z`,
+/// others always with three digits of milliseconds (`…T14:40:55.210Z`), so that times line up
+/// in a column.
 pub fn format_ms(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+    let Some(t) = OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok() else {
+        return format!("@{ms}ms");
+    };
+    let Some(whole) = t
+        .replace_nanosecond(0)
         .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| format!("@{ms}ms"))
+        .and_then(|w| w.format(&Rfc3339).ok())
+    else {
+        return format!("@{ms}ms");
+    };
+    match ms.rem_euclid(1000) {
+        0 => whole,
+        frac => format!("{}.{frac:03}Z", whole.trim_end_matches('Z')),
+    }
 }
 
 /// The current time in Unix milliseconds.
@@ -33,6 +45,13 @@ mod tests {
         let ms = parse_rfc3339_ms("2027-05-28T00:00:00Z").unwrap();
         assert_eq!(ms, 1_811_462_400_000);
         assert_eq!(format_ms(ms), "2027-05-28T00:00:00Z");
+        assert_eq!(format_ms(ms + 210), "2027-05-28T00:00:00.210Z");
+        assert_eq!(format_ms(ms + 5), "2027-05-28T00:00:00.005Z");
+        assert_eq!(
+            parse_rfc3339_ms("2027-05-28T00:00:00.210Z").unwrap(),
+            ms + 210
+        );
+        assert_eq!(format_ms(-1), "1969-12-31T23:59:59.999Z");
     }
 
     #[test]
