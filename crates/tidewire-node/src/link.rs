@@ -631,6 +631,10 @@ async fn write_loop(
     }
 }
 
+/// Refusal reasons that say the peer's roster does not (yet) know a node or key, rather than
+/// anything wrong with the envelope.
+const PASSING_REFUSALS: [&str; 2] = ["unknown_node", "unknown_key"];
+
 /// Resolves acknowledged transfers: the outbox entry goes and the disclosure is recorded.
 fn complete(node: &Arc<Node>, peer: &NodeId, inflight: &mut BTreeMap<u64, Inflight>, ack: pb::Ack) {
     let rest = inflight.split_off(&(ack.up_to + 1));
@@ -643,17 +647,29 @@ fn complete(node: &Arc<Node>, peer: &NodeId, inflight: &mut BTreeMap<u64, Inflig
     let mut entries = Vec::with_capacity(done.len());
     let mut forwarded = 0u64;
     for (seq, f) in done {
-        ops.push(Op::delete(Space::Outbox, f.key));
-        if let Some(r) = refused.get(&seq) {
-            tracing::warn!(peer = %peer, reason = %r.reason, detail = %r.detail, "peer refused a transfer");
-            node.counters.refuse(&format!("peer_refused_{}", r.reason));
-            let mut e = f.entry;
-            e.event = "transfer_refused".into();
-            e.detail["refused"] = serde_json::json!({"reason": r.reason, "detail": r.detail});
-            entries.push(e);
-        } else {
+        let Some(r) = refused.get(&seq) else {
+            ops.push(Op::delete(Space::Outbox, f.key));
             forwarded += 1;
+            continue;
+        };
+        // A peer that does not know a node or key yet (its roster lags a key rotation or a new
+        // centre) may know it after its next restart: the copy stays queued and goes again
+        // when the link is next established. Any other refusal is final.
+        let kept = PASSING_REFUSALS.contains(&r.reason.as_str());
+        if !kept {
+            ops.push(Op::delete(Space::Outbox, f.key));
         }
+        tracing::warn!(peer = %peer, reason = %r.reason, detail = %r.detail, kept, "peer refused a transfer");
+        node.counters.refuse(&format!("peer_refused_{}", r.reason));
+        let mut e = f.entry;
+        e.event = "transfer_refused".into();
+        e.detail["refused"] = serde_json::json!({"reason": r.reason, "detail": r.detail});
+        if kept {
+            e.detail["kept"] = serde_json::json!(
+                "the copy stays queued and is sent again when the link is next established"
+            );
+        }
+        entries.push(e);
     }
     node.counters
         .forwarded

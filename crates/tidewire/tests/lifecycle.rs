@@ -388,3 +388,87 @@ async fn a_graceful_stop_mid_backlog_lets_sent_transfers_be_acknowledged_first()
     );
     f.stop().await;
 }
+
+/// Points `node`'s `node.toml` at `roster` (a file name beside the federation's `roster.toml`)
+/// and, if given, at another signing key file in its directory.
+fn repoint(f: &LocalFederation, node: &str, roster: &str, key: Option<&str>) {
+    let path = f.dir.join(node).join("node.toml");
+    let text = std::fs::read_to_string(&path).expect("node.toml");
+    let edited: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("roster =") {
+                format!("roster = \"../{roster}\"")
+            } else if let (true, Some(k)) = (l.starts_with("signing_key ="), key) {
+                format!("signing_key = \"{k}\"")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    std::fs::write(&path, edited.join("\n") + "\n").expect("write node.toml");
+}
+
+/// A key rotation that reaches one roster before another: the peer refuses the new key
+/// (`unknown_key`) as any unknown key, but the copy stays queued at the sender instead of being
+/// dropped, and goes through once the peer restarts with the updated roster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_refused_for_a_key_the_peer_does_not_know_yet_waits_for_its_roster() {
+    let (_tmp, mut f) = pair().await;
+    // maoc-n rotates its signing key; only its own roster has the new key so far.
+    f.stop_node("maoc-n").await.expect("stop maoc-n");
+    let key = tidewire_core::keys::SigningKey::generate();
+    key.save(
+        &f.dir.join("maoc-n/maoc-n-2.key"),
+        &f.dir.join("maoc-n/maoc-n-2.pub"),
+    )
+    .expect("save the new key");
+    let mut roster = tidewire_core::keys::Roster::load(&f.dir.join("roster.toml")).expect("roster");
+    let mut entry = roster.get("maoc-n").expect("maoc-n").clone();
+    let fresh = tidewire_core::keys::RosterNode::new(
+        entry.id.clone(),
+        entry.country,
+        entry.org.clone(),
+        key.public(),
+    );
+    entry.keys.extend(fresh.keys);
+    roster.upsert(entry);
+    std::fs::write(f.dir.join("roster-2.toml"), roster.to_toml()).expect("roster-2");
+    repoint(&f, "maoc-n", "roster-2.toml", Some("maoc-n-2.key"));
+    f.restart_node("maoc-n").await.expect("restart maoc-n");
+
+    let id = publish(&f, "maoc-n", &alert("signed with the new key", None)).await;
+    wait_for(
+        Duration::from_secs(20),
+        "dakar's refusal recorded at maoc-n",
+        async || events(&f, "maoc-n", &id, "transfer_refused").await == 1,
+    )
+    .await;
+    let refused = common::audit(&f, "maoc-n", &id, "transfer_refused").await;
+    assert!(
+        refused[0].detail_json.contains("unknown_key")
+            && refused[0].detail_json.contains("stays queued"),
+        "{}",
+        refused[0].detail_json
+    );
+    assert_eq!(
+        common::backlogs(&f, "maoc-n").await.get("dakar"),
+        Some(&1),
+        "the copy waits in the outbox"
+    );
+    assert_eq!(events(&f, "dakar", &id, "received").await, 0);
+
+    // Dakar gets the new roster and restarts: the copy goes through, once.
+    f.stop_node("dakar").await.expect("stop dakar");
+    repoint(&f, "dakar", "roster-2.toml", None);
+    f.restart_node("dakar").await.expect("restart dakar");
+    wait_for(
+        Duration::from_secs(30),
+        "the copy at dakar after its roster update",
+        async || events(&f, "dakar", &id, "received").await == 1,
+    )
+    .await;
+    common::wait_drained(&f, "maoc-n", Duration::from_secs(10)).await;
+    assert_eq!(events(&f, "dakar", &id, "received").await, 1);
+    f.stop().await;
+}
