@@ -1283,25 +1283,50 @@ impl Node {
     }
 
     /// Replaces the policy atomically and records it on the ledger.
-    pub async fn apply_policy(&self, text: &str, by: &str) -> Result<Arc<Policy>, NodeError> {
+    /// Puts the policy `text` in force, recording it (and the one it replaces) on the ledger.
+    /// Returns the new policy and the one it replaced, if any.
+    pub async fn apply_policy(
+        &self,
+        text: &str,
+        by: &str,
+    ) -> Result<(Arc<Policy>, Option<Arc<Policy>>), NodeError> {
         let pol = Arc::new(Policy::parse(text).map_err(|e| {
             NodeError::Invalid(format!("policy refused, the old one stays in force: {e}"))
         })?);
         let mut e = LedgerEntry::new("policy_applied");
         e.policy_version = pol.content_hash().to_owned();
         e.destination = by.to_owned();
-        e.detail = serde_json::json!({"version": pol.version()});
         // Swap first so that no transfer after the ledger record uses the old policy.
-        *self.policy.write().unwrap_or_else(|p| p.into_inner()) =
-            Some((pol.clone(), Arc::from(text)));
+        let old = self
+            .policy
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace((pol.clone(), Arc::from(text)))
+            .map(|(p, _)| p);
+        e.detail = serde_json::json!({"version": pol.version()});
+        if let Some(o) = &old {
+            e.detail["replaces"] =
+                serde_json::json!({"version": o.version(), "policy_version": o.content_hash()});
+        }
         self.commit(Vec::new(), vec![e]).await?;
         tracing::info!(
             version = pol.version(),
             hash = pol.content_hash(),
+            replaces = old.as_ref().map(|o| o.version()),
             "policy applied"
         );
+        if let Some(o) = old
+            .as_ref()
+            .filter(|o| o.version() >= pol.version() && o.content_hash() != pol.content_hash())
+        {
+            tracing::warn!(
+                version = pol.version(),
+                replaces = o.version(),
+                "the policy applied has a version not above the one it replaces; raise `version` on every change"
+            );
+        }
         self.bump_outbox();
-        Ok(pol)
+        Ok((pol, old))
     }
 
     /// Commits `ops` plus ledger entries, durably, keeping the ledger chain in order.

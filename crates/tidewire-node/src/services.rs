@@ -255,12 +255,14 @@ impl pb::admin_server::Admin for AdminService {
         let who = caller(&self.0, &req)?;
         who.require(&["admin"], "applying a policy")?;
         let text = req.into_inner().policy_toml;
-        let pol = self.0.apply_policy(&text, &who.label()).await?;
+        let (pol, old) = self.0.apply_policy(&text, &who.label()).await?;
         Ok(Response::new(pb::PolicyInfo {
             version: pol.version(),
             content_hash: pol.content_hash().to_owned(),
             policy_toml: text,
             rules: pol.rule_ids().map(str::to_owned).collect(),
+            replaced_version: old.as_ref().map_or(0, |o| o.version()),
+            replaced_content_hash: old.map(|o| o.content_hash().to_owned()).unwrap_or_default(),
         }))
     }
 
@@ -280,6 +282,7 @@ impl pb::admin_server::Admin for AdminService {
             content_hash: pol.content_hash().to_owned(),
             policy_toml: text.to_string(),
             rules: pol.rule_ids().map(str::to_owned).collect(),
+            ..Default::default()
         }))
     }
 

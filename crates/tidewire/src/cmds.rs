@@ -30,7 +30,7 @@ pub async fn node_run(config: &Path, env: &HashMap<String, String>) -> Result<()
                 match node.cfg.policy.clone() {
                     Some(p) => match std::fs::read_to_string(&p) {
                         Ok(text) => match node.apply_policy(&text, "signal:SIGHUP").await {
-                            Ok(pol) => tracing::info!(version = pol.version(), hash = pol.content_hash(), "policy reloaded on SIGHUP"),
+                            Ok((pol, _)) => tracing::info!(version = pol.version(), hash = pol.content_hash(), "policy reloaded on SIGHUP"),
                             Err(e) => tracing::error!(error = %e, "policy reload refused; the old policy stays in force"),
                         },
                         Err(e) => tracing::error!(error = %e, file = %p.display(), "cannot read policy"),
@@ -850,10 +850,13 @@ pub async fn policy(c: PolicyCmd, json: bool) -> Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            let replaced = (!r.replaced_content_hash.is_empty())
+                .then(|| (r.replaced_version, r.replaced_content_hash.clone()));
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"version": r.version, "content_hash": r.content_hash, "rules": r.rules})
+                    serde_json::json!({"version": r.version, "content_hash": r.content_hash, "rules": r.rules,
+                        "replaces": replaced.as_ref().map(|(v, h)| serde_json::json!({"version": v, "content_hash": h}))})
                 );
             } else {
                 println!(
@@ -862,6 +865,20 @@ pub async fn policy(c: PolicyCmd, json: bool) -> Result<()> {
                     r.content_hash,
                     conn.node,
                     r.rules.join(", ")
+                );
+                if let Some((v, h)) = &replaced {
+                    println!("  replaces version {v} ({h})");
+                }
+            }
+            if let Some((v, h)) = &replaced
+                && *v >= r.version
+                && *h != r.content_hash
+            {
+                eprintln!(
+                    "warning: {}: version {} is not above the version it replaces ({v}); it is in \
+                     force, but raise `version` on every change so that versions read in order",
+                    file.display(),
+                    r.version
                 );
             }
         }

@@ -646,6 +646,63 @@ async fn a_bad_policy_file_is_named_with_its_line_and_applying_it_changes_nothin
         after.stdout.lines().next(),
         "the node keeps the policy version it had"
     );
+
+    // A changed policy under the same version: applied, with the one it replaces named and a
+    // warning to raise the version; on the ledger, the replaced policy too.
+    let text = std::fs::read_to_string(f.dir.join("dakar/policy.toml")).expect("policy");
+    let same_version = write(
+        tmp.path(),
+        "edited.toml",
+        &text.replace(
+            "[[rule]]\nid = \"local-officers\"",
+            "[[rule]]\nid = \"local-desk\"",
+        ),
+    );
+    let apply = tidewire(&f, &["policy", "apply", "--node", "dakar", &same_version]).await;
+    assert!(apply.ok, "{}", apply.stderr);
+    assert!(
+        apply.stdout.contains("local-desk") && apply.stdout.contains("replaces version 1 (sha256:"),
+        "{}",
+        apply.stdout
+    );
+    assert!(
+        apply
+            .stderr
+            .contains("edited.toml: version 1 is not above the version it replaces (1)"),
+        "{}",
+        apply.stderr
+    );
+    let raised = write(
+        tmp.path(),
+        "raised.toml",
+        &text.replacen("version = 1", "version = 2", 1),
+    );
+    let apply = tidewire(
+        &f,
+        &["--json", "policy", "apply", "--node", "dakar", &raised],
+    )
+    .await;
+    assert!(apply.ok && apply.stderr.is_empty(), "{}", apply.stderr);
+    let reply: serde_json::Value = serde_json::from_str(&apply.stdout).expect("json");
+    assert_eq!(reply["version"], 2);
+    assert_eq!(reply["replaces"]["version"], 1);
+    let ledger = tidewire(
+        &f,
+        &[
+            "--json",
+            "audit",
+            "query",
+            "--node",
+            "dakar",
+            "--event",
+            "policy_applied",
+        ],
+    )
+    .await;
+    let last: serde_json::Value =
+        serde_json::from_str(ledger.stdout.lines().last().expect("an entry")).expect("json");
+    assert_eq!(last["detail"]["version"], 2, "{last}");
+    assert_eq!(last["detail"]["replaces"]["version"], 1, "{last}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
