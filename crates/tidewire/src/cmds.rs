@@ -825,6 +825,20 @@ pub async fn policy(c: PolicyCmd, json: bool) -> Result<()> {
                 tidewire_core::envelope::inspect(&env).map_err(|e| anyhow::anyhow!("{e}"))?;
             let origin_node = roster.as_ref().and_then(|r| r.get(&origin_id));
             let dest = party_for(&to, roster.as_ref(), origin_node)?;
+            if let (Some(r), Some(id)) = (&roster, to.strip_prefix("node:"))
+                && r.get(id).is_none()
+            {
+                eprintln!(
+                    "warning: --to `{to}`: the roster has no node `{id}` (it has {}); explained as \
+                     a node in country {} of organisation `{}`",
+                    r.nodes()
+                        .map(|n| n.id.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    dest.country,
+                    dest.org
+                );
+            }
             let d = p.evaluate(&view.header, &origin_party, &view.fields, &dest);
             let ex = tidewire_policy::explain(&d, &view.header, &view.fields);
             if json {

@@ -614,6 +614,68 @@ fn the_demo_delivers_every_expected_notification_and_says_so() {
     );
 }
 
+/// `policy explain`, offline: the README's notification against maoc-n's starting policy.
+#[test]
+fn policy_explain_shows_each_field_decision_and_warns_about_a_node_not_in_the_roster() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fed = tmp.path().join("fed");
+    let init = tidewire_bare(&[
+        "pki",
+        "init",
+        "--nodes",
+        "maoc-n,dakar,accra",
+        "--links",
+        "maoc-n:dakar,dakar:accra",
+        "--out",
+        fed.to_str().expect("utf-8"),
+    ]);
+    assert!(init.ok, "{}", init.stderr);
+    let n = write(tmp.path(), "n.json", &readme_example().to_string());
+    let policy = fed.join("maoc-n/policy.toml").display().to_string();
+    let roster = fed.join("roster.toml").display().to_string();
+    let explain = |to: &str, json: bool| {
+        let mut args = vec![
+            "policy", "explain", "--policy", &policy, "--roster", &roster,
+        ];
+        args.extend(["--to", to, &n]);
+        if json {
+            args.insert(0, "--json");
+        }
+        tidewire_bare(&args)
+    };
+    let run = explain("node:accra", false);
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("ALLOW (rule federation-partners)"),
+        "{}",
+        run.stdout
+    );
+    let dob = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("persons[0].dob"))
+        .unwrap_or_else(|| panic!("a dob row: {}", run.stdout));
+    assert!(dob.contains("generalise:year"), "{dob}");
+    assert!(
+        run.stderr.is_empty(),
+        "no warning for a known node: {}",
+        run.stderr
+    );
+
+    let json = explain("node:accra", true);
+    assert!(json.ok, "{}", json.stderr);
+    serde_json::from_str::<serde_json::Value>(&json.stdout).expect("--json is one JSON value");
+
+    let unknown = explain("node:lagos", false);
+    assert!(unknown.ok, "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("the roster has no node `lagos`")
+            && unknown.stderr.contains("accra, dakar, maoc-n"),
+        "{}",
+        unknown.stderr
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_policy_file_is_named_with_its_line_and_applying_it_changes_nothing() {
     let (tmp, f) = line().await;
