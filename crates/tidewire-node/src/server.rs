@@ -95,6 +95,9 @@ impl Running {
     }
 }
 
+/// The HTTP/2 limit on streams open at once on one connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
 /// How long a graceful stop waits for links' sent transfers to be acknowledged.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(3);
 
@@ -237,6 +240,9 @@ async fn start_inner(
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(3)))
         .tcp_nodelay(true)
+        // Streams one client connection may hold open at once (subscriptions, publish streams):
+        // a client gets a stream refused beyond it instead of a task each without bound.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         // Large HTTP/2 windows: a link streams thousands of ~2 KiB frames, and the 64 KiB default
         // would make the sender wait for window updates every few dozen frames.
         .initial_stream_window_size(Some(4 * 1024 * 1024))
