@@ -95,3 +95,56 @@ async fn retries_while_the_first_is_in_flight_wait_for_it_instead_of_publishing_
     kit.stop().await;
     Ok(())
 }
+
+/// An idempotency key names one notification. A retry may write it differently (its keys in
+/// another order, pretty-printed) and still gets the first id; a different notification under
+/// a key already used is refused with ALREADY_EXISTS and publishes nothing, instead of being
+/// answered with the first one's id and silently dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reused_for_another_notification_is_refused_and_publishes_nothing()
+-> anyhow::Result<()> {
+    let kit = Kit::start(&["a", "b"], &["a:b"]).await?;
+    const KEY: &str = "maoc-n/REUSE-1";
+    let mut client = pb::publisher_client::PublisherClient::new(kit.channel("a").await?);
+    let first = client.publish(request("REUSE-1", KEY)).await?.into_inner();
+
+    // The same notification written another way: keys reversed, pretty-printed, 5.610.
+    let n = notification("REUSE-1", &["node:b"]);
+    let reversed: serde_json::Map<String, serde_json::Value> = n
+        .as_object()
+        .expect("an object")
+        .iter()
+        .rev()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let rewritten = serde_json::to_string_pretty(&reversed)?.replace("5.61", "5.610");
+    let again = client
+        .publish(pb::PublishRequest {
+            notification_json: rewritten,
+            idempotency_key: KEY.into(),
+        })
+        .await?
+        .into_inner();
+    ensure!(again.duplicate && again.id == first.id, "{again:?}");
+
+    let check_refused = async |client: &mut pb::publisher_client::PublisherClient<_>| {
+        let e = client
+            .publish(request("REUSE-2", KEY))
+            .await
+            .expect_err("another notification under a used key");
+        ensure!(e.code() == tonic::Code::AlreadyExists, "{e:?}");
+        ensure!(
+            e.message().contains(KEY) && e.message().contains(&first.id),
+            "names the key and the notification it was used for: {}",
+            e.message()
+        );
+        Ok(())
+    };
+    // The first publish is durable by now: this checks the key's stored record.
+    check_refused(&mut client).await?;
+
+    let audit = kit.audit("a", "published").await?;
+    ensure!(audit.len() == 1, "one publish on the ledger: {audit:?}");
+    kit.stop().await;
+    Ok(())
+}

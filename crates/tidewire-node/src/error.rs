@@ -39,6 +39,10 @@ pub enum NodeError {
     /// A concurrent request this one depended on failed; retry.
     #[error("{0}")]
     Aborted(String),
+    /// The request names something already used for something else (an idempotency key
+    /// reused for another notification).
+    #[error("{0}")]
+    Conflict(String),
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
@@ -61,6 +65,7 @@ impl From<NodeError> for tonic::Status {
             NodeError::Verify(VerifyError::TooLarge { .. }) => Code::ResourceExhausted,
             NodeError::Verify(_) => Code::InvalidArgument,
             NodeError::Aborted(_) => Code::Aborted,
+            NodeError::Conflict(_) => Code::AlreadyExists,
             NodeError::Store(StoreError::Closed) | NodeError::ShuttingDown => Code::Unavailable,
             NodeError::Store(_) | NodeError::Internal(_) => Code::Internal,
         };

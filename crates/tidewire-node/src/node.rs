@@ -432,8 +432,51 @@ struct Sealed {
     seq: u64,
     now: i64,
     idempotency_key: String,
+    /// [`content_digest`], when there is an idempotency key.
+    content: [u8; 32],
     by: String,
     key_guard: Option<KeyInFlight>,
+}
+
+/// What identifies a notification's content for its idempotency key: SHA-256 over its scalar
+/// values, each with its path, in path order. A retry that writes the same notification with
+/// its keys in another order, or its numbers in another form, has the same content.
+fn content_digest(n: &Notification) -> [u8; 32] {
+    fn leaves(v: &serde_json::Value, path: String, out: &mut Vec<(String, Vec<u8>)>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    leaves(x, format!("{path}.{k}"), out);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    leaves(x, format!("{path}[{i}]"), out);
+                }
+            }
+            scalar => out.push((path, serde_json::to_vec(scalar).unwrap_or_default())),
+        }
+    }
+    let mut all = Vec::new();
+    leaves(&n.to_json(), String::new(), &mut all);
+    all.sort();
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for (path, value) in &all {
+        h.update((path.len() as u32).to_be_bytes());
+        h.update(path.as_bytes());
+        h.update((value.len() as u32).to_be_bytes());
+        h.update(value);
+    }
+    h.finalize().into()
+}
+
+/// The refusal of an idempotency key already used for another notification.
+fn key_reused(key: &str, id: &NotificationId) -> NodeError {
+    NodeError::Conflict(format!(
+        "idempotency key `{key}` was already used for another notification ({id}); a retry must \
+         send the same notification, and a new notification needs a new key"
+    ))
 }
 
 enum Sealing {
@@ -445,9 +488,10 @@ enum Sealing {
     Sealed(Box<Sealed>),
 }
 
-/// Idempotency keys of publishes not yet durable: (id, origin seq, whether it became durable).
+/// Idempotency keys of publishes not yet durable: (id, origin seq, content digest, whether it
+/// became durable).
 type InFlightKeys =
-    Arc<Mutex<HashMap<String, (NotificationId, u64, watch::Receiver<Option<bool>>)>>>;
+    Arc<Mutex<HashMap<String, (NotificationId, u64, [u8; 32], watch::Receiver<Option<bool>>)>>>;
 
 /// An idempotency key in flight; dropping it takes the key out of the map and tells every
 /// retry that waited whether the publish became durable.
@@ -1754,11 +1798,16 @@ impl Node {
                 "idempotency key is longer than 256 bytes".into(),
             ));
         }
+        let n = Notification::from_json(json.as_bytes())?;
+        let content = (!idempotency_key.is_empty()).then(|| content_digest(&n));
         // Held while this publish is sealed: a retry that arrives meanwhile finds it in flight.
         let mut inflight = (!idempotency_key.is_empty())
             .then(|| self.idempotent.lock().unwrap_or_else(|p| p.into_inner()));
-        if let Some(map) = inflight.as_ref() {
-            if let Some((id, seq, done)) = map.get(idempotency_key) {
+        if let (Some(map), Some(content)) = (inflight.as_ref(), content) {
+            if let Some((id, seq, first, done)) = map.get(idempotency_key) {
+                if *first != content {
+                    return Err(key_reused(idempotency_key, id));
+                }
                 return Ok(Sealing::InFlight(*id, *seq, done.clone()));
             }
             if let Some(v) = self
@@ -1767,6 +1816,10 @@ impl Node {
             {
                 let id = NotificationId::from_slice(&v[..16])
                     .map_err(|e| NodeError::Internal(e.to_string()))?;
+                // Records from before content digests (24 bytes) are taken on trust.
+                if v.len() >= 56 && v[24..56] != content {
+                    return Err(key_reused(idempotency_key, &id));
+                }
                 return Ok(Sealing::Duplicate(id, be_u64(&v[16..24])));
             }
         }
@@ -1776,7 +1829,6 @@ impl Node {
                 self.cfg.limits.publish_rate_per_s
             )));
         }
-        let n = Notification::from_json(json.as_bytes())?;
         let id = NotificationId::random();
         let seq = self.origin_seq.fetch_add(1, Ordering::SeqCst) + 1;
         let now = timefmt::now_ms();
@@ -1784,7 +1836,8 @@ impl Node {
             .map_err(|e| NodeError::Internal(e.to_string()))?;
         let key_guard = inflight.as_mut().map(|map| {
             let (done, waiting) = watch::channel(None);
-            map.insert(idempotency_key.to_owned(), (id, seq, waiting));
+            let content = content.unwrap_or_default();
+            map.insert(idempotency_key.to_owned(), (id, seq, content, waiting));
             KeyInFlight {
                 map: self.idempotent.clone(),
                 key: idempotency_key.to_owned(),
@@ -1800,6 +1853,7 @@ impl Node {
             seq,
             now,
             idempotency_key: idempotency_key.to_owned(),
+            content: content.unwrap_or_default(),
             by: by.to_owned(),
             key_guard,
         })))
@@ -1816,6 +1870,7 @@ impl Node {
             seq,
             now,
             idempotency_key,
+            content,
             by,
             key_guard,
         } = *s;
@@ -1855,6 +1910,7 @@ impl Node {
         if !idempotency_key.is_empty() {
             let mut v = id.0.to_vec();
             v.extend_from_slice(&seq.to_be_bytes());
+            v.extend_from_slice(&content);
             ops.push(Op::put(
                 Space::Idempotency,
                 idempotency_key.as_bytes().to_vec(),
