@@ -438,35 +438,47 @@ struct Sealed {
     key_guard: Option<KeyInFlight>,
 }
 
-/// What identifies a notification's content for its idempotency key: SHA-256 over its scalar
-/// values, each with its path, in path order. A retry that writes the same notification with
-/// its keys in another order, or its numbers in another form, has the same content.
+/// What identifies a notification's content for its idempotency key: SHA-256 over its header
+/// values in a fixed order, then its field values with their paths, in path order. A retry
+/// that writes the same notification with its keys in another order, or its numbers in another
+/// form, has the same content.
 fn content_digest(n: &Notification) -> [u8; 32] {
-    fn leaves(v: &serde_json::Value, path: String, out: &mut Vec<(String, Vec<u8>)>) {
-        match v {
-            serde_json::Value::Object(m) => {
-                for (k, x) in m {
-                    leaves(x, format!("{path}.{k}"), out);
-                }
-            }
-            serde_json::Value::Array(a) => {
-                for (i, x) in a.iter().enumerate() {
-                    leaves(x, format!("{path}[{i}]"), out);
-                }
-            }
-            scalar => out.push((path, serde_json::to_vec(scalar).unwrap_or_default())),
-        }
-    }
-    let mut all = Vec::new();
-    leaves(&n.to_json(), String::new(), &mut all);
-    all.sort();
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
-    for (path, value) in &all {
-        h.update((path.len() as u32).to_be_bytes());
-        h.update(path.as_bytes());
-        h.update((value.len() as u32).to_be_bytes());
-        h.update(value);
+    let mut part = |bytes: &[u8]| {
+        h.update((bytes.len() as u32).to_be_bytes());
+        h.update(bytes);
+    };
+    part(n.kind.as_str().as_bytes());
+    part(n.case_ref.as_bytes());
+    for r in &n.routes {
+        part(r.as_str().as_bytes());
+    }
+    part(b"|");
+    part(n.handling.to_string().as_bytes());
+    part(n.grading.to_string().as_bytes());
+    for a in &n.audience {
+        part(a.to_string().as_bytes());
+    }
+    part(b"|");
+    part(&[u8::from(n.onward_transfer)]);
+    for p in &n.purposes {
+        part(p.as_bytes());
+    }
+    part(b"|");
+    for t in [n.expires_at_ms, n.response_deadline_ms] {
+        part(&t.map_or([0xff; 8], |t| t.to_be_bytes()));
+    }
+    part(&n.recalls.map_or([0; 16], |id| id.0));
+    let mut fields: Vec<(String, &[u8])> = n
+        .fields
+        .iter()
+        .map(|l| (l.path.to_string(), l.value.as_slice()))
+        .collect();
+    fields.sort_unstable();
+    for (path, value) in &fields {
+        part(path.as_bytes());
+        part(value);
     }
     h.finalize().into()
 }
