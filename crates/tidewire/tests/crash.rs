@@ -171,18 +171,41 @@ fn pki_init(tmp: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_stream_loses_no_acknowledged_publish() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let dir = pki_init(tmp.path())?;
-    let mut a = NodeProcess::start(&dir, "a", 1)?;
-    let _b = NodeProcess::start(&dir, "b", 1)?;
+/// The ids `node` has recorded as received, one per `received` ledger entry.
+async fn received_ids(dir: &Path, node: &str) -> Result<Vec<String>> {
+    let ch = conn(dir, node).connect().await?;
+    Ok(pb::admin_client::AdminClient::new(ch)
+        .audit_query(pb::AuditQueryRequest {
+            event: "received".into(),
+            limit: u32::MAX,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|e| e.notification)
+        .collect())
+}
+
+/// `a – b` from `pki init`, both running as real processes, their link up.
+async fn running_pair(tmp: &Path) -> Result<(PathBuf, NodeProcess, NodeProcess)> {
+    let dir = pki_init(tmp)?;
+    let a = NodeProcess::start(&dir, "a", 1)?;
+    let b = NodeProcess::start(&dir, "b", 1)?;
     eventually(
         Duration::from_secs(20),
         "the a–b link comes up",
         async || link_up(&dir, "a", "b").await,
     )
     .await;
+    Ok((dir, a, b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_loses_no_acknowledged_publish() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (dir, mut a, _b) = running_pair(tmp.path()).await?;
 
     // Stream publishes to a, recording every id a acknowledges (a reply without error).
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -223,17 +246,7 @@ async fn kill_9_mid_stream_loses_no_acknowledged_publish() -> Result<()> {
         Duration::from_secs(20),
         "b receives every acknowledged publish",
         async || {
-            let ch = conn(&dir, "b").connect().await?;
-            let entries = pb::admin_client::AdminClient::new(ch)
-                .audit_query(pb::AuditQueryRequest {
-                    event: "received".into(),
-                    limit: u32::MAX,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner()
-                .entries;
-            let ids: Vec<String> = entries.into_iter().map(|e| e.notification).collect();
+            let ids = received_ids(&dir, "b").await?;
             let missing = acked.iter().filter(|id| !ids.contains(id)).count();
             ensure!(
                 missing == 0,
@@ -273,15 +286,7 @@ async fn the_publish_command_killed_mid_file_says_what_was_acknowledged_and_wher
 
     const TOTAL: u64 = 20_000;
     let tmp = tempfile::tempdir()?;
-    let dir = pki_init(tmp.path())?;
-    let mut a = NodeProcess::start(&dir, "a", 1)?;
-    let _b = NodeProcess::start(&dir, "b", 1)?;
-    eventually(
-        Duration::from_secs(20),
-        "the a–b link comes up",
-        async || link_up(&dir, "a", "b").await,
-    )
-    .await;
+    let (dir, mut a, _b) = running_pair(tmp.path()).await?;
     let batch = tmp.path().join("batch.jsonl");
     let lines: Vec<String> = (0..TOTAL).map(notification).collect();
     std::fs::write(&batch, lines.join("\n") + "\n")?;
@@ -338,19 +343,10 @@ async fn the_publish_command_killed_mid_file_says_what_was_acknowledged_and_wher
         Duration::from_secs(30),
         "b receives every id the command printed",
         async || {
-            let ch = conn(&dir, "b").connect().await?;
-            let entries = pb::admin_client::AdminClient::new(ch)
-                .audit_query(pb::AuditQueryRequest {
-                    event: "received".into(),
-                    limit: u32::MAX,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner()
-                .entries;
+            let ids = received_ids(&dir, "b").await?;
             let got: std::collections::BTreeMap<&str, usize> =
-                entries.iter().fold(Default::default(), |mut m, e| {
-                    *m.entry(e.notification.as_str()).or_default() += 1;
+                ids.iter().fold(Default::default(), |mut m, id| {
+                    *m.entry(id.as_str()).or_default() += 1;
                     m
                 });
             let missing = printed
@@ -387,15 +383,7 @@ async fn the_subscribe_command_rides_out_its_node_being_killed_and_restarted() -
     use tokio::io::AsyncBufReadExt;
 
     let tmp = tempfile::tempdir()?;
-    let dir = pki_init(tmp.path())?;
-    let _a = NodeProcess::start(&dir, "a", 1)?;
-    let mut b = NodeProcess::start(&dir, "b", 1)?;
-    eventually(
-        Duration::from_secs(20),
-        "the a–b link comes up",
-        async || link_up(&dir, "a", "b").await,
-    )
-    .await;
+    let (dir, _a, mut b) = running_pair(tmp.path()).await?;
 
     // The officer follows b's feed from the start of retained data, six notifications in all.
     let officer_log = std::fs::File::create(tmp.path().join("subscribe.err"))?;
