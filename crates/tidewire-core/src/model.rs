@@ -500,6 +500,40 @@ impl RoutePattern {
         }
     }
 
+    /// Whether some route matches both this pattern and `other`.
+    pub fn overlaps(&self, other: &RoutePattern) -> bool {
+        self.intersection(other).is_some()
+    }
+
+    /// The pattern of exactly the routes that match both this pattern and `other`, if any do
+    /// (`atlantic.>` and `*.west-africa` give `atlantic.west-africa`): what a subscription to
+    /// one can receive when its user may follow the other.
+    pub fn intersection(&self, other: &RoutePattern) -> Option<RoutePattern> {
+        fn meet<'a>(a: &[&'a str], b: &[&'a str], out: &mut Vec<&'a str>) -> bool {
+            match (a.first(), b.first()) {
+                (None, None) => true,
+                // `>` takes one or more segments: whatever the other side still asks for.
+                (Some(&">"), Some(_)) => {
+                    out.extend_from_slice(b);
+                    true
+                }
+                (Some(_), Some(&">")) => {
+                    out.extend_from_slice(a);
+                    true
+                }
+                (Some(&x), Some(&y)) if x == "*" || y == "*" || x == y => {
+                    out.push(if x == "*" { y } else { x });
+                    meet(&a[1..], &b[1..], out)
+                }
+                _ => false,
+            }
+        }
+        let a: Vec<&str> = self.0.split('.').collect();
+        let b: Vec<&str> = other.0.split('.').collect();
+        let mut out = Vec::with_capacity(a.len().max(b.len()));
+        meet(&a, &b, &mut out).then(|| RoutePattern(out.join(".")))
+    }
+
     /// Whether every route this pattern matches is also matched by `other` (used to aggregate
     /// interest announcements).
     pub fn is_covered_by(&self, other: &RoutePattern) -> bool {
@@ -671,6 +705,24 @@ mod tests {
 
     #[test]
     fn pattern_coverage_is_conservative() {
+        assert!(p("atlantic.>").overlaps(&p(">")));
+        assert!(p("atlantic.>").overlaps(&p("*.west-africa")));
+        assert!(p("vessel.imo.*").overlaps(&p("vessel.>")));
+        assert!(!p("caribbean.>").overlaps(&p("atlantic.>")));
+        assert!(
+            !p("atlantic").overlaps(&p("atlantic.>")),
+            "`>` needs a segment"
+        );
+        assert!(!p("a.*").overlaps(&p("a.*.c")));
+        let meet = |a: &str, b: &str| p(a).intersection(&p(b)).map(|x| x.to_string());
+        assert_eq!(
+            meet("atlantic.>", "*.west-africa").as_deref(),
+            Some("atlantic.west-africa")
+        );
+        assert_eq!(meet(">", "atlantic.>").as_deref(), Some("atlantic.>"));
+        assert_eq!(meet("a.*.>", "*.b").as_deref(), None);
+        assert_eq!(meet("a.*", "*.b.>").as_deref(), None);
+        assert_eq!(meet("a.>", "*.*.c").as_deref(), Some("a.*.c"));
         assert!(p("atlantic.west-africa.>").is_covered_by(&p("atlantic.>")));
         assert!(p("atlantic.*").is_covered_by(&p("atlantic.>")));
         assert!(p("a.b").is_covered_by(&p("a.*")));

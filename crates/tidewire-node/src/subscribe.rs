@@ -534,12 +534,21 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
             (Ok(pb::subscribe_request::Start::Beginning), None) => 0,
             _ => node.feed_seq.load(std::sync::atomic::Ordering::SeqCst),
         };
-        // Interest routing: announce what this subscription follows (a durable one keeps its
-        // interest while disconnected, so notifications keep coming to this node for it).
+        // Interest routing: announce what this subscription can receive (a durable one keeps
+        // its interest while disconnected, so notifications keep coming to this node for it):
+        // the routes asked for, narrowed to those its user may follow. A pattern outside them
+        // draws nothing to this node, since nothing of it would be delivered.
         let patterns: Vec<String> = if routes.is_empty() {
             user.routes.iter().map(|p| p.to_string()).collect()
         } else {
-            routes.iter().map(|p| p.to_string()).collect()
+            let mut narrowed: Vec<String> = routes
+                .iter()
+                .flat_map(|asked| user.routes.iter().filter_map(|may| asked.intersection(may)))
+                .map(|p| p.to_string())
+                .collect();
+            narrowed.sort();
+            narrowed.dedup();
+            narrowed
         };
         if let Some(guard) = &durable_guard {
             let mut ops = vec![

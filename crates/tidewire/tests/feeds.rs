@@ -748,6 +748,38 @@ async fn a_new_durable_subscription_from_now_keeps_what_arrives_before_its_first
     f.stop().await;
 }
 
+/// Interest routing announces what a subscription can receive: the routes asked for, narrowed
+/// to those its officer may follow. Asking for more than that draws nothing extra to the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriptions_interest_is_narrowed_to_the_routes_its_officer_may_follow() {
+    let (_tmp, f) = line().await;
+    let id = issue(&f.dir, "accra", "atlantic-desk", "H3", &["atlantic.>"]);
+    let me = who(&f.dir, "accra", &id);
+    let now = pb::subscribe_request::Start::Now;
+    let announced = || f.nodes["accra"].node.interests();
+
+    // Outside what the officer may follow: accepted (it delivers nothing), announced nowhere.
+    let outside = Feed::open(me.clone(), &["caribbean.>"], &[], now, "").await;
+    assert!(announced().is_empty(), "{:?}", announced());
+    // Everything: narrowed to the officer's atlantic.>.
+    let everything = Feed::open(me.clone(), &[">"], &[], now, "").await;
+    assert_eq!(announced(), vec!["atlantic.>".to_owned()]);
+    drop(everything);
+    // Partly inside: the part inside.
+    let _part = Feed::open(me.clone(), &["*.west-africa"], &[], now, "").await;
+    wait_for(
+        Duration::from_secs(10),
+        "the `>` interest withdrawn",
+        || {
+            let now = announced();
+            async move { now == vec!["atlantic.west-africa".to_owned()] }
+        },
+    )
+    .await;
+    drop(outside);
+    f.stop().await;
+}
+
 /// Sets `name`'s clearance, or revokes it, in `node`'s user table, as `tidewire users` does.
 fn change_user(
     dir: &Path,
