@@ -1347,9 +1347,6 @@ pub async fn cases(c: CasesCmd, json: bool) -> Result<()> {
                 .map_err(status_error)?
                 .into_inner();
             let items: Vec<_> = r.items.iter().collect();
-            if items.is_empty() {
-                bail!("no notification `{id}` is held by {}", conn.node);
-            }
             let history = admin
                 .audit_query(pb::AuditQueryRequest {
                     notification: id.clone(),
@@ -1359,6 +1356,14 @@ pub async fn cases(c: CasesCmd, json: bool) -> Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            // Recalled, expired or past retention: no copy, but the ledger still says what
+            // happened to it.
+            if items.is_empty() && history.entries.is_empty() {
+                bail!(
+                    "no notification `{id}` is held by {}, and its ledger has no entry for it",
+                    conn.node
+                );
+            }
             if json {
                 println!(
                     "{}",
@@ -1368,6 +1373,13 @@ pub async fn cases(c: CasesCmd, json: bool) -> Result<()> {
                     })
                 );
             } else {
+                if items.is_empty() {
+                    println!(
+                        "no copy of `{id}` is held by {} now (recalled, expired or past \
+                         retention); its ledger entries:",
+                        conn.node
+                    );
+                }
                 for i in &items {
                     println!(
                         "{} {} from {} case {} routes {} ({})",
@@ -1387,7 +1399,11 @@ pub async fn cases(c: CasesCmd, json: bool) -> Result<()> {
                         e.event,
                         e.destination,
                         if e.rule.is_empty() { "-" } else { &e.rule },
-                        e.detail_json
+                        if e.detail_json == "null" {
+                            ""
+                        } else {
+                            &e.detail_json
+                        }
                     );
                 }
             }

@@ -815,6 +815,24 @@ async fn cases_lists_what_a_node_holds_and_shows_one_with_its_history() {
         "{}",
         none.stderr
     );
+
+    // Recalled: no copy any more, but the ledger still tells what happened to it.
+    let recall = serde_json::json!({
+        "kind": "recall", "case_ref": "MAOC-2026-0142", "routes": ["atlantic.south-america.west-africa"],
+        "handling": "H0", "audience": ["node:accra"], "recalls": id, "fields": {"narrative": "wrong vessel"}
+    });
+    publish(&f, "maoc-n", &recall).await;
+    wait_for(Duration::from_secs(20), "the recall at accra", async || {
+        common::has(&f, "accra", &id, "recalled").await
+    })
+    .await;
+    let gone = tidewire(&f, &["cases", "show", "--node", "accra", &id[..12]]).await;
+    assert!(gone.ok, "{}", gone.stderr);
+    assert!(
+        gone.stdout.contains("no copy of") && gone.stdout.contains(" recalled "),
+        "{}",
+        gone.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
