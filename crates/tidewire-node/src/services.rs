@@ -236,6 +236,7 @@ impl pb::admin_server::Admin for AdminService {
                 .policy()
                 .map(|(p, _)| p.content_hash().to_owned())
                 .unwrap_or_default(),
+            policy_number: n.policy().map_or(0, |(p, _)| p.version()),
             routes: table
                 .into_iter()
                 .map(|(d, (hop, dist))| pb::RouteEntry {

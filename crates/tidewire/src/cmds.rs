@@ -650,7 +650,7 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "node": s.node, "country": s.country, "org": s.org, "uptime_s": s.uptime_s, "policy_version": s.policy_version,
+                "node": s.node, "country": s.country, "org": s.org, "uptime_s": s.uptime_s, "policy_version": s.policy_version, "policy_number": s.policy_number,
                 "links": s.links.iter().map(|l| serde_json::json!({"peer": l.peer, "up": l.up, "backlog": l.backlog, "last_error": l.last_error, "url": l.address})).collect::<Vec<_>>(),
                 "counters": counters, "refused": refused,
                 "routes": s.routes.iter().map(|r| serde_json::json!({"node": r.node, "next_hop": r.next_hop, "distance": r.distance})).collect::<Vec<_>>(),
@@ -665,9 +665,9 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
         s.org,
         s.uptime_s,
         if s.policy_version.is_empty() {
-            "none (deny all)"
+            "none (deny all)".to_owned()
         } else {
-            &s.policy_version
+            format!("version {} ({})", s.policy_number, s.policy_version)
         }
     );
     println!("links");

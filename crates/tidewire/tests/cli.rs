@@ -286,6 +286,12 @@ async fn status_shows_links_routes_and_counters_as_a_table_and_as_json() {
     assert!(table.ok, "{}", table.stderr);
     let out = &table.stdout;
     assert!(out.starts_with("node dakar (SN, dakar)"), "{out}");
+    assert!(
+        out.lines()
+            .next()
+            .is_some_and(|l| l.contains("policy version 1 (sha256:")),
+        "the policy in force, by version and hash: {out}"
+    );
     for peer in ["accra", "maoc-n"] {
         assert!(
             out.lines()
@@ -310,6 +316,13 @@ async fn status_shows_links_routes_and_counters_as_a_table_and_as_json() {
     let s: serde_json::Value = serde_json::from_str(&json.stdout).expect("one JSON object");
     assert_eq!(s["node"], "dakar");
     assert_eq!(s["country"], "SN");
+    assert_eq!(s["policy_number"], 1, "{s}");
+    assert!(
+        s["policy_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("sha256:")),
+        "{s}"
+    );
     let links = s["links"].as_array().expect("links");
     assert_eq!(links.len(), 2, "{s}");
     assert!(
