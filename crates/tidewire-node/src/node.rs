@@ -906,6 +906,11 @@ pub struct Node {
     /// Durable subscriptions connected now (by cursor key), with how many streams each has:
     /// these are never ended for idleness.
     pub live_durables: Mutex<BTreeMap<Vec<u8>, usize>>,
+    /// The stream that currently reads each durable subscription: its serial number, and the
+    /// token that ends it when a newer stream takes the subscription over.
+    pub durable_readers: Mutex<HashMap<Vec<u8>, (u64, CancellationToken)>>,
+    /// Serial numbers of durable subscription streams.
+    pub durable_serial: AtomicU64,
     /// Held by a durable subscription while it connects (registers, reads its cursor, records
     /// its interest) and by the idle expiry while it decides and commits: a subscriber that
     /// connects as its subscription is being ended either keeps it or starts a new one, never
@@ -1268,6 +1273,8 @@ impl Node {
             consent_sent: Mutex::new(std::collections::HashMap::new()),
             live_interests: Mutex::new(BTreeMap::new()),
             live_durables: Mutex::new(BTreeMap::new()),
+            durable_readers: Mutex::new(HashMap::new()),
+            durable_serial: AtomicU64::new(0),
             durable_turn: tokio::sync::Mutex::new(()),
             claimed: Mutex::new(HashSet::new()),
             copies: CopyCache::default(),

@@ -15,6 +15,7 @@ use tidewire_proto::v1 as pb;
 use tidewire_store::{Op, Space};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -55,10 +56,13 @@ fn touch(cursor_key: &[u8]) -> Op {
 }
 
 /// Marks a durable subscription connected while a stream serves it; when the last stream
-/// ends, records the time (durably, without waiting) from which its idleness counts.
+/// ends, records the time (durably, without waiting) from which its idleness counts. A durable
+/// subscription has one reader: a new stream takes it over, and `taken` ends the older one.
 struct DurableGuard {
     node: Arc<Node>,
     key: Vec<u8>,
+    serial: u64,
+    taken: CancellationToken,
 }
 
 impl DurableGuard {
@@ -69,12 +73,40 @@ impl DurableGuard {
             .unwrap_or_else(|p| p.into_inner())
             .entry(key.clone())
             .or_insert(0) += 1;
-        DurableGuard { node, key }
+        let serial = node.durable_serial.fetch_add(1, Ordering::Relaxed);
+        let taken = CancellationToken::new();
+        if let Some((_, older)) = node
+            .durable_readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), (serial, taken.clone()))
+        {
+            older.cancel();
+        }
+        DurableGuard {
+            node,
+            key,
+            serial,
+            taken,
+        }
     }
 }
 
 impl Drop for DurableGuard {
     fn drop(&mut self) {
+        {
+            let mut readers = self
+                .node
+                .durable_readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if readers
+                .get(&self.key)
+                .is_some_and(|(s, _)| *s == self.serial)
+            {
+                readers.remove(&self.key);
+            }
+        }
         let mut live = self
             .node
             .live_durables
@@ -583,6 +615,20 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
         let durable = r.durable.clone();
         let span = tracing::info_span!("subscription", user = %user.name, durable = %durable);
         let stop = node.shutdown.child_token();
+        // Ended when a newer stream takes this durable subscription over (never, otherwise).
+        let taken = durable_guard
+            .as_ref()
+            .map(|g| g.taken.clone())
+            .unwrap_or_default();
+        let taken_message = format!(
+            "durable subscription `{}` of `{}` was taken over by a newer connection; one reader \
+             follows a durable subscription at a time",
+            r.durable, user.name
+        );
+        let taken_over = move || {
+            tracing::info!("durable subscription taken over by a newer stream");
+            Status::from(NodeError::Conflict(taken_message.clone()))
+        };
         node.tracker.clone().spawn(
             async move {
                 let _guard = guard;
@@ -603,6 +649,10 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
                 };
                 loop {
                     changed.borrow_and_update();
+                    if taken.is_cancelled() {
+                        let _ = tx.send(Err(taken_over())).await;
+                        return;
+                    }
                     if let Some(status) = still_allowed() {
                         let _ = tx.send(Err(status)).await;
                         return;
@@ -705,6 +755,8 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
                     for d in deliveries {
                         tokio::select! {
                             _ = stop.cancelled() => return,
+                            // The loop's next turn says so.
+                            _ = taken.cancelled() => break,
                             r = tx.send(Ok(d)) => if r.is_err() { return },
                         }
                     }
@@ -712,6 +764,7 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
                         tokio::select! {
                             _ = stop.cancelled() => return,
                             _ = tx.closed() => return,
+                            _ = taken.cancelled() => {}
                             _ = changed.changed() => {}
                             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         }

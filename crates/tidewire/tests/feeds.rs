@@ -780,6 +780,32 @@ async fn a_subscriptions_interest_is_narrowed_to_the_routes_its_officer_may_foll
     f.stop().await;
 }
 
+/// A durable subscription has one reader at a time: a second connection takes it over, the
+/// first stream ends saying so (ALREADY_EXISTS), and what follows goes to the new reader only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_reader_takes_a_durable_subscription_over() {
+    let (_tmp, f) = line().await;
+    let id = issue(&f.dir, "accra", "shift-officer", "H3", ALL);
+    let me = who(&f.dir, "accra", &id);
+    let now = pb::subscribe_request::Start::Now;
+    let mut first = Feed::open(me.clone(), &["atlantic.>"], &[], now, "desk").await;
+    publish(&f, "maoc-n", &desk_note("DAY-SHIFT")).await;
+    assert_eq!(next(&mut first).await.case_ref, "DAY-SHIFT");
+    ack(&me, first.last.expect("a cursor")).await;
+
+    let mut second = Feed::open(me.clone(), &["atlantic.>"], &[], now, "desk").await;
+    let ended = ended_with(&mut first).await;
+    assert_eq!(ended.code(), tonic::Code::AlreadyExists, "{ended:?}");
+    assert!(
+        ended.message().contains("taken over"),
+        "{}",
+        ended.message()
+    );
+    publish(&f, "maoc-n", &desk_note("NIGHT-SHIFT")).await;
+    assert_eq!(next(&mut second).await.case_ref, "NIGHT-SHIFT");
+    f.stop().await;
+}
+
 /// Sets `name`'s clearance, or revokes it, in `node`'s user table, as `tidewire users` does.
 fn change_user(
     dir: &Path,
