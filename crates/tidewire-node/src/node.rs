@@ -906,9 +906,9 @@ pub struct Node {
     /// Durable subscriptions connected now (by cursor key), with how many streams each has:
     /// these are never ended for idleness.
     pub live_durables: Mutex<BTreeMap<Vec<u8>, usize>>,
-    /// The stream that currently reads each durable subscription: its serial number, and the
-    /// token that ends it when a newer stream takes the subscription over.
-    pub durable_readers: Mutex<HashMap<Vec<u8>, (u64, CancellationToken)>>,
+    /// The stream that currently reads each durable subscription, to end it when a newer
+    /// stream takes the subscription over or the subscription is ended.
+    pub durable_readers: Mutex<HashMap<Vec<u8>, Arc<crate::subscribe::DurableReader>>>,
     /// Serial numbers of durable subscription streams.
     pub durable_serial: AtomicU64,
     /// Held by a durable subscription while it connects (registers, reads its cursor, records

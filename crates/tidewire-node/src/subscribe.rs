@@ -3,8 +3,8 @@
 //! allowed routes, and passed through the policy for the user's role before anything is sent.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
@@ -55,14 +55,51 @@ fn touch(cursor_key: &[u8]) -> Op {
     )
 }
 
+/// The stream reading a durable subscription, and how to end it with the reason.
+#[derive(Debug)]
+pub struct DurableReader {
+    serial: u64,
+    stop: CancellationToken,
+    why: Mutex<Option<ReaderEnd>>,
+}
+
+/// Why a durable subscription's stream was ended from outside it.
+#[derive(Debug, Clone, Copy)]
+enum ReaderEnd {
+    /// A newer stream reads the subscription now.
+    TakenOver,
+    /// The subscription was ended (`tidewire unsubscribe`).
+    Forgotten,
+}
+
+impl DurableReader {
+    fn end(&self, why: ReaderEnd) {
+        *self.why.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        self.stop.cancel();
+    }
+
+    /// What the stream ends with.
+    fn status(&self, user: &str, durable: &str) -> Status {
+        let why = *self.why.lock().unwrap_or_else(|p| p.into_inner());
+        Status::from(match why {
+            Some(ReaderEnd::Forgotten) => NodeError::NotFound(format!(
+                "durable subscription `{durable}` of `{user}` was ended (tidewire unsubscribe)"
+            )),
+            _ => NodeError::Conflict(format!(
+                "durable subscription `{durable}` of `{user}` was taken over by a newer \
+                 connection; one reader follows a durable subscription at a time"
+            )),
+        })
+    }
+}
+
 /// Marks a durable subscription connected while a stream serves it; when the last stream
 /// ends, records the time (durably, without waiting) from which its idleness counts. A durable
-/// subscription has one reader: a new stream takes it over, and `taken` ends the older one.
+/// subscription has one reader: a new stream takes it over, and `reader` ends the older one.
 struct DurableGuard {
     node: Arc<Node>,
     key: Vec<u8>,
-    serial: u64,
-    taken: CancellationToken,
+    reader: Arc<DurableReader>,
 }
 
 impl DurableGuard {
@@ -73,22 +110,20 @@ impl DurableGuard {
             .unwrap_or_else(|p| p.into_inner())
             .entry(key.clone())
             .or_insert(0) += 1;
-        let serial = node.durable_serial.fetch_add(1, Ordering::Relaxed);
-        let taken = CancellationToken::new();
-        if let Some((_, older)) = node
+        let reader = Arc::new(DurableReader {
+            serial: node.durable_serial.fetch_add(1, Ordering::Relaxed),
+            stop: CancellationToken::new(),
+            why: Mutex::new(None),
+        });
+        if let Some(older) = node
             .durable_readers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), (serial, taken.clone()))
+            .insert(key.clone(), reader.clone())
         {
-            older.cancel();
+            older.end(ReaderEnd::TakenOver);
         }
-        DurableGuard {
-            node,
-            key,
-            serial,
-            taken,
-        }
+        DurableGuard { node, key, reader }
     }
 }
 
@@ -102,7 +137,7 @@ impl Drop for DurableGuard {
                 .unwrap_or_else(|p| p.into_inner());
             if readers
                 .get(&self.key)
-                .is_some_and(|(s, _)| *s == self.serial)
+                .is_some_and(|r| r.serial == self.reader.serial)
             {
                 readers.remove(&self.key);
             }
@@ -615,19 +650,17 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
         let durable = r.durable.clone();
         let span = tracing::info_span!("subscription", user = %user.name, durable = %durable);
         let stop = node.shutdown.child_token();
-        // Ended when a newer stream takes this durable subscription over (never, otherwise).
-        let taken = durable_guard
-            .as_ref()
-            .map(|g| g.taken.clone())
-            .unwrap_or_default();
-        let taken_message = format!(
-            "durable subscription `{}` of `{}` was taken over by a newer connection; one reader \
-             follows a durable subscription at a time",
-            r.durable, user.name
-        );
+        // Ended when a newer stream takes this durable subscription over, or it is ended
+        // (never, for a subscription that is not durable).
+        let reader = durable_guard.as_ref().map(|g| g.reader.clone());
+        let taken = reader.as_ref().map(|r| r.stop.clone()).unwrap_or_default();
+        let (user_name, durable_name) = (user.name.clone(), r.durable.clone());
         let taken_over = move || {
-            tracing::info!("durable subscription taken over by a newer stream");
-            Status::from(NodeError::Conflict(taken_message.clone()))
+            tracing::info!("durable subscription stream ended from outside");
+            match &reader {
+                Some(r) => r.status(&user_name, &durable_name),
+                None => Status::cancelled("subscription ended"),
+            }
         };
         node.tracker.clone().spawn(
             async move {
@@ -840,12 +873,22 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
         node.commit(
             vec![
                 Op::delete(Space::Meta, activity_key(&key)),
-                Op::delete(Space::Cursors, key),
+                Op::delete(Space::Cursors, key.clone()),
                 Op::delete(Space::Meta, interest),
             ],
             Vec::new(),
         )
         .await?;
+        // A stream still reading it ends too, saying why (it would otherwise acknowledge into
+        // a cursor that no longer exists, and bring it back).
+        let reader = node
+            .durable_readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        if let Some(r) = reader {
+            r.end(ReaderEnd::Forgotten);
+        }
         // Withdraw the interest (live subscriptions keep theirs: they hold their own count).
         crate::link::announce_interests(node);
         tracing::info!(user = %user.name, durable = %r.durable, "durable subscription ended");

@@ -782,6 +782,7 @@ async fn a_subscriptions_interest_is_narrowed_to_the_routes_its_officer_may_foll
 
 /// A durable subscription has one reader at a time: a second connection takes it over, the
 /// first stream ends saying so (ALREADY_EXISTS), and what follows goes to the new reader only.
+/// Ending the subscription ends the stream reading it, too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_reader_takes_a_durable_subscription_over() {
     let (_tmp, f) = line().await;
@@ -803,6 +804,12 @@ async fn a_second_reader_takes_a_durable_subscription_over() {
     );
     publish(&f, "maoc-n", &desk_note("NIGHT-SHIFT")).await;
     assert_eq!(next(&mut second).await.case_ref, "NIGHT-SHIFT");
+
+    // Ended while read: the reader is told (NOT_FOUND), not left acknowledging into nothing.
+    forget(&me, "desk").await.expect("forget");
+    let ended = ended_with(&mut second).await;
+    assert_eq!(ended.code(), tonic::Code::NotFound, "{ended:?}");
+    assert!(ended.message().contains("was ended"), "{}", ended.message());
     f.stop().await;
 }
 
