@@ -821,13 +821,38 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
             .into());
         }
         let key = cursor_key(&user.name, &r.durable);
-        let current = self
+        let stored = self
             .0
             .store
             .get(Space::Cursors, &key)
             .map_err(NodeError::from)?
-            .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])))
-            .unwrap_or(0);
+            .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])));
+        // Only a subscription that exists, and only up to what the feed holds: an
+        // acknowledgement past its end would skip notifications not yet arrived.
+        if stored.is_none()
+            && !self
+                .0
+                .store
+                .contains(Space::Meta, &interest_key(&key))
+                .map_err(NodeError::from)?
+        {
+            return Err(NodeError::NotFound(format!(
+                "`{}` has no durable subscription named `{}` on this node; subscribe with \
+                 --durable {} first",
+                user.name, r.durable, r.durable
+            ))
+            .into());
+        }
+        let last = self.0.feed_seq.load(Ordering::SeqCst);
+        if r.cursor > last {
+            return Err(NodeError::Invalid(format!(
+                "cursor {} is past the end of this node's feed ({last}); acknowledge a cursor \
+                 you received",
+                r.cursor
+            ))
+            .into());
+        }
+        let current = stored.unwrap_or(0);
         let cursor = current.max(r.cursor);
         if cursor > current {
             self.0

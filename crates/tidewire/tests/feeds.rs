@@ -813,6 +813,57 @@ async fn a_second_reader_takes_a_durable_subscription_over() {
     f.stop().await;
 }
 
+/// An acknowledgement names a durable subscription that exists and a cursor the feed holds:
+/// a misspelt name or a cursor past the end (which would skip what has not arrived yet) is
+/// refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_of_unknown_subscriptions_or_future_cursors_are_refused() {
+    let (_tmp, f) = line().await;
+    let id = issue(&f.dir, "accra", "careful-officer", "H3", ALL);
+    let me = who(&f.dir, "accra", &id);
+    let ack_as = async |durable: &str, cursor: u64| {
+        pb::subscriber_client::SubscriberClient::new(me.connect().await.expect("connect"))
+            .ack(pb::AckRequest {
+                durable: durable.into(),
+                cursor,
+            })
+            .await
+    };
+    let unknown = ack_as("dsek", 1).await.expect_err("no such subscription");
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+    assert!(
+        unknown.message().contains("`dsek`"),
+        "{}",
+        unknown.message()
+    );
+
+    let feed = Feed::open(
+        me.clone(),
+        &["atlantic.>"],
+        &[],
+        pb::subscribe_request::Start::Now,
+        "desk",
+    )
+    .await;
+    drop(feed);
+    let future = ack_as("desk", u64::MAX)
+        .await
+        .expect_err("past the feed's end");
+    assert_eq!(future.code(), tonic::Code::InvalidArgument, "{future:?}");
+    // Nothing changed: what arrives next is still delivered to the subscription.
+    publish(&f, "maoc-n", &desk_note("STILL-DELIVERED")).await;
+    let mut feed = Feed::open(
+        me.clone(),
+        &["atlantic.>"],
+        &[],
+        pb::subscribe_request::Start::Now,
+        "desk",
+    )
+    .await;
+    assert_eq!(next(&mut feed).await.case_ref, "STILL-DELIVERED");
+    f.stop().await;
+}
+
 /// Sets `name`'s clearance, or revokes it, in `node`'s user table, as `tidewire users` does.
 fn change_user(
     dir: &Path,
