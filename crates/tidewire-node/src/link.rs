@@ -794,6 +794,13 @@ pub async fn purge_expired(node: &Arc<Node>) -> Result<u64, crate::error::NodeEr
                 break 'feed;
             }
             batch_ops.push(Op::delete(Space::Feed, k.clone()));
+            // The feed's numbering continues past what is trimmed, even if all of it is: a
+            // restart reads where it stood (`FEED_TRIMMED`), and cursors stay valid.
+            batch_ops.push(Op::put(
+                Space::Meta,
+                crate::node::FEED_TRIMMED.to_vec(),
+                k.clone(),
+            ));
             trimmed += 1;
         }
         node.commit(batch_ops, Vec::new()).await?;

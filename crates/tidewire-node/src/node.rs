@@ -438,6 +438,9 @@ struct Sealed {
     key_guard: Option<KeyInFlight>,
 }
 
+/// `Meta` key of the highest feed sequence number trimmed by retention.
+pub(crate) const FEED_TRIMMED: &[u8] = b"feed_trimmed";
+
 /// What identifies a notification's content for its idempotency key: SHA-256 over its header
 /// values in a fixed order, then its field values with their paths, in path order. A retry
 /// that writes the same notification with its keys in another order, or its numbers in another
@@ -1195,10 +1198,17 @@ impl Node {
                 .unwrap_or(0))
         };
         let origin_seq = meta_u64("origin_seq")?;
+        // After the last entry, or after the last one trimmed if retention took them all.
         let feed_seq = store
             .last(Space::Feed, b"")?
             .map(|(k, _)| be_u64(&k))
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(
+                store
+                    .get(Space::Meta, FEED_TRIMMED)?
+                    .map(|v| be_u64(&v))
+                    .unwrap_or(0),
+            );
         // Outbox queues are per destination (`dest ‖ 0 ‖ seq`). Their keys, read a page at a
         // time, give the outbox index, and its greatest number the one to continue from.
         let mut outbox_index: HashMap<NodeId, BTreeSet<u64>> = HashMap::new();

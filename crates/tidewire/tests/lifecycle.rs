@@ -233,6 +233,27 @@ async fn content_held_past_the_retention_is_purged_and_older_copies_are_not_kept
     assert_eq!(detail["held_for"], "dakar");
     // maoc-n keeps its own copy under its own (default) retention.
     assert!(held(&f, "maoc-n", &kept).await);
+
+    // The feed's numbering survives trimming: restarted with nothing left in its feed, dakar
+    // numbers the next entry after the trimmed ones, so that a durable cursor still means
+    // "after this". It restarted from 0, and a subscription acknowledged up to the trimmed
+    // entries skipped every new one.
+    let numbered = f.nodes["dakar"]
+        .node
+        .feed_seq
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(numbered >= 1, "dakar's feed had an entry");
+    f.stop_node("dakar").await.expect("stop dakar");
+    common::set_limit(&f, "dakar", "retention_hours", "720");
+    f.restart_node("dakar").await.expect("restart dakar");
+    assert_eq!(
+        f.nodes["dakar"]
+            .node
+            .feed_seq
+            .load(std::sync::atomic::Ordering::SeqCst),
+        numbered,
+        "the feed numbering after a restart with an empty feed"
+    );
     f.stop().await;
 }
 
