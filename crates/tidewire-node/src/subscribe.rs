@@ -595,11 +595,22 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
                 .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])));
             (Some(turn), Some(guard), stored)
         };
+        let last = node.feed_seq.load(std::sync::atomic::Ordering::SeqCst);
         let start = match (pb::subscribe_request::Start::try_from(r.start), stored) {
+            // Past the end, it would skip what has not arrived yet: most likely a cursor from
+            // another node's feed.
+            (Ok(pb::subscribe_request::Start::Cursor), _) if r.cursor > last => {
+                return Err(NodeError::Invalid(format!(
+                    "cursor {} is past the end of this node's feed ({last}); cursors belong to the \
+                     node that gave them",
+                    r.cursor
+                ))
+                .into());
+            }
             (Ok(pb::subscribe_request::Start::Cursor), _) => r.cursor,
             (_, Some(c)) => c,
             (Ok(pb::subscribe_request::Start::Beginning), None) => 0,
-            _ => node.feed_seq.load(std::sync::atomic::Ordering::SeqCst),
+            _ => last,
         };
         // Interest routing: announce what this subscription can receive (a durable one keeps
         // its interest while disconnected, so notifications keep coming to this node for it):

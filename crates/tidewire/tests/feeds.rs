@@ -813,9 +813,9 @@ async fn a_second_reader_takes_a_durable_subscription_over() {
     f.stop().await;
 }
 
-/// An acknowledgement names a durable subscription that exists and a cursor the feed holds:
-/// a misspelt name or a cursor past the end (which would skip what has not arrived yet) is
-/// refused and changes nothing.
+/// An acknowledgement names a durable subscription that exists and a cursor the feed holds,
+/// and a stream starts at such a cursor: a misspelt name or a cursor past the end (which would
+/// skip what has not arrived yet) is refused and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledgements_of_unknown_subscriptions_or_future_cursors_are_refused() {
     let (_tmp, f) = line().await;
@@ -850,6 +850,28 @@ async fn acknowledgements_of_unknown_subscriptions_or_future_cursors_are_refused
         .await
         .expect_err("past the feed's end");
     assert_eq!(future.code(), tonic::Code::InvalidArgument, "{future:?}");
+    // Nor may a stream start after a cursor the feed has not reached (another node's cursor).
+    let from_future =
+        pb::subscriber_client::SubscriberClient::new(me.connect().await.expect("connect"))
+            .subscribe(pb::SubscribeRequest {
+                start: pb::subscribe_request::Start::Cursor as i32,
+                cursor: 1_000_000,
+                ..Default::default()
+            })
+            .await
+            .expect_err("a cursor past the feed's end");
+    assert_eq!(
+        from_future.code(),
+        tonic::Code::InvalidArgument,
+        "{from_future:?}"
+    );
+    assert!(
+        from_future
+            .message()
+            .contains("cursors belong to the node that gave them"),
+        "{}",
+        from_future.message()
+    );
     // Nothing changed: what arrives next is still delivered to the subscription.
     publish(&f, "maoc-n", &desk_note("STILL-DELIVERED")).await;
     let mut feed = Feed::open(
