@@ -181,3 +181,41 @@ async fn a_node_refused_for_a_bad_file_leaves_its_data_directory_untouched() -> 
     }
     Ok(())
 }
+
+/// A `[[link]]` to a node the roster does not have could never come up: the node refuses to
+/// start, naming the peer, the roster and the nodes it does have.
+#[tokio::test]
+async fn a_link_to_a_node_not_in_the_roster_is_refused_at_start() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (path, text) = real_config(tmp.path())?;
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("listen =") {
+                "listen = \"127.0.0.1:0\""
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n\n[[link]]\npeer = \"lagos\"\nurl = \"https://127.0.0.1:1\"\n";
+    let cfg = NodeConfig::parse(&text, &path, &HashMap::new())?;
+    let data = cfg.data_dir.clone();
+    let e = match tidewire_node::start(cfg, tokio_util::sync::CancellationToken::new()).await {
+        Ok(r) => {
+            r.stop().await;
+            panic!("a node started with a link to a node outside its roster");
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("`lagos`") && e.contains("roster.toml") && e.contains("(it has b)"),
+        "{e}"
+    );
+    assert!(
+        !data.join("store").exists(),
+        "nothing written for a refused node"
+    );
+    Ok(())
+}

@@ -1177,6 +1177,25 @@ impl Node {
                 cfg.roster.display()
             )));
         }
+        // A link to a node the roster does not have could never come up: its certificate and
+        // announcements would be refused.
+        if let Some((peer, _)) = cfg
+            .links
+            .iter()
+            .find(|(p, _)| roster.get(p.as_str()).is_none())
+        {
+            let known: Vec<&str> = roster
+                .nodes()
+                .map(|n| n.id.as_str())
+                .filter(|n| *n != cfg.id.as_str())
+                .collect();
+            return Err(NodeError::Config(format!(
+                "a [[link]] names `{peer}`, which is not in the roster {} (it has {}); add the \
+                 node to the roster or remove the link",
+                cfg.roster.display(),
+                known.join(", ")
+            )));
+        }
         let tls = TlsMaterial::load(&cfg.tls_ca, &cfg.tls_cert, &cfg.tls_key)?;
         let policy = match &cfg.policy {
             Some(p) => {
