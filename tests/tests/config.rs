@@ -219,3 +219,40 @@ async fn a_link_to_a_node_not_in_the_roster_is_refused_at_start() -> anyhow::Res
     );
     Ok(())
 }
+
+/// A node configured with another node's TLS certificate (a copy-paste slip) would have every
+/// link refused by its peers: it refuses to start, naming the file and the roster's pin.
+#[tokio::test]
+async fn a_node_given_another_nodes_certificate_is_refused_at_start() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (path, text) = real_config(tmp.path())?;
+    let text = text
+        .lines()
+        .map(|l| match l {
+            l if l.starts_with("listen =") => "listen = \"127.0.0.1:0\"",
+            "cert = \"tls.pem\"" => "cert = \"../b/tls.pem\"",
+            "key = \"tls.key\"" => "key = \"../b/tls.key\"",
+            l => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        text.contains("../b/tls.pem"),
+        "the generated config names tls.pem"
+    );
+    let cfg = NodeConfig::parse(&text, &path, &HashMap::new())?;
+    let e = match tidewire_node::start(cfg, tokio_util::sync::CancellationToken::new()).await {
+        Ok(r) => {
+            r.stop().await;
+            panic!("a node started with b's certificate");
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("b/tls.pem")
+            && e.contains("not the certificate the roster")
+            && e.contains("pins for `a`"),
+        "{e}"
+    );
+    Ok(())
+}

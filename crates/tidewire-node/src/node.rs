@@ -1197,6 +1197,36 @@ impl Node {
             )));
         }
         let tls = TlsMaterial::load(&cfg.tls_ca, &cfg.tls_cert, &cfg.tls_key)?;
+        // This node's own certificate: one naming another node, or other than the one the
+        // roster pins, would have every link refused by its peers.
+        // Peers know it by the roster's pin if there is one, else by the name it carries.
+        if let Some(der) = crate::tls::pem_cert_der(&tls.cert_pem) {
+            match entry.tls_cert_sha256 {
+                Some(pin) if pin != crate::tls::cert_sha256(&der) => {
+                    return Err(NodeError::Config(format!(
+                        "{}: not the certificate the roster {} pins for `{}`; use the one issued \
+                         for this node, or update the roster's tls_cert_sha256 on every node",
+                        cfg.tls_cert.display(),
+                        cfg.roster.display(),
+                        cfg.id
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    let own = crate::tls::node_dns_name(cfg.id.as_str());
+                    let named = crate::tls::cert_dns_name(&der);
+                    if named.as_deref() != Some(own.as_str()) {
+                        return Err(NodeError::Config(format!(
+                            "{}: this certificate names {}, not `{own}`; use the certificate \
+                             issued for node `{}`",
+                            cfg.tls_cert.display(),
+                            named.map_or("no node".to_owned(), |n| format!("`{n}`")),
+                            cfg.id
+                        )));
+                    }
+                }
+            }
+        }
         let policy = match &cfg.policy {
             Some(p) => {
                 let pol = Policy::load(p).map_err(|e| NodeError::Config(e.to_string()))?;

@@ -113,6 +113,11 @@ pub fn cert_sha256(der: &[u8]) -> [u8; 32] {
 
 /// The SHA-256 of the first certificate in a PEM file's text.
 pub fn pem_cert_sha256(pem: &[u8]) -> Option<[u8; 32]> {
+    pem_cert_der(pem).map(|der| cert_sha256(&der))
+}
+
+/// The DER of the first certificate in a PEM file's text.
+pub fn pem_cert_der(pem: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(pem).ok()?;
     let start = text.find("-----BEGIN CERTIFICATE-----")? + "-----BEGIN CERTIFICATE-----".len();
     let end = text[start..].find("-----END CERTIFICATE-----")? + start;
@@ -120,8 +125,7 @@ pub fn pem_cert_sha256(pem: &[u8]) -> Option<[u8; 32]> {
         .chars()
         .filter(|c| !c.is_whitespace())
         .collect();
-    let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).ok()?;
-    Some(cert_sha256(&der))
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).ok()
 }
 
 /// The first DNS name of a DER certificate's subject alternative names.
