@@ -256,3 +256,37 @@ async fn a_node_given_another_nodes_certificate_is_refused_at_start() -> anyhow:
     );
     Ok(())
 }
+
+/// A listen address already taken (the node started twice, most often) says so and what to do.
+#[tokio::test]
+async fn a_listen_address_in_use_says_what_to_check() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (path, text) = real_config(tmp.path())?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?;
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("listen =") {
+                format!("listen = \"{addr}\"")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let cfg = NodeConfig::parse(&text, &path, &HashMap::new())?;
+    let e = match tidewire_node::start(cfg, tokio_util::sync::CancellationToken::new()).await {
+        Ok(r) => {
+            r.stop().await;
+            panic!("a node bound a taken address");
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains(&format!("key `listen`: cannot bind {addr}")) && e.contains("already running"),
+        "{e}"
+    );
+    drop(taken);
+    Ok(())
+}

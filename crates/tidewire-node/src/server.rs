@@ -95,6 +95,16 @@ impl Running {
     }
 }
 
+/// What to check when an address is taken.
+fn in_use_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        " (is this node already running, or another program on that port? stop it, or choose \
+         another port)"
+    } else {
+        ""
+    }
+}
+
 /// The HTTP/2 limit on streams open at once on one connection.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
@@ -193,7 +203,11 @@ async fn start_inner(
 ) -> Result<Running, NodeError> {
     let listener = match listener {
         None => TcpListener::bind(cfg.listen).await.map_err(|e| {
-            NodeError::Config(format!("key `listen`: cannot bind {}: {e}", cfg.listen))
+            NodeError::Config(format!(
+                "key `listen`: cannot bind {}: {e}{}",
+                cfg.listen,
+                in_use_hint(&e)
+            ))
         })?,
         Some(l) => l
             .set_nonblocking(true)
@@ -206,7 +220,10 @@ async fn start_inner(
     cfg.listen = addr;
     let metrics_listener = match cfg.metrics_listen {
         Some(a) => Some(TcpListener::bind(a).await.map_err(|e| {
-            NodeError::Config(format!("key `metrics_listen`: cannot bind {a}: {e}"))
+            NodeError::Config(format!(
+                "key `metrics_listen`: cannot bind {a}: {e}{}",
+                in_use_hint(&e)
+            ))
         })?),
         None => None,
     };
