@@ -49,6 +49,7 @@ pub async fn node_run(config: &Path, env: &HashMap<String, String>) -> Result<()
 pub fn keys_generate(
     node: &str,
     out: &Path,
+    roster: Option<&Path>,
     country: Option<String>,
     org: Option<String>,
     json: bool,
@@ -62,21 +63,30 @@ pub fn keys_generate(
             kp.display()
         );
     }
-    let key = SigningKey::generate();
-    key.save(&kp, &pp)?;
-    let roster_path = out.join("roster.toml");
+    let roster_path = roster.map_or_else(|| out.join("roster.toml"), Path::to_owned);
     let mut roster = if roster_path.exists() {
         Roster::load(&roster_path)?
     } else {
         Roster::default()
     };
-    let (known_cc, known_org) = crate::pki::known_centre(id.as_str());
+    // A node already in the roster keeps its country and organisation unless told otherwise
+    // (a key rotation), a new one gets its centre's or the ones given.
+    let existing = roster.get(id.as_str());
+    let (known_cc, known_org) = match existing {
+        Some(n) => (n.country.to_string(), n.org.clone()),
+        None => {
+            let (cc, org) = crate::pki::known_centre(id.as_str());
+            (cc.to_owned(), org)
+        }
+    };
     let cc = country
-        .unwrap_or_else(|| known_cc.to_owned())
+        .unwrap_or(known_cc)
         .parse()
         .map_err(|e| anyhow::anyhow!("--country: {e}"))?;
     let org = org.unwrap_or(known_org);
     tidewire_core::model::check_org(&org).map_err(|e| anyhow::anyhow!("--org: {e}"))?;
+    let key = SigningKey::generate();
+    key.save(&kp, &pp)?;
     let mut entry = RosterNode::new(id.clone(), cc, org, key.public());
     if let Some(old) = roster.get(id.as_str()) {
         entry.tls_cert_sha256 = old.tls_cert_sha256;

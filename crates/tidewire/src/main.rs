@@ -110,14 +110,18 @@ enum PkiCmd {
 
 #[derive(Debug, Subcommand)]
 enum KeysCmd {
-    /// Generate a node signing key and add it to DIR/roster.toml.
+    /// Generate a node signing key and add it to DIR/roster.toml (or --roster): a new node,
+    /// or another key for one already there (a rotation; its earlier keys stay).
     Generate {
         /// Node id.
         #[arg(long)]
         node: String,
-        /// Output directory.
+        /// Output directory (NODE.key, NODE.pub).
         #[arg(long)]
         out: PathBuf,
+        /// The roster to add the key to (default: OUT/roster.toml), e.g. a federation's.
+        #[arg(long)]
+        roster: Option<PathBuf>,
         /// The node's country (ISO 3166 alpha-2).
         #[arg(long)]
         country: Option<String>,
@@ -223,9 +227,10 @@ async fn run(cli: Cli, env: std::collections::HashMap<String, String>) -> anyhow
         Command::Keys(KeysCmd::Generate {
             node,
             out,
+            roster,
             country,
             org,
-        }) => cmds::keys_generate(&node, &out, country, org, json),
+        }) => cmds::keys_generate(&node, &out, roster.as_deref(), country, org, json),
         Command::Envelope(c) => envelope_cmd::run(c, json),
         Command::Publish(a) => cmds::publish(a, json).await,
         Command::Subscribe(a) => cmds::subscribe(a, json).await,

@@ -627,6 +627,65 @@ fn the_demo_delivers_every_expected_notification_and_says_so() {
     );
 }
 
+/// Rotating a node's signing key: `keys generate --roster` adds the new key to the federation's
+/// roster beside the old one (signatures made with either verify), keeping the node's country,
+/// organisation and certificate pin.
+#[test]
+fn keys_generate_adds_a_rotated_key_to_the_federation_roster_beside_the_old_one() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fed = tmp.path().join("fed");
+    let fed_s = fed.to_str().expect("utf-8");
+    let init = tidewire_bare(&[
+        "pki",
+        "init",
+        "--nodes",
+        "maoc-n,dakar",
+        "--links",
+        "maoc-n:dakar",
+        "--out",
+        fed_s,
+    ]);
+    assert!(init.ok, "{}", init.stderr);
+    let roster = fed.join("roster.toml");
+    let before = tidewire_core::keys::Roster::load(&roster).expect("roster");
+    let old = before.get("maoc-n").expect("maoc-n").clone();
+
+    let next = fed.join("maoc-n/next");
+    let run = tidewire_bare(&[
+        "--json",
+        "keys",
+        "generate",
+        "--node",
+        "maoc-n",
+        "--out",
+        next.to_str().expect("utf-8"),
+        "--roster",
+        roster.to_str().expect("utf-8"),
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    let after = tidewire_core::keys::Roster::load(&roster).expect("roster");
+    let rotated = after.get("maoc-n").expect("maoc-n");
+    assert_eq!(rotated.keys.len(), 2, "old and new key");
+    assert_eq!(
+        rotated.keys[0].key_id, old.keys[0].key_id,
+        "the old key stays"
+    );
+    assert_eq!(rotated.country, old.country);
+    assert_eq!(rotated.org, old.org);
+    assert_eq!(
+        rotated.tls_cert_sha256, old.tls_cert_sha256,
+        "the certificate pin stays"
+    );
+    assert!(after.get("dakar").is_some(), "the other nodes stay");
+    let mode = std::fs::metadata(next.join("maoc-n.key"))
+        .expect("the new key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the new key is private: {mode:o}");
+}
+
 /// `policy explain`, offline: the README's notification against maoc-n's starting policy.
 #[test]
 fn policy_explain_shows_each_field_decision_and_warns_about_a_node_not_in_the_roster() {
