@@ -129,24 +129,42 @@ fn bad_config_files_give_clear_errors() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `text` with its `listen` line set to `addr`.
+fn listening_on(text: &str, addr: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.starts_with("listen =") {
+                format!("listen = \"{addr}\"")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Starts a node from config `text` (as if read from `path`), which must be refused: the error,
+/// and whether the node's store exists afterwards.
+async fn refused_at_start(text: &str, path: &Path) -> (String, bool) {
+    let cfg = NodeConfig::parse(text, path, &HashMap::new()).expect("the config parses");
+    let store = cfg.data_dir.join("store");
+    match tidewire_node::start(cfg, tokio_util::sync::CancellationToken::new()).await {
+        Ok(r) => {
+            r.stop().await;
+            panic!("the node started");
+        }
+        Err(e) => (e.to_string(), store.exists()),
+    }
+}
+
 /// Files the config points to are read before the store is opened: a node refused for a bad
-/// users, policy or roster file has written nothing to its data directory, and says which file
-/// and line to fix.
+/// users or policy file has written nothing to its data directory, and says which file and
+/// line to fix.
 #[tokio::test]
 async fn a_node_refused_for_a_bad_file_leaves_its_data_directory_untouched() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let (path, text) = real_config(tmp.path())?;
-    let text = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("listen =") {
-                "listen = \"127.0.0.1:0\""
-            } else {
-                l
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let text = listening_on(&text, "127.0.0.1:0");
     let dir = path.parent().expect("dir").to_owned();
     for (file, bad, says) in [
         (
@@ -162,19 +180,11 @@ async fn a_node_refused_for_a_bad_file_leaves_its_data_directory_untouched() -> 
     ] {
         let original = std::fs::read_to_string(dir.join(file))?;
         std::fs::write(dir.join(file), bad)?;
-        let cfg = NodeConfig::parse(&text, &path, &HashMap::new())?;
-        let data = cfg.data_dir.clone();
-        let e = match tidewire_node::start(cfg, tokio_util::sync::CancellationToken::new()).await {
-            Ok(r) => {
-                r.stop().await;
-                panic!("a node started with a bad {file}");
-            }
-            Err(e) => e.to_string(),
-        };
+        let (e, store) = refused_at_start(&text, &path).await;
         assert!(e.contains(file) && e.contains(says), "{file}: {e}");
         assert!(e.contains("line "), "{file}: names the line: {e}");
         assert!(
-            !data.join("store").exists(),
+            !store,
             "{file}: the store was created for a node that did not start"
         );
         std::fs::write(dir.join(file), original)?;
@@ -188,35 +198,14 @@ async fn a_node_refused_for_a_bad_file_leaves_its_data_directory_untouched() -> 
 async fn a_link_to_a_node_not_in_the_roster_is_refused_at_start() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let (path, text) = real_config(tmp.path())?;
-    let text = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("listen =") {
-                "listen = \"127.0.0.1:0\""
-            } else {
-                l
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    let text = listening_on(&text, "127.0.0.1:0")
         + "\n\n[[link]]\npeer = \"lagos\"\nurl = \"https://127.0.0.1:1\"\n";
-    let cfg = NodeConfig::parse(&text, &path, &HashMap::new())?;
-    let data = cfg.data_dir.clone();
-    let e = match tidewire_node::start(cfg, tokio_util::sync::CancellationToken::new()).await {
-        Ok(r) => {
-            r.stop().await;
-            panic!("a node started with a link to a node outside its roster");
-        }
-        Err(e) => e.to_string(),
-    };
+    let (e, store) = refused_at_start(&text, &path).await;
     assert!(
         e.contains("`lagos`") && e.contains("roster.toml") && e.contains("(it has b)"),
         "{e}"
     );
-    assert!(
-        !data.join("store").exists(),
-        "nothing written for a refused node"
-    );
+    assert!(!store, "nothing written for a refused node");
     Ok(())
 }
 
@@ -226,28 +215,14 @@ async fn a_link_to_a_node_not_in_the_roster_is_refused_at_start() -> anyhow::Res
 async fn a_node_given_another_nodes_certificate_is_refused_at_start() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let (path, text) = real_config(tmp.path())?;
-    let text = text
-        .lines()
-        .map(|l| match l {
-            l if l.starts_with("listen =") => "listen = \"127.0.0.1:0\"",
-            "cert = \"tls.pem\"" => "cert = \"../b/tls.pem\"",
-            "key = \"tls.key\"" => "key = \"../b/tls.key\"",
-            l => l,
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let text = listening_on(&text, "127.0.0.1:0")
+        .replace("cert = \"tls.pem\"", "cert = \"../b/tls.pem\"")
+        .replace("key = \"tls.key\"", "key = \"../b/tls.key\"");
     assert!(
         text.contains("../b/tls.pem"),
         "the generated config names tls.pem"
     );
-    let cfg = NodeConfig::parse(&text, &path, &HashMap::new())?;
-    let e = match tidewire_node::start(cfg, tokio_util::sync::CancellationToken::new()).await {
-        Ok(r) => {
-            r.stop().await;
-            panic!("a node started with b's certificate");
-        }
-        Err(e) => e.to_string(),
-    };
+    let (e, _) = refused_at_start(&text, &path).await;
     assert!(
         e.contains("b/tls.pem")
             && e.contains("not the certificate the roster")
@@ -264,25 +239,7 @@ async fn a_listen_address_in_use_says_what_to_check() -> anyhow::Result<()> {
     let (path, text) = real_config(tmp.path())?;
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = taken.local_addr()?;
-    let text = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("listen =") {
-                format!("listen = \"{addr}\"")
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let cfg = NodeConfig::parse(&text, &path, &HashMap::new())?;
-    let e = match tidewire_node::start(cfg, tokio_util::sync::CancellationToken::new()).await {
-        Ok(r) => {
-            r.stop().await;
-            panic!("a node bound a taken address");
-        }
-        Err(e) => e.to_string(),
-    };
+    let (e, _) = refused_at_start(&listening_on(&text, &addr.to_string()), &path).await;
     assert!(
         e.contains(&format!("key `listen`: cannot bind {addr}")) && e.contains("already running"),
         "{e}"

@@ -583,6 +583,19 @@ fn desk_note(case_ref: &str) -> serde_json::Value {
     })
 }
 
+/// The README's line with one officer issued at accra: the federation and the officer's
+/// connection.
+async fn officer_at_accra(
+    name: &str,
+    clearance: &str,
+    routes: &[&str],
+) -> (tempfile::TempDir, LocalFederation, Conn) {
+    let (tmp, f) = line().await;
+    let id = issue(&f.dir, "accra", name, clearance, routes);
+    let me = who(&f.dir, "accra", &id);
+    (tmp, f, me)
+}
+
 /// Reads exactly `n` deliveries.
 async fn take(stream: &mut Feed, n: usize) -> Vec<pb::Delivery> {
     let mut out = Vec::with_capacity(n);
@@ -713,9 +726,7 @@ async fn a_durable_subscription_resumes_without_gap_or_duplicate_after_disconnec
 /// before anything arrives, so it never acknowledges; what arrives meanwhile is still kept for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_durable_subscription_from_now_keeps_what_arrives_before_its_first_ack() {
-    let (_tmp, f) = line().await;
-    let id = issue(&f.dir, "accra", "night-officer", "H3", ALL);
-    let me = who(&f.dir, "accra", &id);
+    let (_tmp, f, me) = officer_at_accra("night-officer", "H3", ALL).await;
     let now = pb::subscribe_request::Start::Now;
     let follows = ["atlantic.>"];
 
@@ -752,9 +763,7 @@ async fn a_new_durable_subscription_from_now_keeps_what_arrives_before_its_first
 /// to those its officer may follow. Asking for more than that draws nothing extra to the node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriptions_interest_is_narrowed_to_the_routes_its_officer_may_follow() {
-    let (_tmp, f) = line().await;
-    let id = issue(&f.dir, "accra", "atlantic-desk", "H3", &["atlantic.>"]);
-    let me = who(&f.dir, "accra", &id);
+    let (_tmp, f, me) = officer_at_accra("atlantic-desk", "H3", &["atlantic.>"]).await;
     let now = pb::subscribe_request::Start::Now;
     let announced = || f.nodes["accra"].node.interests();
 
@@ -785,9 +794,7 @@ async fn a_subscriptions_interest_is_narrowed_to_the_routes_its_officer_may_foll
 /// Ending the subscription ends the stream reading it, too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_reader_takes_a_durable_subscription_over() {
-    let (_tmp, f) = line().await;
-    let id = issue(&f.dir, "accra", "shift-officer", "H3", ALL);
-    let me = who(&f.dir, "accra", &id);
+    let (_tmp, f, me) = officer_at_accra("shift-officer", "H3", ALL).await;
     let now = pb::subscribe_request::Start::Now;
     let mut first = Feed::open(me.clone(), &["atlantic.>"], &[], now, "desk").await;
     publish(&f, "maoc-n", &desk_note("DAY-SHIFT")).await;
@@ -818,9 +825,7 @@ async fn a_second_reader_takes_a_durable_subscription_over() {
 /// skip what has not arrived yet) is refused and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledgements_of_unknown_subscriptions_or_future_cursors_are_refused() {
-    let (_tmp, f) = line().await;
-    let id = issue(&f.dir, "accra", "careful-officer", "H3", ALL);
-    let me = who(&f.dir, "accra", &id);
+    let (_tmp, f, me) = officer_at_accra("careful-officer", "H3", ALL).await;
     let ack_as = async |durable: &str, cursor: u64| {
         pb::subscriber_client::SubscriberClient::new(me.connect().await.expect("connect"))
             .ack(pb::AckRequest {
@@ -920,9 +925,7 @@ async fn ended_with(feed: &mut Feed) -> tonic::Status {
 /// published afterwards reaches it under the old access.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_of_access_ends_the_open_subscription_with_the_reason() {
-    let (_tmp, f) = line().await;
-    let id = issue(&f.dir, "accra", "rotating-officer", "H3", ALL);
-    let me = who(&f.dir, "accra", &id);
+    let (_tmp, f, me) = officer_at_accra("rotating-officer", "H3", ALL).await;
     let now = pb::subscribe_request::Start::Now;
     let mut feed = Feed::open(me.clone(), &["atlantic.>"], &[], now, "").await;
     publish(&f, "maoc-n", &desk_note("BEFORE")).await;
@@ -1217,9 +1220,7 @@ async fn forget(conn: &Conn, durable: &str) -> Result<pb::ForgetReply, tonic::St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ending_a_durable_subscription_withdraws_its_interest_and_its_cursor() {
-    let (_tmp, f) = line().await;
-    let id = issue(&f.dir, "accra", "rotating-officer", "H3", ALL);
-    let me = who(&f.dir, "accra", &id);
+    let (_tmp, f, me) = officer_at_accra("rotating-officer", "H3", ALL).await;
     let maoc_n_sees_interest = || maoc_n_draws_to_accra(&f, "caribbean.lesser-antilles");
 
     // A durable subscription keeps drawing its routes to Accra while its officer is away.
