@@ -766,6 +766,22 @@ async fn connect(
     }
 }
 
+/// Commits feed entries trimmed by retention (`Op::delete`s in feed order), with the last of
+/// them as `FEED_TRIMMED`: the feed's numbering continues past what is trimmed, even all of it,
+/// so that after a restart cursors keep their meaning.
+async fn commit_trim(node: &Node, mut ops: Vec<Op>) -> Result<(), crate::error::NodeError> {
+    let Some(Op::Delete { key: last, .. }) = ops.last() else {
+        return Ok(());
+    };
+    let last = last.clone();
+    ops.push(Op::put(
+        Space::Meta,
+        crate::node::FEED_TRIMMED.as_bytes().to_vec(),
+        last,
+    ));
+    node.commit(ops, Vec::new()).await
+}
+
 /// Purges expired content (every copy, everywhere: DESIGN invariant 3) and content held longer
 /// than `limits.retention_hours`, and trims the local feed to the retention; subscribers that
 /// fall behind are told how much they missed.
@@ -787,23 +803,13 @@ pub async fn purge_expired(node: &Arc<Node>) -> Result<u64, crate::error::NodeEr
                 None => true,
             };
             if !old {
-                if !batch_ops.is_empty() {
-                    node.commit(std::mem::take(&mut batch_ops), Vec::new())
-                        .await?;
-                }
+                commit_trim(node, batch_ops).await?;
                 break 'feed;
             }
             batch_ops.push(Op::delete(Space::Feed, k.clone()));
-            // The feed's numbering continues past what is trimmed, even if all of it is: a
-            // restart reads where it stood (`FEED_TRIMMED`), and cursors stay valid.
-            batch_ops.push(Op::put(
-                Space::Meta,
-                crate::node::FEED_TRIMMED.to_vec(),
-                k.clone(),
-            ));
             trimmed += 1;
         }
-        node.commit(batch_ops, Vec::new()).await?;
+        commit_trim(node, batch_ops).await?;
     }
     if trimmed > 0 {
         tracing::info!(entries = trimmed, "feed trimmed to retention");

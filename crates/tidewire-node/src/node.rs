@@ -439,7 +439,7 @@ struct Sealed {
 }
 
 /// `Meta` key of the highest feed sequence number trimmed by retention.
-pub(crate) const FEED_TRIMMED: &[u8] = b"feed_trimmed";
+pub(crate) const FEED_TRIMMED: &str = "feed_trimmed";
 
 /// What identifies a notification's content for its idempotency key: SHA-256 over its header
 /// values in a fixed order, then its field values with their paths, in path order. A retry
@@ -912,8 +912,6 @@ pub struct Node {
     /// The stream that currently reads each durable subscription, to end it when a newer
     /// stream takes the subscription over or the subscription is ended.
     pub durable_readers: Mutex<HashMap<Vec<u8>, Arc<crate::subscribe::DurableReader>>>,
-    /// Serial numbers of durable subscription streams.
-    pub durable_serial: AtomicU64,
     /// Held by a durable subscription while it connects (registers, reads its cursor, records
     /// its interest) and by the idle expiry while it decides and commits: a subscriber that
     /// connects as its subscription is being ended either keeps it or starts a new one, never
@@ -1197,9 +1195,8 @@ impl Node {
             )));
         }
         let tls = TlsMaterial::load(&cfg.tls_ca, &cfg.tls_cert, &cfg.tls_key)?;
-        // This node's own certificate: one naming another node, or other than the one the
-        // roster pins, would have every link refused by its peers.
-        // Peers know it by the roster's pin if there is one, else by the name it carries.
+        // This node's own certificate, as its peers check it: by the roster's pin if there is
+        // one, else by the name it carries. Another would have every link refused.
         if let Some(der) = crate::tls::pem_cert_der(&tls.cert_pem) {
             match entry.tls_cert_sha256 {
                 Some(pin) if pin != crate::tls::cert_sha256(&der) => {
@@ -1252,12 +1249,7 @@ impl Node {
             .last(Space::Feed, b"")?
             .map(|(k, _)| be_u64(&k))
             .unwrap_or(0)
-            .max(
-                store
-                    .get(Space::Meta, FEED_TRIMMED)?
-                    .map(|v| be_u64(&v))
-                    .unwrap_or(0),
-            );
+            .max(meta_u64(FEED_TRIMMED)?);
         // Outbox queues are per destination (`dest ‖ 0 ‖ seq`). Their keys, read a page at a
         // time, give the outbox index, and its greatest number the one to continue from.
         let mut outbox_index: HashMap<NodeId, BTreeSet<u64>> = HashMap::new();
@@ -1333,7 +1325,6 @@ impl Node {
             live_interests: Mutex::new(BTreeMap::new()),
             live_durables: Mutex::new(BTreeMap::new()),
             durable_readers: Mutex::new(HashMap::new()),
-            durable_serial: AtomicU64::new(0),
             durable_turn: tokio::sync::Mutex::new(()),
             claimed: Mutex::new(HashSet::new()),
             copies: CopyCache::default(),
@@ -1404,7 +1395,6 @@ impl Node {
             .clone()
     }
 
-    /// Replaces the policy atomically and records it on the ledger.
     /// Puts the policy `text` in force, recording it (and the one it replaces) on the ledger.
     /// Returns the new policy and the one it replaced, if any.
     pub async fn apply_policy(

@@ -22,7 +22,7 @@ use tracing::Instrument;
 use crate::auth::caller;
 use crate::error::NodeError;
 use crate::ledger::LedgerEntry;
-use crate::node::{Filtered, Gated, Node, Taken, take_gated};
+use crate::node::{Filtered, Gated, Node, Taken, be_u64, take_gated};
 use crate::users::User;
 
 /// `tidewire.v1.Subscriber`.
@@ -58,7 +58,6 @@ fn touch(cursor_key: &[u8]) -> Op {
 /// The stream reading a durable subscription, and how to end it with the reason.
 #[derive(Debug)]
 pub struct DurableReader {
-    serial: u64,
     stop: CancellationToken,
     why: Mutex<Option<ReaderEnd>>,
 }
@@ -111,7 +110,6 @@ impl DurableGuard {
             .entry(key.clone())
             .or_insert(0) += 1;
         let reader = Arc::new(DurableReader {
-            serial: node.durable_serial.fetch_add(1, Ordering::Relaxed),
             stop: CancellationToken::new(),
             why: Mutex::new(None),
         });
@@ -137,7 +135,7 @@ impl Drop for DurableGuard {
                 .unwrap_or_else(|p| p.into_inner());
             if readers
                 .get(&self.key)
-                .is_some_and(|r| r.serial == self.reader.serial)
+                .is_some_and(|r| Arc::ptr_eq(r, &self.reader))
             {
                 readers.remove(&self.key);
             }
@@ -592,7 +590,7 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
                 .store
                 .get(Space::Cursors, &guard.key)
                 .map_err(NodeError::from)?
-                .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])));
+                .map(|v| be_u64(&v));
             (Some(turn), Some(guard), stored)
         };
         let last = node.feed_seq.load(std::sync::atomic::Ordering::SeqCst);
@@ -665,14 +663,6 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
         // (never, for a subscription that is not durable).
         let reader = durable_guard.as_ref().map(|g| g.reader.clone());
         let taken = reader.as_ref().map(|r| r.stop.clone()).unwrap_or_default();
-        let (user_name, durable_name) = (user.name.clone(), r.durable.clone());
-        let taken_over = move || {
-            tracing::info!("durable subscription stream ended from outside");
-            match &reader {
-                Some(r) => r.status(&user_name, &durable_name),
-                None => Status::cancelled("subscription ended"),
-            }
-        };
         node.tracker.clone().spawn(
             async move {
                 let _guard = guard;
@@ -693,8 +683,9 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
                 };
                 loop {
                     changed.borrow_and_update();
-                    if taken.is_cancelled() {
-                        let _ = tx.send(Err(taken_over())).await;
+                    if let Some(r) = reader.as_ref().filter(|r| r.stop.is_cancelled()) {
+                        tracing::info!("durable subscription stream ended from outside");
+                        let _ = tx.send(Err(r.status(&user.name, &durable))).await;
                         return;
                     }
                     if let Some(status) = still_allowed() {
@@ -707,7 +698,7 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
                             .get(Space::Cursors, &cursor_key(&user.name, &durable))
                             .ok()
                             .flatten()
-                            .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])))
+                            .map(|v| be_u64(&v))
                             .unwrap_or(start);
                         if acked > last_ack {
                             last_ack = acked;
@@ -727,7 +718,7 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
                         .ok()
                         .and_then(|v| {
                             v.first().map(|(k, _)| {
-                                u64::from_be_bytes(k.as_slice().try_into().unwrap_or([0; 8]))
+                                be_u64(k)
                             })
                         });
                     let mut skipped = 0;
@@ -752,7 +743,7 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
                     let mut deliveries = Vec::new();
                     let mut idle = batch.is_empty();
                     for (k, v) in batch {
-                        let seq = u64::from_be_bytes(k.as_slice().try_into().unwrap_or([0; 8]));
+                        let seq = be_u64(&k);
                         // Prepared ahead by the commit that appended it, its delivery already
                         // recorded there; taken once that commit is durable.
                         let prepared = match take_delivery_ahead(&node, live.id, seq) {
@@ -837,7 +828,7 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
             .store
             .get(Space::Cursors, &key)
             .map_err(NodeError::from)?
-            .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])));
+            .map(|v| be_u64(&v));
         // Only a subscription that exists, and only up to what the feed holds: an
         // acknowledgement past its end would skip notifications not yet arrived.
         if stored.is_none()
@@ -928,9 +919,7 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
         // Withdraw the interest (live subscriptions keep theirs: they hold their own count).
         crate::link::announce_interests(node);
         tracing::info!(user = %user.name, durable = %r.durable, "durable subscription ended");
-        let cursor = cursor
-            .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])))
-            .unwrap_or(0);
+        let cursor = cursor.map(|v| be_u64(&v)).unwrap_or(0);
         Ok(Response::new(pb::ForgetReply { cursor }))
     }
 }
