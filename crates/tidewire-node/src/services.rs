@@ -211,6 +211,7 @@ impl pb::admin_server::Admin for AdminService {
         let (counters, refused) = n.counters.snapshot();
         let table = n.routing.lock().unwrap_or_else(|p| p.into_inner()).table();
         let backlog = n.link_backlogs();
+        let policy = n.policy().map(|(p, _)| p);
         let links = n
             .links
             .lock()
@@ -232,11 +233,11 @@ impl pb::admin_server::Admin for AdminService {
             links,
             counters: counters.into_iter().collect(),
             refused: refused.into_iter().collect(),
-            policy_version: n
-                .policy()
-                .map(|(p, _)| p.content_hash().to_owned())
+            policy_version: policy
+                .as_ref()
+                .map(|p| p.content_hash().to_owned())
                 .unwrap_or_default(),
-            policy_number: n.policy().map_or(0, |(p, _)| p.version()),
+            policy_number: policy.as_ref().map_or(0, |p| p.version()),
             routes: table
                 .into_iter()
                 .map(|(d, (hop, dist))| pb::RouteEntry {
