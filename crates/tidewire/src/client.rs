@@ -124,19 +124,25 @@ impl Conn {
 pub fn status_error(s: tonic::Status) -> anyhow::Error {
     let detail = tidewire_node::tls::error_chain(&s);
     // The connection failed, or the node went away: not a refusal.
-    if s.code() == tonic::Code::Unknown && s.message().starts_with("h2 protocol error")
-        || s.code() == tonic::Code::Cancelled
-    {
-        return anyhow::anyhow!("the connection to the node was lost: {detail}");
-    }
-    if s.code() == tonic::Code::Unavailable {
-        return anyhow::anyhow!("the node is unavailable: {detail}");
+    if is_transport(&s) {
+        return if s.code() == tonic::Code::Unavailable {
+            anyhow::anyhow!("the node is unavailable: {detail}")
+        } else {
+            anyhow::anyhow!("the connection to the node was lost: {detail}")
+        };
     }
     if s.message().is_empty() || detail.contains(s.message()) && s.code() == tonic::Code::Unknown {
         anyhow::anyhow!("node refused the request ({:?}): {detail}", s.code())
     } else {
         anyhow::anyhow!("node refused the request ({:?}): {}", s.code(), s.message())
     }
+}
+
+/// Whether a status means the connection failed (worth reconnecting), not that the node
+/// refused or failed the request.
+pub fn is_transport(e: &tonic::Status) -> bool {
+    matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Cancelled)
+        || (e.code() == tonic::Code::Unknown && e.message().contains("h2 protocol error"))
 }
 
 /// The certificate and key of a client identity directory: `client.pem` and `client.key` (as

@@ -200,12 +200,11 @@ fn parse_when(text: &str) -> Result<i64, String> {
 /// `None` on one line, where the name already says which.
 fn key_line(text: &str, path: &str) -> Option<usize> {
     let top = path.split(['.', '[']).next().filter(|t| !t.is_empty())?;
-    let start = text.len() - text.trim_start().len();
     if !text.trim().contains('\n') {
         return None;
     }
     let bytes = text.as_bytes();
-    let (mut depth, mut line, mut i) = (0usize, 1 + text[..start].matches('\n').count(), start);
+    let (mut depth, mut line, mut i) = (0usize, 1, 0);
     while i < bytes.len() {
         match bytes[i] {
             b'\n' => line += 1,
@@ -463,7 +462,7 @@ pub async fn subscribe(a: SubscribeArgs, json: bool) -> Result<()> {
                 .subscribe(req)
                 .await
                 .map_err(|s| {
-                    let retry = is_transport(&s);
+                    let retry = crate::client::is_transport(&s);
                     (status_error(s), retry)
                 })?
                 .into_inner();
@@ -504,7 +503,7 @@ pub async fn subscribe(a: SubscribeArgs, json: bool) -> Result<()> {
                 Some(Ok(d)) => d,
                 // The node ended the stream (shutting down) or the transport failed: resume.
                 None => break "the node closed the stream".to_owned(),
-                Some(Err(e)) if is_transport(&e) => break e.message().to_owned(),
+                Some(Err(e)) if crate::client::is_transport(&e) => break e.message().to_owned(),
                 // The client's access changed on the node: subscribing again follows under the
                 // new access (or is refused, if it was revoked).
                 Some(Err(e)) if e.code() == tonic::Code::Aborted => break e.message().to_owned(),
@@ -629,13 +628,6 @@ async fn pause(why: &str, backoff: &mut Duration) {
     eprintln!("{why}; reconnecting in {:.1}s", backoff.as_secs_f32());
     tokio::time::sleep(*backoff).await;
     *backoff = (*backoff * 2).min(Duration::from_secs(30));
-}
-
-/// Whether a status means the connection failed (worth reconnecting), not that the node
-/// refused or failed the request.
-fn is_transport(e: &tonic::Status) -> bool {
-    matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Cancelled)
-        || (e.code() == tonic::Code::Unknown && e.message().contains("h2 protocol error"))
 }
 
 /// `tidewire status`.
@@ -1242,14 +1234,16 @@ pub async fn audit(c: AuditCmd, json: bool) -> Result<()> {
 /// Entries per `AuditQuery` page: a reply of about half a megabyte.
 const AUDIT_PAGE: u32 = 1000;
 
+/// A ledger entry as the JSON `audit query --json`, `audit export` and `cases show --json` print.
+fn audit_entry_json(e: &pb::AuditEntry) -> serde_json::Value {
+    serde_json::json!({"seq": e.seq, "at": timefmt::format_ms(e.at_ms), "event": e.event, "notification": e.notification, "destination": e.destination, "policy_version": e.policy_version, "rule": e.rule, "detail": serde_json::from_str::<serde_json::Value>(&e.detail_json).unwrap_or_default(), "hash": e.hash})
+}
+
 /// Prints ledger entries as JSON lines, or as a table.
 fn print_audit_entries(entries: &[pb::AuditEntry], json: bool) {
     for e in entries {
         if json {
-            println!(
-                "{}",
-                serde_json::json!({"seq": e.seq, "at": timefmt::format_ms(e.at_ms), "event": e.event, "notification": e.notification, "destination": e.destination, "policy_version": e.policy_version, "rule": e.rule, "detail": serde_json::from_str::<serde_json::Value>(&e.detail_json).unwrap_or_default(), "hash": e.hash})
-            );
+            println!("{}", audit_entry_json(e));
         } else {
             println!(
                 "{:>6} {} {:<16} {:<12} {:<18} rule {:<24} policy {}  {}",
@@ -1379,7 +1373,7 @@ pub async fn cases(c: CasesCmd, json: bool) -> Result<()> {
                     "{}",
                     serde_json::json!({
                         "copies": items.iter().map(|i| serde_json::json!({"id": i.id, "origin": i.origin, "kind": i.kind, "case_ref": i.case_ref, "routes": i.routes, "state": i.state})).collect::<Vec<_>>(),
-                        "history": history.entries.iter().map(|e| serde_json::json!({"seq": e.seq, "at": timefmt::format_ms(e.at_ms), "event": e.event, "destination": e.destination, "rule": e.rule, "policy_version": e.policy_version, "detail": serde_json::from_str::<serde_json::Value>(&e.detail_json).unwrap_or_default()})).collect::<Vec<_>>(),
+                        "history": history.entries.iter().map(audit_entry_json).collect::<Vec<_>>(),
                     })
                 );
             } else {
