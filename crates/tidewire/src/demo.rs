@@ -580,6 +580,10 @@ pub struct BenchArgs {
     /// Persons per notification, 5 fields each (6: 42 fields, 1.1 KiB of JSON; 0: 12 fields).
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(0..=40))]
     persons: u64,
+    /// Lengthen each notification's narrative so that its JSON is this many bytes (`--persons 0
+    /// --size 1024`: a 1 KiB notification of 12 fields). Default: the narrative as it is.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(..=65_536))]
+    size: Option<u64>,
     /// Run every node as its own `tidewire node run` process (reports peak RSS and CPU per
     /// node) instead of in this process.
     #[arg(long)]
@@ -770,13 +774,49 @@ fn spawn_node(dir: &Path, id: &str) -> Result<std::process::Child> {
 }
 
 /// Fields and JSON bytes of the notifications a benchmark publishes.
-fn bench_shape(to: &str, persons: u64) -> Result<(usize, usize)> {
-    let sample = bench_notification(0, to, persons);
+fn bench_shape(to: &str, shape: Shape) -> Result<(usize, usize)> {
+    let sample = bench_notification(0, to, shape);
     let n = tidewire_core::Notification::from_json(sample.as_bytes())?;
     Ok((n.fields.len(), sample.len()))
 }
 
-fn bench_notification(i: u64, to: &str, persons: u64) -> String {
+/// What a benchmark notification looks like: `persons` persons of 5 fields each, and the whole
+/// JSON padded to `size` bytes by a longer narrative.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    persons: u64,
+    size: Option<u64>,
+}
+
+impl Shape {
+    fn of(a: &BenchArgs) -> Self {
+        Shape {
+            persons: a.persons,
+            size: a.size,
+        }
+    }
+}
+
+/// Words the narrative is lengthened with (plain ASCII, so that a byte of text is a byte of
+/// JSON).
+const NARRATIVE_MORE: &str = " Observed by the patrol aircraft at dawn, riding low, no AIS for \
+    the last 36 hours; two go-fast boats alongside, transfer of bales seen; coastal authority \
+    informed; boarding under the Article 17 procedure requested of the flag state.";
+
+fn bench_notification(i: u64, to: &str, shape: Shape) -> String {
+    let text = bench_notification_with(i, to, shape.persons, "");
+    let Some(size) = shape.size else {
+        return text;
+    };
+    let missing = (size as usize).saturating_sub(text.len());
+    if missing == 0 {
+        return text;
+    }
+    let more: String = NARRATIVE_MORE.chars().cycle().take(missing).collect();
+    bench_notification_with(i, to, shape.persons, &more)
+}
+
+fn bench_notification_with(i: u64, to: &str, persons: u64, more: &str) -> String {
     let persons: Vec<_> = (0..persons)
         .map(|p| serde_json::json!({"name": format!("Person {p}"), "nationality": "CO", "dob": "1979-03-02", "role": "crew", "id_number": format!("P{i:07}{p}")}))
         .collect();
@@ -789,7 +829,7 @@ fn bench_notification(i: u64, to: &str, persons: u64) -> String {
                        "position": {"lat": 5.61, "lon": -0.19}, "course": 214, "speed_kn": 11.5},
             "cargo": {"declared": "fishing gear", "suspected": "cocaine", "estimated_kg": 1200},
             "persons": persons,
-            "narrative": "Mother ship suspected of transhipment off the Bijagos; rendezvous expected."
+            "narrative": format!("Mother ship suspected of transhipment off the Bijagos; rendezvous expected.{more}")
         }
     })
     .to_string()
@@ -799,10 +839,10 @@ fn bench_notification(i: u64, to: &str, persons: u64) -> String {
 /// whole benchmark (nodes, publisher, subscriber).
 /// Publishes `count` benchmark notifications for `to` through one `PublishStream` at `conn`,
 /// as fast as the node accepts them, and returns once every one is acknowledged.
-async fn publish_all(conn: &Conn, count: u64, to: &str, persons: u64) -> Result<()> {
+async fn publish_all(conn: &Conn, count: u64, to: &str, shape: Shape) -> Result<()> {
     let to = to.to_owned();
     let reqs = futures::stream::iter(0..count).map(move |i| pb::PublishRequest {
-        notification_json: bench_notification(i, &to, persons),
+        notification_json: bench_notification(i, &to, shape),
         idempotency_key: String::new(),
     });
     let mut replies = pb::publisher_client::PublisherClient::new(conn.connect().await?)
@@ -949,8 +989,8 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
         .into_inner();
     let count = a.count;
     let rate = a.rate;
-    let persons = a.persons;
-    let (fields, json_bytes) = bench_shape(last, persons)?;
+    let shape = Shape::of(&a);
+    let (fields, json_bytes) = bench_shape(last, shape)?;
     let pub_ch = fedn.conn(nodes[0]).connect().await?;
     if !json {
         eprintln!(
@@ -972,7 +1012,7 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
                     tokio::time::sleep_until(due.into()).await;
                 }
                 pb::PublishRequest {
-                    notification_json: bench_notification(i, &target, persons),
+                    notification_json: bench_notification(i, &target, shape),
                     idempotency_key: String::new(),
                 }
             }
@@ -1081,8 +1121,8 @@ async fn bench_backlog(
     let last = *nodes.last().expect("nodes");
     let before = nodes[nodes.len() - 2];
     let count = a.count;
-    let persons = a.persons;
-    let (fields, json_bytes) = bench_shape(last, persons)?;
+    let shape = Shape::of(a);
+    let (fields, json_bytes) = bench_shape(last, shape)?;
     fedn.stop_node(last).await?;
     if !json {
         eprintln!(
@@ -1090,7 +1130,7 @@ async fn bench_backlog(
             json_bytes, nodes[0]
         );
     }
-    publish_all(&fedn.conn(nodes[0]), count, last, persons).await?;
+    publish_all(&fedn.conn(nodes[0]), count, last, shape).await?;
     let mut admin = pb::admin_client::AdminClient::new(fedn.conn(before).connect().await?);
     let mut link = async || -> Result<u64> {
         let s = admin
@@ -1240,7 +1280,11 @@ pub async fn bench_fanout(a: FanoutArgs, json: bool) -> Result<()> {
         );
     }
     let start = Instant::now();
-    publish_all(&conn, count, "maoc-n", 6).await?;
+    let shape = Shape {
+        persons: 6,
+        size: None,
+    };
+    publish_all(&conn, count, "maoc-n", shape).await?;
     let mut all = Vec::new();
     let mut complete = 0;
     for r in readers {

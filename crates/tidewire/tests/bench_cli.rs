@@ -91,8 +91,22 @@ fn bench_relay_with_processes_reports_peak_rss_per_node() -> Result<()> {
 
 #[test]
 fn bench_relay_backlog_times_the_drain_of_the_last_hop() -> Result<()> {
-    let r = bench(&["--backlog", "--count", "200", "--persons", "0"])?;
+    let r = bench(&[
+        "--backlog",
+        "--count",
+        "200",
+        "--persons",
+        "0",
+        "--size",
+        "1024",
+    ])?;
     assert_eq!(r["mode"].as_str(), Some("backlog"), "{r}");
+    assert_eq!(r["fields"].as_u64(), Some(12), "{r}");
+    assert_eq!(
+        r["json_bytes"].as_u64(),
+        Some(1024),
+        "--size pads to 1 KiB: {r}"
+    );
     assert_eq!(r["count"].as_u64(), Some(200), "{r}");
     let drained = r["drained"].as_u64().context("drained")?;
     assert!(drained > 0 && drained <= 200, "{r}");
