@@ -1,7 +1,9 @@
 //! Proves that identity on links and client calls comes from the certificate, not from what the
 //! caller says: a node certificate whose link hello claims another node is refused with
 //! `PermissionDenied` and counted as `impersonation`, and a client certificate issued by another
-//! federation's CA cannot even call `Status`.
+//! federation's CA cannot even call `Status`. The roster's certificate pins hold on both sides
+//! of a link: a node dialing a peer refuses a server that presents a certificate the roster no
+//! longer pins for it, before sending it anything.
 
 use std::time::Duration;
 
@@ -97,6 +99,171 @@ async fn unknown_ca_is_refused() -> anyhow::Result<()> {
     );
     // The federation's own client still gets through.
     kit.status("a").await?;
+    kit.stop().await;
+    Ok(())
+}
+
+/// A TLS server presenting a given certificate (no client certificate asked), which counts the
+/// handshakes it completes and the bytes it is sent after them.
+struct Impostor {
+    addr: std::net::SocketAddr,
+    handshakes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Impostor {
+    async fn start(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<Impostor> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use std::sync::atomic::Ordering;
+        use tokio::io::AsyncReadExt;
+
+        let certs = CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem)?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let handshakes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let bytes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (h, b) = (handshakes.clone(), bytes.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, h, b) = (acceptor.clone(), h.clone(), b.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = tls.read(&mut buf).await {
+                        b.fetch_add(n, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        Ok(Impostor {
+            addr,
+            handshakes,
+            bytes,
+            task,
+        })
+    }
+}
+
+impl Drop for Impostor {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_a_certificate_the_roster_no_longer_pins_is_refused_by_the_node_dialing_it()
+-> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+
+    let mut builder = Kit::builder(&["a", "b"], &["a:b"])?;
+    let dir = builder.dir().to_owned();
+    // b's certificate and key as they were before b was issued new ones: leaked, say. They are
+    // still signed by the federation's CA and still name b.
+    let old_cert = std::fs::read(dir.join("b/tls.pem"))?;
+    let old_key = std::fs::read(dir.join("b/tls.key"))?;
+    let reissued = tidewire::pki::reissue(&dir, "b")?;
+    assert!(
+        reissued.replaced.is_some() && reissued.replaced.as_deref() != Some(&reissued.sha256),
+        "the roster pins the new certificate in place of the old: {reissued:?}"
+    );
+    // Whoever holds the old ones answers at the address a dials for b.
+    let impostor = Impostor::start(&old_cert, &old_key).await?;
+    builder.route_link_via("a", "b", impostor.addr)?;
+    let kit = builder.without("b").start().await?;
+
+    eventually!(
+        Duration::from_secs(10),
+        "a refuses the server and says why",
+        {
+            anyhow::ensure!(kit.refused("a", "impersonation").await? >= 1);
+            let s = kit.status("a").await?;
+            let link = s
+                .links
+                .iter()
+                .find(|l| l.peer == "b")
+                .ok_or_else(|| anyhow::anyhow!("no link b: {:?}", s.links))?;
+            anyhow::ensure!(
+                !link.up && link.last_error.contains("not the one the roster pins"),
+                "{link:?}"
+            );
+            Ok(())
+        }
+    );
+    assert!(
+        impostor.handshakes.load(Ordering::SeqCst) >= 1,
+        "a reached the server (so the refusal is the pin's, not TLS's)"
+    );
+    // Give a moment for anything a might have sent to arrive, then check nothing did.
+    let mut s = kit.status("a").await?;
+    eventually!(
+        Duration::from_secs(5),
+        "a dials again and is refused again",
+        {
+            let again = kit.status("a").await?;
+            anyhow::ensure!(
+                tidewire_testkit::counter(&again, "published") == 0
+                    && again.refused.get("impersonation") > s.refused.get("impersonation")
+            );
+            s = again;
+            Ok(())
+        }
+    );
+    assert_eq!(
+        impostor.bytes.load(Ordering::SeqCst),
+        0,
+        "a sent the server nothing: no HTTP/2, no hello"
+    );
+    kit.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_presenting_a_certificate_the_roster_no_longer_pins_is_refused_and_counted()
+-> anyhow::Result<()> {
+    let builder = Kit::builder(&["a", "b"], &[])?;
+    let dir = builder.dir().to_owned();
+    let (old_cert, old_key) = (dir.join("b-old.pem"), dir.join("b-old.key"));
+    std::fs::copy(dir.join("b/tls.pem"), &old_cert)?;
+    std::fs::copy(dir.join("b/tls.key"), &old_key)?;
+    tidewire::pki::reissue(&dir, "b")?;
+    let kit = builder.without("b").start().await?;
+
+    let channel = kit.channel_as("a", &old_cert, &old_key).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::LinkFrame {
+        frame: Some(Frame::Hello(pb::Hello {
+            node: "b".into(),
+            protocol: 1,
+            ..Default::default()
+        })),
+    })
+    .await?;
+    let refused = pb::federation_client::FederationClient::new(channel)
+        .link(ReceiverStream::new(rx))
+        .await
+        .expect_err("b's old certificate must not open a link");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("not the certificate the roster pins"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(kit.refused("a", "impersonation").await?, 1);
     kit.stop().await;
     Ok(())
 }

@@ -724,14 +724,23 @@ async fn connect(
     peer: &NodeId,
     url: &str,
 ) -> Result<(Inbound, mpsc::Sender<pb::LinkFrame>), String> {
-    let endpoint = node
+    let pin = node
+        .roster
+        .get(peer.as_str())
+        .and_then(|e| e.tls_cert_sha256);
+    let channel = match node
         .tls
-        .endpoint(url, &crate::tls::node_dns_name(peer.as_str()))
-        .map_err(|e| e.to_string())?;
-    let channel = endpoint
-        .connect()
+        .connect_link(url, &crate::tls::node_dns_name(peer.as_str()), pin)
         .await
-        .map_err(|e| crate::tls::error_chain(&e))?;
+    {
+        Ok(ch) => ch,
+        Err(crate::tls::LinkConnectError::NotPinned(why)) => {
+            node.counters.refuse("impersonation");
+            tracing::warn!(peer = %peer, url = %url, reason = %why, "link refused: the server is not the node the roster pins");
+            return Err(why);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let max = frame_limit(node.cfg.limits.max_message_bytes);
     let mut client = pb::federation_client::FederationClient::new(channel)
         .max_decoding_message_size(max)

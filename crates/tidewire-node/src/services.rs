@@ -34,7 +34,12 @@ impl pb::federation_server::Federation for FederationService {
         req: Request<Streaming<pb::LinkFrame>>,
     ) -> Result<Response<Self::LinkStream>, Status> {
         let node = self.0.clone();
-        let peer = match caller(&node, &req)? {
+        let who = caller(&node, &req).inspect_err(|e| {
+            // A certificate that is not the roster's for the node it names, or names none.
+            node.counters.refuse("impersonation");
+            tracing::warn!(error = %e, "link refused: the certificate is not a roster node's");
+        })?;
+        let peer = match who {
             Caller::Node(n) => n,
             Caller::User(u) => {
                 return Err(NodeError::PermissionDenied(format!(

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, Endpoint, Identity, ServerTlsConfig};
 
 use crate::error::NodeError;
 
@@ -80,29 +80,142 @@ impl TlsMaterial {
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
     }
 
-    /// Client side: present our certificate and accept only `server_name` under the CA.
-    pub fn client_config(&self, server_name: &str) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.ca_pem))
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .domain_name(server_name)
+    /// rustls's client configuration for links: our certificate, the CA as the only root,
+    /// HTTP/2 by ALPN.
+    fn rustls_client(&self) -> Result<rustls::ClientConfig, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&self.ca_pem) {
+            let c = c.map_err(|e| format!("the CA certificate: {e}"))?;
+            roots
+                .add(c)
+                .map_err(|e| format!("the CA certificate: {e}"))?;
+        }
+        let certs = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("this node's certificate: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
+            .map_err(|e| format!("this node's TLS key: {e}"))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| format!("this node's certificate and key: {e}"))?;
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(cfg)
     }
 
-    /// An endpoint to `url` with mutual TLS, keepalives and timeouts suited to links.
-    pub fn endpoint(&self, url: &str, server_name: &str) -> Result<Endpoint, NodeError> {
-        Endpoint::from_shared(url.to_owned())
-            .map_err(|e| NodeError::Config(format!("`{url}` is not a valid URL: {e}")))?
-            .tls_config(self.client_config(server_name))
-            .map_err(|e| NodeError::Config(format!("tls configuration for `{url}`: {e}")))
-            .map(|e| {
-                e.connect_timeout(Duration::from_secs(5))
-                    .http2_keep_alive_interval(Duration::from_secs(1))
-                    .keep_alive_timeout(Duration::from_secs(3))
-                    .keep_alive_while_idle(true)
-                    .tcp_nodelay(true)
-                    .initial_stream_window_size(Some(4 * 1024 * 1024))
-                    .initial_connection_window_size(Some(16 * 1024 * 1024))
-            })
+    /// Opens a link's channel to `url`: mutual TLS under the CA, the server named
+    /// `server_name`, and, when the roster pins a certificate for the peer (`pin`), the one the
+    /// server presented checked against it before a byte of the link is sent. tonic's own TLS
+    /// checks the name only: a node whose certificate was re-issued (the roster pinning the new
+    /// one) could still be impersonated with the old one towards the nodes that dial it, while
+    /// the nodes it dials already refuse it (`auth::caller`).
+    pub async fn connect_link(
+        &self,
+        url: &str,
+        server_name: &str,
+        pin: Option<[u8; 32]>,
+    ) -> Result<tonic::transport::Channel, LinkConnectError> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| LinkConnectError::Other(format!("`{url}` is not a valid URL: {e}")))?;
+        let authority = uri
+            .authority()
+            .ok_or_else(|| LinkConnectError::Other(format!("`{url}` names no host")))?
+            .as_str()
+            .to_owned();
+        let addr = if uri.port_u16().is_some() {
+            authority.clone()
+        } else {
+            format!("{authority}:443")
+        };
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+            .map_err(|e| LinkConnectError::Other(format!("`{server_name}`: {e}")))?;
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+            self.rustls_client().map_err(LinkConnectError::Other)?,
+        ));
+        let refused = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let seen = refused.clone();
+        let connect = tower::service_fn(move |_: http::Uri| {
+            let (connector, name, addr, seen) =
+                (connector.clone(), name.clone(), addr.clone(), seen.clone());
+            async move {
+                let open = async {
+                    let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                    tcp.set_nodelay(true)?;
+                    let tls = connector.connect(name, tcp).await?;
+                    if let Some(pin) = pin {
+                        let presented = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| cert_sha256(c.as_ref()));
+                        if presented != Some(pin) {
+                            let why = format!(
+                                "the server at {addr} presented a certificate (sha256 {}) that \
+                                 is not the one the roster pins for it (sha256 {}): another \
+                                 server at that address, or a re-issued certificate the roster \
+                                 does not have yet",
+                                presented.map_or("none".to_owned(), |p| hex::encode(&p[..8])),
+                                hex::encode(&pin[..8])
+                            );
+                            *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::PermissionDenied,
+                                why,
+                            ));
+                        }
+                    }
+                    Ok(hyper_util::rt::TokioIo::new(tls))
+                };
+                match tokio::time::timeout(Duration::from_secs(5), open).await {
+                    Ok(r) => r,
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no TLS connection to {addr} within 5 s"),
+                    )),
+                }
+            }
+        });
+        // The connector speaks TLS itself, so tonic is given the address as plain `http`
+        // (with `https` it would wrap the connection in TLS a second time).
+        let endpoint = Endpoint::from_shared(format!("http://{authority}"))
+            .map_err(|e| LinkConnectError::Other(format!("`{url}` is not a valid URL: {e}")))?
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(Some(4 * 1024 * 1024))
+            .initial_connection_window_size(Some(16 * 1024 * 1024));
+        match endpoint.connect_with_connector(connect).await {
+            Ok(ch) => Ok(ch),
+            Err(e) => match refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some(why) => Err(LinkConnectError::NotPinned(why)),
+                None => Err(LinkConnectError::Other(error_chain(&e))),
+            },
+        }
+    }
+}
+
+/// Why a link could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkConnectError {
+    /// The server's certificate is not the one the roster pins for the peer.
+    NotPinned(String),
+    /// Anything else: unreachable, TLS refused, a bad URL.
+    Other(String),
+}
+
+impl std::fmt::Display for LinkConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkConnectError::NotPinned(s) | LinkConnectError::Other(s) => f.write_str(s),
+        }
     }
 }
 

@@ -106,6 +106,16 @@ enum PkiCmd {
     },
     /// Issue a client certificate and register it in a node's user table.
     IssueClient(pki::IssueOptions),
+    /// Issue a node a new TLS certificate and key, and pin it in the roster in place of the
+    /// old one (which every node given the new roster then refuses).
+    Reissue {
+        /// Federation directory.
+        #[arg(long)]
+        federation: PathBuf,
+        /// The node.
+        #[arg(long)]
+        node: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -224,6 +234,9 @@ async fn run(cli: Cli, env: std::collections::HashMap<String, String>) -> anyhow
             Ok(())
         }
         Command::Pki(PkiCmd::IssueClient(o)) => pki::issue_and_report(&o, json).map(|_| ()),
+        Command::Pki(PkiCmd::Reissue { federation, node }) => {
+            pki::reissue_and_report(&federation, &node, json)
+        }
         Command::Keys(KeysCmd::Generate {
             node,
             out,

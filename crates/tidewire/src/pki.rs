@@ -538,3 +538,93 @@ pub fn issue_client(o: &IssueOptions) -> Result<PathBuf> {
     users.save(&users_path).map_err(|e| anyhow::anyhow!(e))?;
     Ok(out)
 }
+
+/// What `pki reissue` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reissued {
+    /// The node.
+    pub node: String,
+    /// Its new certificate.
+    pub cert: PathBuf,
+    /// Its new TLS key (0600).
+    pub key: PathBuf,
+    /// The new certificate's SHA-256, now pinned in the roster.
+    pub sha256: String,
+    /// The pin it replaced.
+    pub replaced: Option<String>,
+    /// The roster.
+    pub roster: PathBuf,
+}
+
+/// `tidewire pki reissue`: a new TLS certificate and key for a node of a development federation
+/// (its key leaked, or its certificate expires), pinned in the roster in place of the old one, so
+/// that nodes given the new roster refuse the old certificate whichever side opens the link.
+pub fn reissue(federation: &Path, node: &str) -> Result<Reissued> {
+    let fed = Federation::load(federation)?;
+    let fnode = fed.nodes.get(node).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--node `{node}` is not in {}; nodes: {}",
+            federation.join("federation.json").display(),
+            fed.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let node_dir = federation
+        .join(&fnode.config)
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| federation.join(node));
+    let roster_path = federation.join("roster.toml");
+    let mut roster = Roster::load(&roster_path)?;
+    let mut entry = roster
+        .get(node)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("{}: no node `{node}`", roster_path.display()))?;
+    let ca = Ca::load(federation)?;
+    let (cert, key, sha) = ca.issue(node, &tidewire_node::tls::node_dns_name(node), true)?;
+    let (cert_path, key_path) = (node_dir.join("tls.pem"), node_dir.join("tls.key"));
+    std::fs::write(&cert_path, cert)
+        .with_context(|| format!("cannot write {}", cert_path.display()))?;
+    write_private(&key_path, key.as_bytes())?;
+    let replaced = entry.tls_cert_sha256.replace(sha);
+    roster.upsert(entry);
+    std::fs::write(&roster_path, roster.to_toml())
+        .with_context(|| format!("cannot write {}", roster_path.display()))?;
+    Ok(Reissued {
+        node: node.to_owned(),
+        cert: cert_path,
+        key: key_path,
+        sha256: hex::encode(sha),
+        replaced: replaced.map(hex::encode),
+        roster: roster_path,
+    })
+}
+
+/// Re-issues and prints what was done and what to do next.
+pub fn reissue_and_report(federation: &Path, node: &str, json: bool) -> Result<()> {
+    let r = reissue(federation, node)?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    println!(
+        "new TLS certificate for {}: {} (sha256 {}…), key {} (mode 0600)",
+        r.node,
+        r.cert.display(),
+        &r.sha256[..16],
+        r.key.display()
+    );
+    println!(
+        "{} now pins it{}",
+        r.roster.display(),
+        r.replaced
+            .as_deref()
+            .map(|o| format!(" in place of sha256 {}…", &o[..16]))
+            .unwrap_or_default()
+    );
+    println!(
+        "next: restart {} and every node with the new roster (nodes read it at start); from \
+         then on they refuse the old certificate on links either side opens",
+        r.node
+    );
+    Ok(())
+}

@@ -686,6 +686,82 @@ fn keys_generate_adds_a_rotated_key_to_the_federation_roster_beside_the_old_one(
     assert_eq!(mode & 0o077, 0, "the new key is private: {mode:o}");
 }
 
+/// `pki reissue`: a node's new TLS certificate is written and pinned in place of the old one,
+/// and nothing else changes; an unknown node is refused by name.
+#[test]
+fn pki_reissue_pins_the_new_certificate_in_place_of_the_old() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fed = tmp.path().join("fed");
+    let fed_s = fed.to_str().expect("utf-8");
+    let init = tidewire_bare(&[
+        "pki",
+        "init",
+        "--nodes",
+        "maoc-n,dakar",
+        "--links",
+        "maoc-n:dakar",
+        "--out",
+        fed_s,
+    ]);
+    assert!(init.ok, "{}", init.stderr);
+    let roster = fed.join("roster.toml");
+    let before = tidewire_core::keys::Roster::load(&roster).expect("roster");
+    let old_cert = std::fs::read(fed.join("dakar/tls.pem")).expect("cert");
+
+    let run = tidewire_bare(&[
+        "--json",
+        "pki",
+        "reissue",
+        "--federation",
+        fed_s,
+        "--node",
+        "dakar",
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    let out: serde_json::Value = serde_json::from_str(run.stdout.trim()).expect("json");
+    let after = tidewire_core::keys::Roster::load(&roster).expect("roster");
+    let (old, new) = (
+        before.get("dakar").expect("dakar"),
+        after.get("dakar").expect("dakar"),
+    );
+    let new_cert = std::fs::read(fed.join("dakar/tls.pem")).expect("cert");
+    assert_ne!(new_cert, old_cert, "a new certificate is written");
+    assert_eq!(
+        new.tls_cert_sha256,
+        tidewire_node::tls::pem_cert_sha256(&new_cert),
+        "the roster pins the new certificate"
+    );
+    assert_eq!(
+        out["replaced"].as_str(),
+        old.tls_cert_sha256.map(hex::encode).as_deref(),
+        "{out}"
+    );
+    let key_ids = |n: &tidewire_core::keys::RosterNode| {
+        n.keys.iter().map(|k| k.key_id.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(key_ids(new), key_ids(old), "signing keys stay");
+    assert_eq!(
+        after.get("maoc-n").map(|n| n.tls_cert_sha256),
+        before.get("maoc-n").map(|n| n.tls_cert_sha256),
+        "other nodes stay"
+    );
+    let mode = std::fs::metadata(fed.join("dakar/tls.key"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the new key is private: {mode:o}");
+
+    let run = tidewire_bare(&["pki", "reissue", "--federation", fed_s, "--node", "lagos"]);
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("`lagos` is not in") && run.stderr.contains("dakar, maoc-n"),
+        "{}",
+        run.stderr
+    );
+}
+
 /// `policy explain`, offline: the README's notification against maoc-n's starting policy.
 #[test]
 fn policy_explain_shows_each_field_decision_and_warns_about_a_node_not_in_the_roster() {
