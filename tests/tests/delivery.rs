@@ -261,7 +261,7 @@ async fn a_bulk_stream_is_signed_in_rounds_and_each_copy_verifies_on_its_own() -
         let copy = c
             .stored_copy(&tidewire_node::node::note_key(&id, c.id()))
             .map_err(|e| anyhow::anyhow!("c holds no copy of {id}: {e:?}"))?;
-        let view = tidewire_core::envelope::verify(&copy.env, &c.roster)
+        let view = tidewire_core::envelope::verify(&copy.env, &c.roster())
             .with_context(|| format!("c's copy of {id} verifies"))?;
         ensure!(view.path() == ["a", "b"], "custody path {:?}", view.path());
         origin_sigs.insert(copy.env.origin_signature.clone());

@@ -51,7 +51,8 @@ pub fn caller<T>(node: &Node, req: &tonic::Request<T>) -> Result<Caller, NodeErr
         .first()
         .ok_or_else(|| NodeError::Unauthenticated("empty client certificate chain".into()))?;
     let fp = tls::cert_sha256(der.as_ref());
-    if let Some(n) = node.roster.by_cert(&fp) {
+    let roster = node.roster();
+    if let Some(n) = roster.by_cert(&fp) {
         return Ok(Caller::Node(n.id.clone()));
     }
     let name = tls::cert_dns_name(der.as_ref()).ok_or_else(|| {
@@ -60,7 +61,7 @@ pub fn caller<T>(node: &Node, req: &tonic::Request<T>) -> Result<Caller, NodeErr
         )
     })?;
     if let Some(id) = name.strip_suffix(".node.tidewire") {
-        let entry = node.roster.get(id).ok_or_else(|| {
+        let entry = roster.get(id).ok_or_else(|| {
             NodeError::PermissionDenied(format!(
                 "certificate names node `{id}`, which is not in the roster"
             ))

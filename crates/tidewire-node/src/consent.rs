@@ -89,7 +89,8 @@ impl Node {
     /// Verifies a routed message's signature against the roster; returns its body.
     fn verify_routed(&self, r: &pb::Routed) -> Option<pb::RoutedBody> {
         let body = pb::RoutedBody::decode(r.body.as_ref()).ok()?;
-        let entry = self.roster.get(&body.from)?;
+        let roster = self.roster();
+        let entry = roster.get(&body.from)?;
         let key = entry.keys.iter().find(|k| k.key_id == body.key_id)?;
         (key.valid_at(body.at_ms) && key.verify(ROUTED_DOMAIN, &r.body, &r.signature))
             .then_some(body)
@@ -166,7 +167,7 @@ impl Node {
         let dest: NodeId = dest
             .parse()
             .map_err(|e| NodeError::Invalid(format!("destination: {e}")))?;
-        if self.roster.get(dest.as_str()).is_none() {
+        if self.roster().get(dest.as_str()).is_none() {
             return Err(NodeError::Invalid(format!(
                 "destination `{dest}` is not in the roster"
             )));
@@ -361,7 +362,7 @@ impl Node {
                 _ => Ok(()),
             };
         }
-        let standing = match (self.policy(), self.roster.get(dest.as_str())) {
+        let standing = match (self.policy(), self.roster().get(dest.as_str())) {
             (Some((p, _)), Some(n)) => p
                 .standing_consent(&header, &Party::from_roster(n))
                 .map(str::to_owned),

@@ -82,6 +82,16 @@ impl Sessions {
         }
     }
 
+    /// Ends every live session; each is opened again by the side that dials it (after the
+    /// first backoff step), under what the node holds then.
+    pub fn end_all(&self) -> usize {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        for h in map.values() {
+            h.cancel.cancel();
+        }
+        map.len()
+    }
+
     /// Senders of every live session except `except`.
     pub fn others(&self, except: Option<&NodeId>) -> Vec<(NodeId, mpsc::Sender<pb::LinkFrame>)> {
         self.map
@@ -165,7 +175,8 @@ fn learn_link_state(node: &Node, from: &NodeId, ls: pb::LinkState) {
     let Ok(origin) = body.node.parse::<NodeId>() else {
         return;
     };
-    let Some(entry) = node.roster.get(origin.as_str()) else {
+    let roster = node.roster();
+    let Some(entry) = roster.get(origin.as_str()) else {
         node.counters.refuse("bad_link_state");
         return;
     };
@@ -431,7 +442,7 @@ async fn send_loop(
     let mut seq = 0u64;
     let window = node.cfg.limits.link_window;
     let roster: Vec<NodeId> = node
-        .roster
+        .roster()
         .nodes()
         .map(|n| n.id.clone())
         .filter(|n| n != node.id())
@@ -725,7 +736,7 @@ async fn connect(
     url: &str,
 ) -> Result<(Inbound, mpsc::Sender<pb::LinkFrame>), String> {
     let pin = node
-        .roster
+        .roster()
         .get(peer.as_str())
         .and_then(|e| e.tls_cert_sha256);
     let channel = match node

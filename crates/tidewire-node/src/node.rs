@@ -855,6 +855,83 @@ impl ConsentRecord {
     }
 }
 
+/// What a roster must hold for this node to run on it: this node, with the signing key it
+/// signs with; every node it has a `[[link]]` to; and a pin for this node's own TLS
+/// certificate (or, unpinned, a certificate naming this node). Checked at start and before a
+/// reloaded roster replaces the one in force.
+fn check_roster(
+    cfg: &NodeConfig,
+    roster: &Roster,
+    key: &SigningKey,
+    tls: &TlsMaterial,
+) -> Result<(), NodeError> {
+    let entry = roster.get(cfg.id.as_str()).ok_or_else(|| {
+        NodeError::Config(format!(
+            "{}: node `{}` is not in the roster; add it with `tidewire keys generate`",
+            cfg.roster.display(),
+            cfg.id
+        ))
+    })?;
+    if !entry.keys.iter().any(|k| k.key_id == key.key_id()) {
+        return Err(NodeError::Config(format!(
+            "{}: the signing key {} is not one of node `{}`'s keys in the roster {}",
+            cfg.signing_key.display(),
+            key.key_id(),
+            cfg.id,
+            cfg.roster.display()
+        )));
+    }
+    // A link to a node the roster does not have could never come up: its certificate and
+    // announcements would be refused.
+    if let Some((peer, _)) = cfg
+        .links
+        .iter()
+        .find(|(p, _)| roster.get(p.as_str()).is_none())
+    {
+        let known: Vec<&str> = roster
+            .nodes()
+            .map(|n| n.id.as_str())
+            .filter(|n| *n != cfg.id.as_str())
+            .collect();
+        return Err(NodeError::Config(format!(
+            "a [[link]] names `{peer}`, which is not in the roster {} (it has {}); add the \
+                 node to the roster or remove the link",
+            cfg.roster.display(),
+            known.join(", ")
+        )));
+    }
+    // This node's own certificate, as its peers check it: by the roster's pin if there is
+    // one, else by the name it carries. Another would have every link refused.
+    if let Some(der) = crate::tls::pem_cert_der(&tls.cert_pem) {
+        match entry.tls_cert_sha256 {
+            Some(pin) if pin != crate::tls::cert_sha256(&der) => {
+                return Err(NodeError::Config(format!(
+                    "{}: not the certificate the roster {} pins for `{}`; use the one issued \
+                         for this node, or update the roster's tls_cert_sha256 on every node",
+                    cfg.tls_cert.display(),
+                    cfg.roster.display(),
+                    cfg.id
+                )));
+            }
+            Some(_) => {}
+            None => {
+                let own = crate::tls::node_dns_name(cfg.id.as_str());
+                let named = crate::tls::cert_dns_name(&der);
+                if named.as_deref() != Some(own.as_str()) {
+                    return Err(NodeError::Config(format!(
+                        "{}: this certificate names {}, not `{own}`; use the certificate \
+                             issued for node `{}`",
+                        cfg.tls_cert.display(),
+                        named.map_or("no node".to_owned(), |n| format!("`{n}`")),
+                        cfg.id
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Shared state of a running node.
 pub struct Node {
     /// Configuration.
@@ -862,8 +939,8 @@ pub struct Node {
     /// This node as a policy party.
     pub me: Party,
     key: SigningKey,
-    /// The federation roster.
-    pub roster: Roster,
+    /// The federation roster, replaced whole by [`Node::reload_roster`].
+    roster: RwLock<Arc<Roster>>,
     /// TLS material.
     pub tls: TlsMaterial,
     /// The store.
@@ -1149,6 +1226,34 @@ pub(crate) fn be_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(b.try_into().unwrap_or([0; 8]))
 }
 
+/// What [`Node::reload_roster`] changed: node ids added, removed, and changed (keys,
+/// certificate pin, country or organisation). All empty: the roster was the one in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RosterReload {
+    /// Nodes new to the roster.
+    pub added: Vec<String>,
+    /// Nodes no longer in it.
+    pub removed: Vec<String>,
+    /// Nodes whose entry changed.
+    pub changed: Vec<String>,
+    /// Link sessions ended, to be opened again under the new roster.
+    pub sessions_ended: usize,
+}
+
+impl RosterReload {
+    /// Whether anything changed.
+    pub fn is_change(&self) -> bool {
+        !(self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty())
+    }
+}
+
+/// One roster entry as text, to tell changed entries apart.
+fn roster_entry_text(n: &tidewire_core::keys::RosterNode) -> String {
+    let mut one = Roster::default();
+    one.upsert(n.clone());
+    one.to_toml()
+}
+
 impl Node {
     /// Loads keys, roster, TLS material, policy and users, then opens the store with
     /// `open_store`: a file that is wrong is reported before anything is written to disk.
@@ -1159,71 +1264,8 @@ impl Node {
     ) -> Result<Arc<Node>, NodeError> {
         let key = SigningKey::load(&cfg.signing_key)?;
         let roster = Roster::load(&cfg.roster)?;
-        let entry = roster.get(cfg.id.as_str()).ok_or_else(|| {
-            NodeError::Config(format!(
-                "{}: node `{}` is not in the roster; add it with `tidewire keys generate`",
-                cfg.roster.display(),
-                cfg.id
-            ))
-        })?;
-        if !entry.keys.iter().any(|k| k.key_id == key.key_id()) {
-            return Err(NodeError::Config(format!(
-                "{}: the signing key {} is not one of node `{}`'s keys in the roster {}",
-                cfg.signing_key.display(),
-                key.key_id(),
-                cfg.id,
-                cfg.roster.display()
-            )));
-        }
-        // A link to a node the roster does not have could never come up: its certificate and
-        // announcements would be refused.
-        if let Some((peer, _)) = cfg
-            .links
-            .iter()
-            .find(|(p, _)| roster.get(p.as_str()).is_none())
-        {
-            let known: Vec<&str> = roster
-                .nodes()
-                .map(|n| n.id.as_str())
-                .filter(|n| *n != cfg.id.as_str())
-                .collect();
-            return Err(NodeError::Config(format!(
-                "a [[link]] names `{peer}`, which is not in the roster {} (it has {}); add the \
-                 node to the roster or remove the link",
-                cfg.roster.display(),
-                known.join(", ")
-            )));
-        }
         let tls = TlsMaterial::load(&cfg.tls_ca, &cfg.tls_cert, &cfg.tls_key)?;
-        // This node's own certificate, as its peers check it: by the roster's pin if there is
-        // one, else by the name it carries. Another would have every link refused.
-        if let Some(der) = crate::tls::pem_cert_der(&tls.cert_pem) {
-            match entry.tls_cert_sha256 {
-                Some(pin) if pin != crate::tls::cert_sha256(&der) => {
-                    return Err(NodeError::Config(format!(
-                        "{}: not the certificate the roster {} pins for `{}`; use the one issued \
-                         for this node, or update the roster's tls_cert_sha256 on every node",
-                        cfg.tls_cert.display(),
-                        cfg.roster.display(),
-                        cfg.id
-                    )));
-                }
-                Some(_) => {}
-                None => {
-                    let own = crate::tls::node_dns_name(cfg.id.as_str());
-                    let named = crate::tls::cert_dns_name(&der);
-                    if named.as_deref() != Some(own.as_str()) {
-                        return Err(NodeError::Config(format!(
-                            "{}: this certificate names {}, not `{own}`; use the certificate \
-                             issued for node `{}`",
-                            cfg.tls_cert.display(),
-                            named.map_or("no node".to_owned(), |n| format!("`{n}`")),
-                            cfg.id
-                        )));
-                    }
-                }
-            }
-        }
+        check_roster(&cfg, &roster, &key, &tls)?;
         let policy = match &cfg.policy {
             Some(p) => {
                 let pol = Policy::load(p).map_err(|e| NodeError::Config(e.to_string()))?;
@@ -1296,7 +1338,7 @@ impl Node {
             routing: Mutex::new(Routing::new(cfg.id.clone())),
             me,
             key,
-            roster,
+            roster: RwLock::new(Arc::new(roster)),
             tls,
             store,
             committer,
@@ -1735,9 +1777,50 @@ impl Node {
         self.outbox_changed.send_modify(|v| *v += 1);
     }
 
+    /// The roster in force.
+    pub fn roster(&self) -> Arc<Roster> {
+        self.roster
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads the roster file again and, if it changed and this node can run on it (the checks
+    /// of a start: this node with its signing key, every `[[link]]` peer, this node's
+    /// certificate pin), puts it in force without a restart: a rotated key, a re-issued
+    /// certificate or a new centre is recognised from the next message on. Every link
+    /// session is then ended and opened again, so that a peer re-offers copies this node
+    /// refused for a key or node it did not know yet, and a node taken out of the roster
+    /// loses its link. A roster that fails a check changes nothing.
+    pub fn reload_roster(&self) -> Result<RosterReload, NodeError> {
+        let new = Roster::load(&self.cfg.roster)?;
+        check_roster(&self.cfg, &new, &self.key, &self.tls)?;
+        let old = self.roster();
+        let mut r = RosterReload::default();
+        for n in new.nodes() {
+            match old.get(n.id.as_str()) {
+                None => r.added.push(n.id.to_string()),
+                Some(o) if roster_entry_text(o) != roster_entry_text(n) => {
+                    r.changed.push(n.id.to_string())
+                }
+                Some(_) => {}
+            }
+        }
+        r.removed = old
+            .nodes()
+            .filter(|o| new.get(o.id.as_str()).is_none())
+            .map(|o| o.id.to_string())
+            .collect();
+        if r.is_change() {
+            *self.roster.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+            r.sessions_ended = self.sessions.end_all();
+        }
+        Ok(r)
+    }
+
     /// The roster nodes an audience covers, other than this node.
     pub fn audience_nodes(&self, header: &Header) -> BTreeSet<NodeId> {
-        self.roster
+        self.roster()
             .nodes()
             .filter(|n| n.id != self.me.node)
             .filter(|n| {
@@ -1759,7 +1842,7 @@ impl Node {
     }
 
     fn party(&self, node: &NodeId) -> Option<Party> {
-        self.roster.get(node.as_str()).map(Party::from_roster)
+        self.roster().get(node.as_str()).map(Party::from_roster)
     }
 
     fn take_publish_token(&self) -> bool {
@@ -2095,7 +2178,7 @@ impl Node {
                 }
             })
             .collect();
-        let mut verified = envelope::verify_many(&inputs, &self.roster).into_iter();
+        let mut verified = envelope::verify_many(&inputs, &self.roster()).into_iter();
         for t in transfers.iter() {
             let checked = verified.next();
             self.counters.received.fetch_add(1, Ordering::Relaxed);
@@ -2646,7 +2729,7 @@ impl Node {
             })
             .filter(|a| {
                 !self
-                    .roster
+                    .roster()
                     .nodes()
                     .any(|n| a.covers(&n.id, n.country, &n.org))
             })
@@ -2663,7 +2746,7 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .interested(&header.routes);
-        self.roster
+        self.roster()
             .nodes()
             .filter(|n| n.id != self.me.node)
             .filter(|n| {

@@ -485,7 +485,7 @@ fn filter_for_role(
     role: &str,
 ) -> Option<Filtered> {
     let h = &view.header;
-    let origin = Party::from_roster(node.roster.get(h.origin.as_str())?);
+    let origin = Party::from_roster(node.roster().get(h.origin.as_str())?);
     let dest = Party::subscriber(
         node.me.node.clone(),
         node.me.country,

@@ -27,6 +27,15 @@ pub async fn node_run(config: &Path, env: &HashMap<String, String>) -> Result<()
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = hup.recv() => {
+                match node.reload_roster() {
+                    Ok(r) if r.is_change() => tracing::info!(
+                        added = ?r.added, removed = ?r.removed, changed = ?r.changed,
+                        sessions_ended = r.sessions_ended,
+                        "roster reloaded on SIGHUP; links reconnect under it"
+                    ),
+                    Ok(_) => tracing::info!("roster unchanged on SIGHUP"),
+                    Err(e) => tracing::error!(error = %e, "roster reload refused; the roster in force stays"),
+                }
                 match node.cfg.policy.clone() {
                     Some(p) => match std::fs::read_to_string(&p) {
                         Ok(text) => match node.apply_policy(&text, "signal:SIGHUP").await {

@@ -3,7 +3,8 @@
 //! `a` is killed with SIGKILL in the middle of the stream. After `a` restarts on the same data
 //! directory, every publish `a` had acknowledged reaches `b` exactly once, and `a`'s disclosure
 //! ledger still verifies. And a liaison officer's `tidewire subscribe` rides out its node being
-//! killed and restarted without missing or repeating a notification.
+//! killed and restarted without missing or repeating a notification. Also, with the same real
+//! processes, what SIGHUP does to a running node.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -450,5 +451,76 @@ async fn the_subscribe_command_rides_out_its_node_being_killed_and_restarted() -
         "the command did not report its reconnection: {err}"
     );
     assert_eq!(seen, published, "every notification once, in order");
+    Ok(())
+}
+
+/// Publishes one notification for `audience` at `node`; returns the reply.
+async fn publish_for(dir: &Path, node: &str, audience: &str) -> Result<pb::PublishReply> {
+    let json = serde_json::json!({
+        "kind": "alert", "routes": ["mediterranean.west"], "handling": "H0",
+        "audience": [audience], "fields": {"narrative": "go-fast boat sighted off Almeria"}
+    });
+    let ch = conn(dir, node).connect().await?;
+    Ok(pb::publisher_client::PublisherClient::new(ch)
+        .publish(pb::PublishRequest {
+            notification_json: json.to_string(),
+            idempotency_key: String::new(),
+        })
+        .await?
+        .into_inner())
+}
+
+/// SIGHUP makes a running node read its roster again: a centre added to the roster (CeCLAD-M,
+/// with `tidewire keys generate --roster`) is a destination from then on, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_puts_a_changed_roster_in_force_without_a_restart() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (dir, a, _b) = running_pair(tmp.path()).await?;
+    let before = publish_for(&dir, "a", "node:ceclad-m").await?;
+    assert!(before.destinations.is_empty(), "{before:?}");
+    assert_eq!(before.unmatched_audience, ["node:ceclad-m"], "{before:?}");
+
+    let added = Command::new(env!("CARGO_BIN_EXE_tidewire"))
+        .args([
+            "keys",
+            "generate",
+            "--node",
+            "ceclad-m",
+            "--country",
+            "FR",
+            "--out",
+        ])
+        .arg(dir.join("ceclad-m"))
+        .arg("--roster")
+        .arg(dir.join("roster.toml"))
+        .env_clear()
+        .output()?;
+    ensure!(
+        added.status.success(),
+        "keys generate: {}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let hup = Command::new("kill")
+        .args(["-HUP", &a.child.id().to_string()])
+        .status()?;
+    ensure!(hup.success(), "kill -HUP failed");
+    let after = eventually(
+        Duration::from_secs(10),
+        "a publish at a goes to ceclad-m once a has the new roster",
+        async || {
+            let r = publish_for(&dir, "a", "node:ceclad-m").await?;
+            ensure!(r.destinations == ["ceclad-m"], "{r:?}");
+            Ok(r)
+        },
+    )
+    .await;
+    assert!(after.unmatched_audience.is_empty(), "{after:?}");
+    // And a is still the node it was: its link to b comes back under the new roster.
+    eventually(
+        Duration::from_secs(20),
+        "the a–b link is up again",
+        async || link_up(&dir, "a", "b").await,
+    )
+    .await;
     Ok(())
 }

@@ -430,6 +430,83 @@ fn repoint(f: &LocalFederation, node: &str, roster: &str, key: Option<&str>) {
     std::fs::write(&path, edited.join("\n") + "\n").expect("write node.toml");
 }
 
+/// The same rotation, with dakar taking the new roster without a restart (`reload_roster`,
+/// what SIGHUP runs): the waiting copy goes through, once. A roster dakar cannot run on (one
+/// without dakar) is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roster_reloaded_without_a_restart_lets_the_waiting_copy_through() {
+    let (_tmp, mut f) = pair().await;
+    f.stop_node("maoc-n").await.expect("stop maoc-n");
+    let key = tidewire_core::keys::SigningKey::generate();
+    key.save(
+        &f.dir.join("maoc-n/maoc-n-2.key"),
+        &f.dir.join("maoc-n/maoc-n-2.pub"),
+    )
+    .expect("save the new key");
+    let roster_path = f.dir.join("roster.toml");
+    let first = std::fs::read_to_string(&roster_path).expect("roster");
+    let mut roster = tidewire_core::keys::Roster::load(&roster_path).expect("roster");
+    let mut entry = roster.get("maoc-n").expect("maoc-n").clone();
+    let fresh = tidewire_core::keys::RosterNode::new(
+        entry.id.clone(),
+        entry.country,
+        entry.org.clone(),
+        key.public(),
+    );
+    entry.keys.extend(fresh.keys);
+    roster.upsert(entry);
+    let rotated = roster.to_toml();
+    std::fs::write(f.dir.join("roster-2.toml"), &rotated).expect("roster-2");
+    repoint(&f, "maoc-n", "roster-2.toml", Some("maoc-n-2.key"));
+    f.restart_node("maoc-n").await.expect("restart maoc-n");
+
+    let id = publish(&f, "maoc-n", &alert("signed with the new key", None)).await;
+    wait_for(
+        Duration::from_secs(20),
+        "dakar's refusal recorded at maoc-n",
+        async || events(&f, "maoc-n", &id, "transfer_refused").await == 1,
+    )
+    .await;
+    let dakar = f.nodes["dakar"].node.clone();
+
+    // A roster without dakar: refused, naming the file; the roster in force stays.
+    let mut without = tidewire_core::keys::Roster::default();
+    for n in roster.nodes().filter(|n| n.id.as_str() != "dakar") {
+        without.upsert(n.clone());
+    }
+    std::fs::write(&roster_path, without.to_toml()).expect("write roster");
+    let err = dakar
+        .reload_roster()
+        .expect_err("dakar cannot run without itself");
+    assert!(
+        err.to_string().contains("roster.toml") && err.to_string().contains("`dakar`"),
+        "{err}"
+    );
+    assert!(
+        dakar.roster().get("dakar").is_some(),
+        "the roster in force stays"
+    );
+
+    // Unchanged: nothing to do.
+    std::fs::write(&roster_path, &first).expect("write roster");
+    assert!(!dakar.reload_roster().expect("reload").is_change());
+
+    // The rotated roster: maoc-n's entry changed, links reconnect, the copy goes through.
+    std::fs::write(&roster_path, &rotated).expect("write roster");
+    let r = dakar.reload_roster().expect("reload");
+    assert_eq!(r.changed, ["maoc-n"], "{r:?}");
+    assert!(r.added.is_empty() && r.removed.is_empty(), "{r:?}");
+    wait_for(
+        Duration::from_secs(30),
+        "the copy at dakar after its roster reload",
+        async || events(&f, "dakar", &id, "received").await == 1,
+    )
+    .await;
+    common::wait_drained(&f, "maoc-n", Duration::from_secs(10)).await;
+    assert_eq!(events(&f, "dakar", &id, "received").await, 1);
+    f.stop().await;
+}
+
 /// A key rotation that reaches one roster before another: the peer refuses the new key
 /// (`unknown_key`) as any unknown key, but the copy stays queued at the sender instead of being
 /// dropped, and goes through once the peer restarts with the updated roster.
