@@ -80,125 +80,168 @@ impl TlsMaterial {
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
     }
 
-    /// rustls's client configuration for links: our certificate, the CA as the only root,
-    /// HTTP/2 by ALPN.
-    fn rustls_client(&self) -> Result<rustls::ClientConfig, String> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&self.ca_pem) {
-            let c = c.map_err(|e| format!("the CA certificate: {e}"))?;
-            roots
-                .add(c)
-                .map_err(|e| format!("the CA certificate: {e}"))?;
-        }
-        let certs = CertificateDer::pem_slice_iter(&self.cert_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("this node's certificate: {e}"))?;
-        let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
-            .map_err(|e| format!("this node's TLS key: {e}"))?;
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(certs, key)
-            .map_err(|e| format!("this node's certificate and key: {e}"))?;
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(cfg)
-    }
-
     /// Opens a link's channel to `url`: mutual TLS under the CA, the server named
-    /// `server_name`, and, when the roster pins a certificate for the peer (`pin`), the one the
-    /// server presented checked against it before a byte of the link is sent. tonic's own TLS
-    /// checks the name only: a node whose certificate was re-issued (the roster pinning the new
-    /// one) could still be impersonated with the old one towards the nodes that dial it, while
-    /// the nodes it dials already refuse it (`auth::caller`).
+    /// `server_name`, and its certificate checked against the roster's pin for the peer
+    /// (`pin`) before a byte of the link is sent (see [`connect_pinned`]).
     pub async fn connect_link(
         &self,
         url: &str,
         server_name: &str,
         pin: Option<[u8; 32]>,
     ) -> Result<tonic::transport::Channel, LinkConnectError> {
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| LinkConnectError::Other(format!("`{url}` is not a valid URL: {e}")))?;
-        let authority = uri
-            .authority()
-            .ok_or_else(|| LinkConnectError::Other(format!("`{url}` names no host")))?
-            .as_str()
-            .to_owned();
-        let addr = if uri.port_u16().is_some() {
-            authority.clone()
-        } else {
-            format!("{authority}:443")
+        let own = Pem {
+            ca: &self.ca_pem,
+            cert: &self.cert_pem,
+            key: &self.key_pem,
         };
-        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
-            .map_err(|e| LinkConnectError::Other(format!("`{server_name}`: {e}")))?;
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
-            self.rustls_client().map_err(LinkConnectError::Other)?,
-        ));
-        let refused = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
-        let seen = refused.clone();
-        let connect = tower::service_fn(move |_: http::Uri| {
-            let (connector, name, addr, seen) =
-                (connector.clone(), name.clone(), addr.clone(), seen.clone());
-            async move {
-                let open = async {
-                    let tcp = tokio::net::TcpStream::connect(&addr).await?;
-                    tcp.set_nodelay(true)?;
-                    let tls = connector.connect(name, tcp).await?;
-                    if let Some(pin) = pin {
-                        let presented = tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .map(|c| cert_sha256(c.as_ref()));
-                        if presented != Some(pin) {
-                            let why = format!(
-                                "the server at {addr} presented a certificate (sha256 {}) that \
-                                 is not the one the roster pins for it (sha256 {}): another \
-                                 server at that address, or a re-issued certificate the roster \
-                                 does not have yet",
-                                presented.map_or("none".to_owned(), |p| hex::encode(&p[..8])),
-                                hex::encode(&pin[..8])
-                            );
-                            *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
-                            return Err(std::io::Error::new(
-                                std::io::ErrorKind::PermissionDenied,
-                                why,
-                            ));
-                        }
+        connect_pinned(own, url, Some(server_name), pin, |e| {
+            e.http2_keep_alive_interval(Duration::from_secs(1))
+                .keep_alive_timeout(Duration::from_secs(3))
+                .keep_alive_while_idle(true)
+                .initial_stream_window_size(Some(4 * 1024 * 1024))
+                .initial_connection_window_size(Some(16 * 1024 * 1024))
+        })
+        .await
+    }
+}
+
+/// The PEM material of one side of a mutual-TLS connection: the CA it trusts, its certificate
+/// and its key.
+#[derive(Clone, Copy)]
+pub struct Pem<'a> {
+    /// The CA certificate(s).
+    pub ca: &'a [u8],
+    /// Own certificate.
+    pub cert: &'a [u8],
+    /// Own key (secret).
+    pub key: &'a [u8],
+}
+
+impl std::fmt::Debug for Pem<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pem")
+            .field("key", &"***")
+            .finish_non_exhaustive()
+    }
+}
+
+/// rustls's client configuration: our certificate, the CA as the only root, HTTP/2 by ALPN.
+fn rustls_client(own: Pem<'_>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(own.ca) {
+        let c = c.map_err(|e| format!("the CA certificate: {e}"))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("the CA certificate: {e}"))?;
+    }
+    let certs = CertificateDer::pem_slice_iter(own.cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(own.key).map_err(|e| format!("the TLS key: {e}"))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| format!("the certificate and key: {e}"))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+/// Opens a gRPC channel to `url` with mutual TLS under the CA: the server must be named
+/// `server_name` (default: the URL's host), and, when `pin` is given (the roster pins a
+/// certificate for that node), present exactly that certificate, checked before a byte of
+/// HTTP/2 is sent. tonic's own TLS checks the name only: a node whose certificate was re-issued
+/// (the roster pinning the new one) could still be impersonated with the old one towards
+/// whoever dials it. `tune` sets the endpoint's HTTP/2 options.
+pub async fn connect_pinned(
+    own: Pem<'_>,
+    url: &str,
+    server_name: Option<&str>,
+    pin: Option<[u8; 32]>,
+    tune: impl FnOnce(Endpoint) -> Endpoint,
+) -> Result<tonic::transport::Channel, LinkConnectError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| LinkConnectError::Other(format!("`{url}` is not a valid URL: {e}")))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(LinkConnectError::Other(format!(
+            "`{url}` is not an https URL; write e.g. https://127.0.0.1:7401"
+        )));
+    }
+    let (Some(authority), Some(host)) = (uri.authority(), uri.host()) else {
+        return Err(LinkConnectError::Other(format!("`{url}` names no host")));
+    };
+    let authority = authority.as_str().to_owned();
+    let addr = if uri.port_u16().is_some() {
+        authority.clone()
+    } else {
+        format!("{authority}:443")
+    };
+    let server_name = server_name.unwrap_or(host.trim_start_matches('[').trim_end_matches(']'));
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+        .map_err(|e| LinkConnectError::Other(format!("`{server_name}`: {e}")))?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        rustls_client(own).map_err(LinkConnectError::Other)?,
+    ));
+    let refused = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let seen = refused.clone();
+    let connect = tower::service_fn(move |_: http::Uri| {
+        let (connector, name, addr, seen) =
+            (connector.clone(), name.clone(), addr.clone(), seen.clone());
+        async move {
+            let open = async {
+                let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                tcp.set_nodelay(true)?;
+                let tls = connector.connect(name, tcp).await?;
+                if let Some(pin) = pin {
+                    let presented = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| cert_sha256(c.as_ref()));
+                    if presented != Some(pin) {
+                        let why = format!(
+                            "the server at {addr} presented a certificate (sha256 {}) that is \
+                             not the one the roster pins for it (sha256 {}): another server at \
+                             that address, or a re-issued certificate the roster does not have \
+                             yet",
+                            presented.map_or("none".to_owned(), |p| hex::encode(&p[..8])),
+                            hex::encode(&pin[..8])
+                        );
+                        *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            why,
+                        ));
                     }
-                    Ok(hyper_util::rt::TokioIo::new(tls))
-                };
-                match tokio::time::timeout(Duration::from_secs(5), open).await {
-                    Ok(r) => r,
-                    Err(_) => Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no TLS connection to {addr} within 5 s"),
-                    )),
                 }
+                Ok(hyper_util::rt::TokioIo::new(tls))
+            };
+            match tokio::time::timeout(Duration::from_secs(5), open).await {
+                Ok(r) => r,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no TLS connection to {addr} within 5 s"),
+                )),
             }
-        });
-        // The connector speaks TLS itself, so tonic is given the address as plain `http`
-        // (with `https` it would wrap the connection in TLS a second time).
-        let endpoint = Endpoint::from_shared(format!("http://{authority}"))
-            .map_err(|e| LinkConnectError::Other(format!("`{url}` is not a valid URL: {e}")))?
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(3))
-            .keep_alive_while_idle(true)
-            .initial_stream_window_size(Some(4 * 1024 * 1024))
-            .initial_connection_window_size(Some(16 * 1024 * 1024));
-        match endpoint.connect_with_connector(connect).await {
-            Ok(ch) => Ok(ch),
-            Err(e) => match refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                Some(why) => Err(LinkConnectError::NotPinned(why)),
-                None => Err(LinkConnectError::Other(error_chain(&e))),
-            },
         }
+    });
+    // The connector speaks TLS itself, so tonic is given the address as plain `http` (with
+    // `https` it would wrap the connection in TLS a second time).
+    let endpoint = Endpoint::from_shared(format!("http://{authority}"))
+        .map_err(|e| LinkConnectError::Other(format!("`{url}` is not a valid URL: {e}")))?;
+    match tune(endpoint).connect_with_connector(connect).await {
+        Ok(ch) => Ok(ch),
+        Err(e) => match refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(why) => Err(LinkConnectError::NotPinned(why)),
+            None => Err(LinkConnectError::Other(error_chain(&e))),
+        },
     }
 }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 use crate::pki::Federation;
 
@@ -28,30 +28,43 @@ fn read(p: &Path) -> Result<Vec<u8>> {
 }
 
 impl Conn {
-    /// Resolves the URL, server name and identity, and connects.
+    /// Resolves the URL, server name and identity, and connects. With `--federation DIR` and a
+    /// node name, the node must present the TLS certificate `DIR/roster.toml` pins for it.
     pub async fn connect(&self) -> Result<Channel> {
         let (url, domain, ca, cert, key) = self.resolve()?;
-        let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca))
-            .identity(Identity::from_pem(cert, key));
-        if let Some(d) = &domain {
-            tls = tls.domain_name(d.clone());
-        }
-        let endpoint = Channel::from_shared(url.clone())
-            .with_context(|| {
-                format!("`{url}` is not a valid node URL; write e.g. https://127.0.0.1:7401")
-            })?
-            .tls_config(tls)
-            .context("tls configuration")?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .initial_stream_window_size(Some(4 * 1024 * 1024))
-            .initial_connection_window_size(Some(16 * 1024 * 1024));
-        endpoint.connect().await.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach node at {url}: {}",
-                tidewire_node::tls::error_chain(&e)
-            )
+        let pin = self.pin()?;
+        let own = tidewire_node::tls::Pem {
+            ca: &ca,
+            cert: &cert,
+            key: &key,
+        };
+        tidewire_node::tls::connect_pinned(own, &url, domain.as_deref(), pin, |e| {
+            e.initial_stream_window_size(Some(4 * 1024 * 1024))
+                .initial_connection_window_size(Some(16 * 1024 * 1024))
         })
+        .await
+        .map_err(|e| match e {
+            tidewire_node::tls::LinkConnectError::NotPinned(why) => {
+                anyhow::anyhow!("refusing the node at {url}: {why}")
+            }
+            tidewire_node::tls::LinkConnectError::Other(why) => {
+                anyhow::anyhow!("cannot reach node at {url}: {why}")
+            }
+        })
+    }
+
+    /// The certificate pin of the node named by `--node` in `DIR/roster.toml`, when a
+    /// federation directory is given and has a roster.
+    fn pin(&self) -> Result<Option<[u8; 32]>> {
+        let Some(dir) = &self.federation else {
+            return Ok(None);
+        };
+        let path = dir.join("roster.toml");
+        if self.node.contains("://") || !path.exists() {
+            return Ok(None);
+        }
+        let roster = tidewire_core::keys::Roster::load(&path)?;
+        Ok(roster.get(&self.node).and_then(|n| n.tls_cert_sha256))
     }
 
     #[allow(clippy::type_complexity)]
