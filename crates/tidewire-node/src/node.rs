@@ -1785,6 +1785,15 @@ impl Node {
             .clone()
     }
 
+    /// The SHA-256 of the roster in force's canonical text, as `sha256:HEX`.
+    pub fn roster_sha256(&self) -> String {
+        use sha2::Digest;
+        format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(self.roster().to_toml()))
+        )
+    }
+
     /// Reads the roster file again and, if it changed and this node can run on it (the checks
     /// of a start: this node with its signing key, every `[[link]]` peer, this node's
     /// certificate pin), puts it in force without a restart: a rotated key, a re-issued

@@ -129,6 +129,31 @@ pub fn add_link(node: &Arc<Node>, peer: tidewire_core::NodeId, url: String) {
     }
 }
 
+/// Adds the links of `links` (a re-read `node.toml`'s) that this node does not have yet and
+/// whose peer the roster in force has; returns their peers. Links already there stay as they
+/// are (a changed URL or a removed link takes a restart).
+pub fn add_new_links(node: &Arc<Node>, links: &[(tidewire_core::NodeId, String)]) -> Vec<String> {
+    let roster = node.roster();
+    let mut added = Vec::new();
+    for (peer, url) in links {
+        let known = node
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(peer);
+        if known {
+            continue;
+        }
+        if roster.get(peer.as_str()).is_none() {
+            tracing::warn!(peer = %peer, "a new [[link]] names a node the roster does not have; not added");
+            continue;
+        }
+        add_link(node, peer.clone(), url.clone());
+        added.push(peer.to_string());
+    }
+    added
+}
+
 /// Every service the health service reports on: the whole server (""), then each service;
 /// the first [`WRITERS`] of them need durable writes.
 const SERVICES: [&str; 5] = [

@@ -243,6 +243,8 @@ impl pb::admin_server::Admin for AdminService {
                 .map(|p| p.content_hash().to_owned())
                 .unwrap_or_default(),
             policy_number: policy.as_ref().map_or(0, |p| p.version()),
+            roster_nodes: n.roster().nodes().count() as u32,
+            roster_sha256: n.roster_sha256(),
             routes: table
                 .into_iter()
                 .map(|(d, (hop, dist))| pb::RouteEntry {

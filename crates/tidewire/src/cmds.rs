@@ -26,32 +26,56 @@ pub async fn node_run(config: &Path, env: &HashMap<String, String>) -> Result<()
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
-            _ = hup.recv() => {
-                match node.reload_roster() {
-                    Ok(r) if r.is_change() => tracing::info!(
-                        added = ?r.added, removed = ?r.removed, changed = ?r.changed,
-                        sessions_ended = r.sessions_ended,
-                        "roster reloaded on SIGHUP; links reconnect under it"
-                    ),
-                    Ok(_) => tracing::info!("roster unchanged on SIGHUP"),
-                    Err(e) => tracing::error!(error = %e, "roster reload refused; the roster in force stays"),
-                }
-                match node.cfg.policy.clone() {
-                    Some(p) => match std::fs::read_to_string(&p) {
-                        Ok(text) => match node.apply_policy(&text, "signal:SIGHUP").await {
-                            Ok((pol, _)) => tracing::info!(version = pol.version(), hash = pol.content_hash(), "policy reloaded on SIGHUP"),
-                            Err(e) => tracing::error!(error = %e, "policy reload refused; the old policy stays in force"),
-                        },
-                        Err(e) => tracing::error!(error = %e, file = %p.display(), "cannot read policy"),
-                    },
-                    None => tracing::warn!("SIGHUP: no policy file configured"),
-                }
-            }
+            _ = hup.recv() => reload_on_sighup(&node, config, env).await,
         }
     }
     tracing::info!("shutting down: draining links and flushing the store");
     running.stop().await;
     Ok(())
+}
+
+/// SIGHUP: the roster, new `[[link]]`s of `node.toml`, then the policy, each read again; one
+/// that is wrong is logged and leaves what is in force.
+async fn reload_on_sighup(
+    node: &std::sync::Arc<tidewire_node::Node>,
+    config: &Path,
+    env: &HashMap<String, String>,
+) {
+    match node.reload_roster() {
+        Ok(r) if r.is_change() => tracing::info!(
+            added = ?r.added, removed = ?r.removed, changed = ?r.changed,
+            sessions_ended = r.sessions_ended,
+            "roster reloaded on SIGHUP; links reconnect under it"
+        ),
+        Ok(_) => tracing::info!("roster unchanged on SIGHUP"),
+        Err(e) => tracing::error!(error = %e, "roster reload refused; the roster in force stays"),
+    }
+    // New [[link]]s in node.toml (`pki add-node` writes one at each peer).
+    match tidewire_node::NodeConfig::load(config, env) {
+        Ok(fresh) => {
+            let added = tidewire_node::server::add_new_links(node, &fresh.links);
+            if !added.is_empty() {
+                tracing::info!(peers = ?added, "links added on SIGHUP");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "node.toml not re-read; its links stay as they are"),
+    }
+    match node.cfg.policy.clone() {
+        Some(p) => match std::fs::read_to_string(&p) {
+            Ok(text) => match node.apply_policy(&text, "signal:SIGHUP").await {
+                Ok((pol, _)) => tracing::info!(
+                    version = pol.version(),
+                    hash = pol.content_hash(),
+                    "policy reloaded on SIGHUP"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "policy reload refused; the old policy stays in force")
+                }
+            },
+            Err(e) => tracing::error!(error = %e, file = %p.display(), "cannot read policy"),
+        },
+        None => tracing::warn!("SIGHUP: no policy file configured"),
+    }
 }
 
 /// `tidewire keys generate`.
@@ -661,7 +685,7 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "node": s.node, "country": s.country, "org": s.org, "uptime_s": s.uptime_s, "policy_version": s.policy_version, "policy_number": s.policy_number,
+                "node": s.node, "country": s.country, "org": s.org, "uptime_s": s.uptime_s, "policy_version": s.policy_version, "policy_number": s.policy_number, "roster_nodes": s.roster_nodes, "roster_sha256": s.roster_sha256,
                 "links": s.links.iter().map(|l| serde_json::json!({"peer": l.peer, "up": l.up, "backlog": l.backlog, "last_error": l.last_error, "url": l.address})).collect::<Vec<_>>(),
                 "counters": counters, "refused": refused,
                 "routes": s.routes.iter().map(|r| serde_json::json!({"node": r.node, "next_hop": r.next_hop, "distance": r.distance})).collect::<Vec<_>>(),
@@ -681,6 +705,13 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
             format!("version {} ({})", s.policy_number, s.policy_version)
         }
     );
+    if !s.roster_sha256.is_empty() {
+        println!(
+            "roster {} nodes ({}…)",
+            s.roster_nodes,
+            &s.roster_sha256[..s.roster_sha256.len().min(23)]
+        );
+    }
     println!("links");
     for l in &s.links {
         println!(

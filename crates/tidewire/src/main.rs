@@ -106,6 +106,28 @@ enum PkiCmd {
     },
     /// Issue a client certificate and register it in a node's user table.
     IssueClient(pki::IssueOptions),
+    /// Add a node (a centre joining) to a development federation: its keys, certificate,
+    /// policy, users and node.toml; the roster; federation.json; a [[link]] back at each peer.
+    AddNode {
+        /// Federation directory.
+        #[arg(long)]
+        federation: PathBuf,
+        /// The new node's id (ceclad-m).
+        #[arg(long)]
+        node: String,
+        /// Its links, NODE:PEER, comma-separated (ceclad-m:maoc-n).
+        #[arg(long, value_delimiter = ',')]
+        links: Vec<String>,
+        /// Its country (ISO 3166 alpha-2); known centres have defaults.
+        #[arg(long)]
+        country: Option<String>,
+        /// Its organisation.
+        #[arg(long)]
+        org: Option<String>,
+        /// Its port (default: a free one).
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// Issue a node a new TLS certificate and key, and pin it in the roster in place of the
     /// old one (which every node given the new roster then refuses).
     Reissue {
@@ -234,6 +256,22 @@ async fn run(cli: Cli, env: std::collections::HashMap<String, String>) -> anyhow
             Ok(())
         }
         Command::Pki(PkiCmd::IssueClient(o)) => pki::issue_and_report(&o, json).map(|_| ()),
+        Command::Pki(PkiCmd::AddNode {
+            federation,
+            node,
+            links,
+            country,
+            org,
+            port,
+        }) => pki::add_node_and_report(
+            &federation,
+            &node,
+            &links,
+            country.as_deref(),
+            org.as_deref(),
+            port,
+            json,
+        ),
         Command::Pki(PkiCmd::Reissue { federation, node }) => {
             pki::reissue_and_report(&federation, &node, json)
         }

@@ -228,6 +228,95 @@ fn overrides(list: &[String], what: &str) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
+/// One node of a development federation, to be written by [`write_node`].
+struct NewNode<'a> {
+    id: &'a NodeId,
+    country: CountryCode,
+    org: String,
+    port: u16,
+    links: Vec<LinkFile>,
+    /// The development admin client's certificate, registered in the node's user table.
+    admin_sha256: [u8; 32],
+}
+
+/// Writes a node's directory (`DIR/ID`): its signing key, TLS certificate and key from `ca`, a
+/// starting policy, a user table with the admin client, and a ready-to-run `node.toml`. Returns
+/// its roster entry (certificate pinned) and its `federation.json` entry.
+fn write_node(dir: &Path, ca: &Ca, n: &NewNode<'_>) -> Result<(RosterNode, FederationNode)> {
+    let id = n.id;
+    let cc = n.country;
+    let nd = dir.join(id.as_str());
+    std::fs::create_dir_all(nd.join("data"))?;
+    let key = SigningKey::generate();
+    let (kp, pp) = key_paths(&nd, id);
+    key.save(&kp, &pp)?;
+    let (cert, tkey, sha) = ca.issue(
+        id.as_str(),
+        &tidewire_node::tls::node_dns_name(id.as_str()),
+        true,
+    )?;
+    std::fs::write(nd.join("tls.pem"), cert)?;
+    write_private(&nd.join("tls.key"), tkey.as_bytes())?;
+    let mut entry = RosterNode::new(id.clone(), cc, n.org.clone(), key.public());
+    entry.tls_cert_sha256 = Some(sha);
+    std::fs::write(nd.join("policy.toml"), starter_policy(id.as_str()))?;
+    let users = UsersFile {
+        users: vec![UserEntry {
+            name: "admin".into(),
+            role: "admin".into(),
+            clearance: "H3".into(),
+            routes: vec![">".into()],
+            cert_sha256: Some(hex::encode(n.admin_sha256)),
+            revoked: false,
+        }],
+    };
+    users
+        .save(&nd.join("users.toml"))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let cfg = ConfigFile {
+        id: id.to_string(),
+        country: cc.to_string(),
+        org: n.org.clone(),
+        listen: format!("127.0.0.1:{}", n.port),
+        metrics_listen: None,
+        data_dir: "data".into(),
+        signing_key: format!("{id}.key"),
+        roster: "../roster.toml".into(),
+        policy: Some("policy.toml".into()),
+        users: Some("users.toml".into()),
+        tls: TlsFile {
+            ca: "../ca.pem".into(),
+            cert: "tls.pem".into(),
+            key: "tls.key".into(),
+        },
+        links: n.links.clone(),
+        limits: Limits::default(),
+    };
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "# Tidewire node `{id}` ({cc}). Start it with: tidewire node run --config {}",
+        nd.join("node.toml").display()
+    );
+    text.push_str(
+        "# Prometheus metrics: add `metrics_listen = \"127.0.0.1:PORT\"` next to `listen` to serve\n\
+         # them at http://127.0.0.1:PORT/metrics.\n",
+    );
+    text.push_str(&toml::to_string(&cfg)?);
+    std::fs::write(nd.join("node.toml"), text)?;
+    let url = format!("https://127.0.0.1:{}", n.port);
+    Ok((
+        entry,
+        FederationNode {
+            client_url: url.clone(),
+            federation_url: url,
+            country: cc.to_string(),
+            org: n.org.clone(),
+            config: format!("{id}/node.toml"),
+        },
+    ))
+}
+
 /// `tidewire pki init`.
 pub fn init(o: &InitOptions) -> Result<Federation> {
     if o.nodes.is_empty() {
@@ -312,8 +401,6 @@ pub fn init(o: &InitOptions) -> Result<Federation> {
     std::fs::write(dir.join("client/ca.pem"), &ca.pem)?;
 
     for id in &ids {
-        let nd = dir.join(id.as_str());
-        std::fs::create_dir_all(nd.join("data"))?;
         let (known_cc, known_org) = known_centre(id.as_str());
         let cc: CountryCode = countries
             .get(id.as_str())
@@ -323,33 +410,6 @@ pub fn init(o: &InitOptions) -> Result<Federation> {
             .map_err(|e| anyhow::anyhow!("--country {id}: {e}"))?;
         let org = orgs.get(id.as_str()).cloned().unwrap_or(known_org);
         tidewire_core::model::check_org(&org).map_err(|e| anyhow::anyhow!("--org {id}: {e}"))?;
-        let key = SigningKey::generate();
-        let (kp, pp) = key_paths(&nd, id);
-        key.save(&kp, &pp)?;
-        let (cert, tkey, sha) = ca.issue(
-            id.as_str(),
-            &tidewire_node::tls::node_dns_name(id.as_str()),
-            true,
-        )?;
-        std::fs::write(nd.join("tls.pem"), cert)?;
-        write_private(&nd.join("tls.key"), tkey.as_bytes())?;
-        let mut entry = RosterNode::new(id.clone(), cc, org.clone(), key.public());
-        entry.tls_cert_sha256 = Some(sha);
-        roster.upsert(entry);
-        std::fs::write(nd.join("policy.toml"), starter_policy(id.as_str()))?;
-        let users = UsersFile {
-            users: vec![UserEntry {
-                name: "admin".into(),
-                role: "admin".into(),
-                clearance: "H3".into(),
-                routes: vec![">".into()],
-                cert_sha256: Some(hex::encode(csha)),
-                revoked: false,
-            }],
-        };
-        users
-            .save(&nd.join("users.toml"))
-            .map_err(|e| anyhow::anyhow!(e))?;
         let peer_links: Vec<LinkFile> = links
             .iter()
             .filter_map(|(a, b)| {
@@ -366,48 +426,20 @@ pub fn init(o: &InitOptions) -> Result<Federation> {
                 url: format!("https://127.0.0.1:{}", ports[p]),
             })
             .collect();
-        let cfg = ConfigFile {
-            id: id.to_string(),
-            country: cc.to_string(),
-            org: org.clone(),
-            listen: format!("127.0.0.1:{}", ports[id]),
-            metrics_listen: None,
-            data_dir: "data".into(),
-            signing_key: format!("{id}.key"),
-            roster: "../roster.toml".into(),
-            policy: Some("policy.toml".into()),
-            users: Some("users.toml".into()),
-            tls: TlsFile {
-                ca: "../ca.pem".into(),
-                cert: "tls.pem".into(),
-                key: "tls.key".into(),
-            },
-            links: peer_links,
-            limits: Limits::default(),
-        };
-        let mut text = String::new();
-        let _ = writeln!(
-            text,
-            "# Tidewire node `{id}` ({cc}). Start it with: tidewire node run --config {}",
-            nd.join("node.toml").display()
-        );
-        text.push_str(
-            "# Prometheus metrics: add `metrics_listen = \"127.0.0.1:PORT\"` next to `listen` to serve\n\
-             # them at http://127.0.0.1:PORT/metrics.\n",
-        );
-        text.push_str(&toml::to_string(&cfg)?);
-        std::fs::write(nd.join("node.toml"), text)?;
-        let url = format!("https://127.0.0.1:{}", ports[id]);
-        fed.nodes.insert(
-            id.to_string(),
-            FederationNode {
-                client_url: url.clone(),
-                federation_url: url,
-                country: cc.to_string(),
+        let (entry, fnode) = write_node(
+            dir,
+            &ca,
+            &NewNode {
+                id,
+                country: cc,
                 org,
-                config: format!("{id}/node.toml"),
+                port: ports[id],
+                links: peer_links,
+                admin_sha256: csha,
             },
-        );
+        )?;
+        roster.upsert(entry);
+        fed.nodes.insert(id.to_string(), fnode);
     }
     std::fs::write(dir.join("roster.toml"), roster.to_toml())?;
     std::fs::write(
@@ -625,6 +657,162 @@ pub fn reissue_and_report(federation: &Path, node: &str, json: bool) -> Result<(
         "next: restart {} and every node with the new roster (nodes read it at start); from \
          then on they refuse the old certificate on links either side opens",
         r.node
+    );
+    Ok(())
+}
+
+/// What `pki add-node` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Added {
+    /// The new node.
+    pub node: String,
+    /// Its URL.
+    pub url: String,
+    /// Its `node.toml`.
+    pub config: PathBuf,
+    /// The nodes it links to, whose `node.toml` got a `[[link]]` back.
+    pub links: Vec<String>,
+}
+
+/// `tidewire pki add-node`: a new centre joins a development federation. Writes its directory
+/// as `pki init` would (keys, certificate, policy, users, `node.toml` with a link to each of
+/// `links`), adds it to `roster.toml` and `federation.json`, and gives each of its peers a
+/// `[[link]]` back (read when they next start; until then the new node dials them, which they
+/// accept once they hold the new roster: SIGHUP).
+pub fn add_node(
+    federation: &Path,
+    node: &str,
+    links: &[String],
+    country: Option<&str>,
+    org: Option<&str>,
+    port: Option<u16>,
+) -> Result<Added> {
+    let id: NodeId = node.parse().map_err(|e| anyhow::anyhow!("--node: {e}"))?;
+    let mut fed = Federation::load(federation)?;
+    let roster_path = federation.join("roster.toml");
+    let mut roster = Roster::load(&roster_path)?;
+    if fed.nodes.contains_key(id.as_str()) || roster.get(id.as_str()).is_some() {
+        bail!(
+            "--node `{id}` is already in {}; choose another id",
+            federation.display()
+        );
+    }
+    let mut peers: Vec<&str> = Vec::new();
+    for l in links {
+        let (a, b) = l
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("--links `{l}`: write {id}:PEER, e.g. {id}:maoc-n"))?;
+        let peer = match (a == id.as_str(), b == id.as_str()) {
+            (true, false) => b,
+            (false, true) => a,
+            _ => bail!("--links `{l}`: each link joins `{id}` to a node of the federation"),
+        };
+        if !fed.nodes.contains_key(peer) {
+            bail!(
+                "--links `{l}`: `{peer}` is not in {}; nodes: {}",
+                federation.join("federation.json").display(),
+                fed.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        if !peers.contains(&peer) {
+            peers.push(peer);
+        }
+    }
+    let (known_cc, known_org) = known_centre(id.as_str());
+    let cc: CountryCode = country
+        .unwrap_or(known_cc)
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--country: {e}"))?;
+    let org = org.map_or(known_org, str::to_owned);
+    tidewire_core::model::check_org(&org).map_err(|e| anyhow::anyhow!("--org: {e}"))?;
+    let port = match port {
+        Some(p) => p,
+        None => free_port()?,
+    };
+    let admin = federation.join(&fed.client.cert);
+    let admin_sha256 = tidewire_node::tls::pem_cert_sha256(
+        &std::fs::read(&admin).with_context(|| format!("cannot read {}", admin.display()))?,
+    )
+    .ok_or_else(|| anyhow::anyhow!("{}: not a PEM certificate", admin.display()))?;
+    let ca = Ca::load(federation)?;
+    let peer_links = peers
+        .iter()
+        .map(|p| LinkFile {
+            peer: (*p).to_owned(),
+            url: fed.nodes[*p].federation_url.clone(),
+        })
+        .collect();
+    let (entry, fnode) = write_node(
+        federation,
+        &ca,
+        &NewNode {
+            id: &id,
+            country: cc,
+            org,
+            port,
+            links: peer_links,
+            admin_sha256,
+        },
+    )?;
+    let url = fnode.federation_url.clone();
+    roster.upsert(entry);
+    std::fs::write(&roster_path, roster.to_toml())
+        .with_context(|| format!("cannot write {}", roster_path.display()))?;
+    for p in &peers {
+        let cfg = federation.join(&fed.nodes[*p].config);
+        let mut text = std::fs::read_to_string(&cfg)
+            .with_context(|| format!("cannot read {}", cfg.display()))?;
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        let _ = write!(text, "\n[[link]]\npeer = \"{id}\"\nurl = \"{url}\"\n");
+        std::fs::write(&cfg, text).with_context(|| format!("cannot write {}", cfg.display()))?;
+    }
+    let config = federation.join(&fnode.config);
+    fed.nodes.insert(id.to_string(), fnode);
+    std::fs::write(
+        federation.join("federation.json"),
+        serde_json::to_string_pretty(&fed)?,
+    )?;
+    Ok(Added {
+        node: id.to_string(),
+        url,
+        config,
+        links: peers.iter().map(|p| (*p).to_owned()).collect(),
+    })
+}
+
+/// Adds the node and prints what was done and what to do next.
+pub fn add_node_and_report(
+    federation: &Path,
+    node: &str,
+    links: &[String],
+    country: Option<&str>,
+    org: Option<&str>,
+    port: Option<u16>,
+    json: bool,
+) -> Result<()> {
+    let a = add_node(federation, node, links, country, org, port)?;
+    if json {
+        println!("{}", serde_json::to_string(&a)?);
+        return Ok(());
+    }
+    println!(
+        "node {} added at {}: {}, roster.toml and federation.json updated",
+        a.node,
+        a.url,
+        a.config.display()
+    );
+    if !a.links.is_empty() {
+        println!(
+            "linked to {} (each node.toml has a [[link]] back, read at its next start)",
+            a.links.join(", ")
+        );
+    }
+    println!(
+        "next: SIGHUP every running node (kill -HUP PID) so that it holds the new roster, then \
+         start the new one: tidewire node run --config {}",
+        a.config.display()
     );
     Ok(())
 }

@@ -762,6 +762,80 @@ fn pki_reissue_pins_the_new_certificate_in_place_of_the_old() {
     );
 }
 
+/// `pki add-node` refuses what would make a federation inconsistent, and says what to fix:
+/// an id already there, a link that does not join the new node, a peer not in the federation.
+#[test]
+fn pki_add_node_refuses_a_duplicate_id_or_a_link_to_nowhere() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fed = tmp.path().join("fed");
+    let fed_s = fed.to_str().expect("utf-8");
+    let init = tidewire_bare(&[
+        "pki",
+        "init",
+        "--nodes",
+        "maoc-n,dakar",
+        "--links",
+        "maoc-n:dakar",
+        "--out",
+        fed_s,
+    ]);
+    assert!(init.ok, "{}", init.stderr);
+    let roster_before = std::fs::read_to_string(fed.join("roster.toml")).expect("roster");
+    for (args, says) in [
+        (vec!["--node", "dakar"], "`dakar` is already in"),
+        (
+            vec!["--node", "ceclad-m", "--links", "maoc-n:dakar"],
+            "each link joins `ceclad-m` to a node",
+        ),
+        (
+            vec!["--node", "ceclad-m", "--links", "ceclad-m:lagos"],
+            "`lagos` is not in",
+        ),
+    ] {
+        let mut all = vec!["pki", "add-node", "--federation", fed_s];
+        all.extend(args);
+        let run = tidewire_bare(&all);
+        assert!(!run.ok, "{all:?} must fail");
+        assert!(run.stderr.contains(says), "{all:?}: {}", run.stderr);
+    }
+    assert_eq!(
+        std::fs::read_to_string(fed.join("roster.toml")).expect("roster"),
+        roster_before,
+        "a refused add-node changes nothing"
+    );
+    assert!(
+        !fed.join("ceclad-m").exists(),
+        "nor writes a node directory"
+    );
+
+    let run = tidewire_bare(&[
+        "pki",
+        "add-node",
+        "--federation",
+        fed_s,
+        "--node",
+        "ceclad-m",
+        "--links",
+        "ceclad-m:maoc-n",
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    assert!(run.stdout.contains("SIGHUP"), "{}", run.stdout);
+    let roster = tidewire_core::keys::Roster::load(&fed.join("roster.toml")).expect("roster");
+    let c = roster.get("ceclad-m").expect("ceclad-m in the roster");
+    assert_eq!(c.country.to_string(), "FR", "a known centre's country");
+    assert!(c.tls_cert_sha256.is_some(), "its certificate is pinned");
+    let fedn = tidewire::pki::Federation::load(&fed).expect("federation.json");
+    assert!(fedn.nodes.contains_key("ceclad-m"));
+    // Its node.toml is ready to run: it loads, links to maoc-n, and names files that exist.
+    let cfg = tidewire_node::NodeConfig::load(
+        &fed.join("ceclad-m/node.toml"),
+        &std::collections::HashMap::new(),
+    )
+    .expect("node.toml loads");
+    assert_eq!(cfg.links.len(), 1);
+    assert_eq!(cfg.links[0].0.as_str(), "maoc-n");
+}
+
 /// `policy explain`, offline: the README's notification against maoc-n's starting policy.
 #[test]
 fn policy_explain_shows_each_field_decision_and_warns_about_a_node_not_in_the_roster() {

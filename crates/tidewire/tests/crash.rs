@@ -476,6 +476,9 @@ async fn publish_for(dir: &Path, node: &str, audience: &str) -> Result<pb::Publi
 async fn sighup_puts_a_changed_roster_in_force_without_a_restart() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (dir, a, _b) = running_pair(tmp.path()).await?;
+    let first = status(&dir, "a").await?;
+    assert_eq!(first.roster_nodes, 2, "{first:?}");
+    assert!(first.roster_sha256.starts_with("sha256:"), "{first:?}");
     let before = publish_for(&dir, "a", "node:ceclad-m").await?;
     assert!(before.destinations.is_empty(), "{before:?}");
     assert_eq!(before.unmatched_audience, ["node:ceclad-m"], "{before:?}");
@@ -515,11 +518,82 @@ async fn sighup_puts_a_changed_roster_in_force_without_a_restart() -> Result<()>
     )
     .await;
     assert!(after.unmatched_audience.is_empty(), "{after:?}");
+    // `status` shows the roster in force.
+    let now = status(&dir, "a").await?;
+    assert_eq!(now.roster_nodes, 3, "{now:?}");
+    assert_ne!(now.roster_sha256, first.roster_sha256);
     // And a is still the node it was: its link to b comes back under the new roster.
     eventually(
         Duration::from_secs(20),
         "the a–b link is up again",
         async || link_up(&dir, "a", "b").await,
+    )
+    .await;
+    Ok(())
+}
+
+/// A centre joins a running federation: `tidewire pki add-node` writes it and its roster entry,
+/// SIGHUP gives the running nodes the new roster, and the new node, started as it is, links up
+/// and exchanges notifications both ways without any other node restarting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_centre_added_with_pki_add_node_joins_the_running_federation_on_sighup() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (dir, a, b) = running_pair(tmp.path()).await?;
+    let added = Command::new(env!("CARGO_BIN_EXE_tidewire"))
+        .args(["--json", "pki", "add-node", "--node", "c", "--links", "c:a"])
+        .args(["--country", "FR", "--federation"])
+        .arg(&dir)
+        .env_clear()
+        .output()?;
+    ensure!(
+        added.status.success(),
+        "pki add-node: {}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let out: serde_json::Value = serde_json::from_slice(&added.stdout)?;
+    assert_eq!(out["links"], serde_json::json!(["a"]), "{out}");
+    let a_config = std::fs::read_to_string(dir.join("a/node.toml"))?;
+    assert!(
+        a_config.contains("peer = \"c\""),
+        "a gets a link back: {a_config}"
+    );
+    for n in [&a, &b] {
+        let hup = Command::new("kill")
+            .args(["-HUP", &n.child.id().to_string()])
+            .status()?;
+        ensure!(hup.success(), "kill -HUP failed");
+    }
+    for n in ["a", "b"] {
+        eventually(
+            Duration::from_secs(10),
+            "the running nodes hold the new roster",
+            async || {
+                let s = status(&dir, n).await?;
+                ensure!(s.roster_nodes == 3, "{n}: {} nodes", s.roster_nodes);
+                Ok(())
+            },
+        )
+        .await;
+    }
+    let _c = NodeProcess::start(&dir, "c", 1)?;
+    eventually(
+        Duration::from_secs(20),
+        "c's link to a comes up",
+        async || link_up(&dir, "c", "a").await,
+    )
+    .await;
+    let from_c = publish_for(&dir, "c", "node:b").await?;
+    assert_eq!(from_c.destinations, ["b"], "{from_c:?}");
+    let to_c = publish_for(&dir, "a", "node:c").await?;
+    assert_eq!(to_c.destinations, ["c"], "{to_c:?}");
+    eventually(
+        Duration::from_secs(20),
+        "c's notification at b (through a) and a's at c",
+        async || {
+            ensure!(received_ids(&dir, "b").await?.contains(&from_c.id));
+            ensure!(received_ids(&dir, "c").await?.contains(&to_c.id));
+            Ok(())
+        },
     )
     .await;
     Ok(())
