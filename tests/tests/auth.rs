@@ -224,19 +224,21 @@ async fn a_server_with_a_certificate_the_roster_no_longer_pins_is_refused_by_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_presenting_a_certificate_the_roster_no_longer_pins_is_refused_and_counted()
 -> anyhow::Result<()> {
-    let builder = Kit::builder(&["a", "b"], &[])?;
+    // a dials b (the smaller id dials); a is re-issued a certificate, and whoever holds its old
+    // one dials b as a.
+    let builder = Kit::builder(&["a", "b"], &["a:b"])?;
     let dir = builder.dir().to_owned();
-    let (old_cert, old_key) = (dir.join("b-old.pem"), dir.join("b-old.key"));
-    std::fs::copy(dir.join("b/tls.pem"), &old_cert)?;
-    std::fs::copy(dir.join("b/tls.key"), &old_key)?;
-    tidewire::pki::reissue(&dir, "b")?;
-    let kit = builder.without("b").start().await?;
+    let (old_cert, old_key) = (dir.join("a-old.pem"), dir.join("a-old.key"));
+    std::fs::copy(dir.join("a/tls.pem"), &old_cert)?;
+    std::fs::copy(dir.join("a/tls.key"), &old_key)?;
+    tidewire::pki::reissue(&dir, "a")?;
+    let kit = builder.without("a").start().await?;
 
-    let channel = kit.channel_as("a", &old_cert, &old_key).await?;
+    let channel = kit.channel_as("b", &old_cert, &old_key).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(pb::LinkFrame {
         frame: Some(Frame::Hello(pb::Hello {
-            node: "b".into(),
+            node: "a".into(),
             protocol: 1,
             ..Default::default()
         })),
@@ -245,7 +247,7 @@ async fn a_node_presenting_a_certificate_the_roster_no_longer_pins_is_refused_an
     let refused = pb::federation_client::FederationClient::new(channel)
         .link(ReceiverStream::new(rx))
         .await
-        .expect_err("b's old certificate must not open a link");
+        .expect_err("a's old certificate must not open a link");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(
         refused
@@ -254,7 +256,18 @@ async fn a_node_presenting_a_certificate_the_roster_no_longer_pins_is_refused_an
         "{}",
         refused.message()
     );
-    assert_eq!(kit.refused("a", "impersonation").await?, 1);
+    assert_eq!(kit.refused("b", "impersonation").await?, 1);
+    // b's link to a shows why it is down.
+    let s = kit.status("b").await?;
+    let link = s
+        .links
+        .iter()
+        .find(|l| l.peer == "a")
+        .ok_or_else(|| anyhow::anyhow!("no link a: {:?}", s.links))?;
+    assert!(
+        !link.up && link.last_error.contains("its link was refused"),
+        "{link:?}"
+    );
     kit.stop().await;
     Ok(())
 }

@@ -1785,13 +1785,12 @@ impl Node {
             .clone()
     }
 
-    /// The SHA-256 of the roster in force's canonical text, as `sha256:HEX`.
+    /// The roster in force, identified as the policy is: `sha256:` and the first 16 hex
+    /// digits of the SHA-256 of its canonical text.
     pub fn roster_sha256(&self) -> String {
         use sha2::Digest;
-        format!(
-            "sha256:{}",
-            hex::encode(sha2::Sha256::digest(self.roster().to_toml()))
-        )
+        let digest = sha2::Sha256::digest(self.roster().to_toml());
+        format!("sha256:{}", hex::encode(&digest[..8]))
     }
 
     /// Reads the roster file again and, if it changed and this node can run on it (the checks

@@ -38,6 +38,23 @@ impl pb::federation_server::Federation for FederationService {
             // A certificate that is not the roster's for the node it names, or names none.
             node.counters.refuse("impersonation");
             tracing::warn!(error = %e, "link refused: the certificate is not a roster node's");
+            // The link it claims to be, if this node has one, shows why it stays down.
+            let named = req.peer_certs().and_then(|c| {
+                c.first()
+                    .and_then(|d| crate::tls::cert_dns_name(d.as_ref()))
+            });
+            if let Some(peer) = named
+                .as_deref()
+                .and_then(|n| n.strip_suffix(".node.tidewire"))
+                .and_then(|n| n.parse::<tidewire_core::NodeId>().ok())
+                && let Some(l) = node
+                    .links
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(&peer)
+            {
+                l.last_error = format!("its link was refused: {e}");
+            }
         })?;
         let peer = match who {
             Caller::Node(n) => n,

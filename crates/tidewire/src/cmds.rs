@@ -706,11 +706,7 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
         }
     );
     if !s.roster_sha256.is_empty() {
-        println!(
-            "roster {} nodes ({}…)",
-            s.roster_nodes,
-            &s.roster_sha256[..s.roster_sha256.len().min(23)]
-        );
+        println!("roster {} nodes ({})", s.roster_nodes, s.roster_sha256);
     }
     println!("links");
     for l in &s.links {

@@ -155,10 +155,24 @@ impl Ca {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// `n` distinct free loopback ports, none of them in `avoid`. Every socket is held until all
+/// are bound: the kernel may hand a port it just released out again, and two nodes of one
+/// federation given the same port would have one dial itself.
+fn free_ports(n: usize, avoid: &[u16]) -> Result<Vec<u16>> {
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        if held.len() > n + 64 {
+            bail!("cannot find {n} free loopback ports; give --base-port");
+        }
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let p = l.local_addr()?.port();
+        if !avoid.contains(&p) && !ports.contains(&p) {
+            ports.push(p);
+        }
+        held.push(l);
+    }
+    Ok(ports)
 }
 
 /// The starting policy written for every node of a development federation.
@@ -370,13 +384,20 @@ pub fn init(o: &InitOptions) -> Result<Federation> {
     std::fs::write(dir.join("ca.pem"), &ca.pem)?;
     write_private(&dir.join("ca.key"), ca.key.serialize_pem().as_bytes())?;
 
+    let mut free = match o.base_port {
+        Some(_) => Vec::new(),
+        None => free_ports(ids.len(), &[])?,
+    }
+    .into_iter();
     let mut ports = BTreeMap::new();
     for (i, id) in ids.iter().enumerate() {
         let port = match o.base_port {
             Some(b) => b
                 .checked_add(i as u16)
                 .ok_or_else(|| anyhow::anyhow!("--base-port: ports run past 65535"))?,
-            None => free_port()?,
+            None => free
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("no free port left"))?,
         };
         ports.insert(id.clone(), port);
     }
@@ -654,8 +675,9 @@ pub fn reissue_and_report(federation: &Path, node: &str, json: bool) -> Result<(
             .unwrap_or_default()
     );
     println!(
-        "next: restart {} and every node with the new roster (nodes read it at start); from \
-         then on they refuse the old certificate on links either side opens",
+        "next: restart {} with its new certificate, and SIGHUP every other node (kill -HUP PID) \
+         so that it holds the new roster; from then on the old certificate is refused on links \
+         either side opens",
         r.node
     );
     Ok(())
@@ -727,7 +749,14 @@ pub fn add_node(
     tidewire_core::model::check_org(&org).map_err(|e| anyhow::anyhow!("--org: {e}"))?;
     let port = match port {
         Some(p) => p,
-        None => free_port()?,
+        None => {
+            let taken: Vec<u16> = fed
+                .nodes
+                .values()
+                .filter_map(|n| n.federation_url.rsplit(':').next()?.parse().ok())
+                .collect();
+            free_ports(1, &taken)?[0]
+        }
     };
     let admin = federation.join(&fed.client.cert);
     let admin_sha256 = tidewire_node::tls::pem_cert_sha256(
