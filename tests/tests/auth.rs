@@ -12,27 +12,44 @@ use tidewire_proto::v1::link_frame::Frame;
 use tidewire_testkit::{Kit, eventually};
 use tokio_stream::wrappers::ReceiverStream;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn impersonating_another_node_is_refused_and_counted() -> anyhow::Result<()> {
-    let kit = Kit::start(&["a", "b", "c"], &["a:b", "b:c"]).await?;
-    let dir = kit.dir().to_owned();
-    // b's own, valid node certificate, dialing a's Federation service but saying it is c.
-    let channel = kit
-        .channel_as("a", &dir.join("b/tls.pem"), &dir.join("b/tls.key"))
-        .await?;
+/// Opens a `Link` to `node` with the certificate and key in `cert` and `key`, its hello
+/// claiming to be `claim`; returns the node's answer to the call.
+async fn open_link(
+    kit: &Kit,
+    node: &str,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    claim: &str,
+) -> anyhow::Result<Result<tonic::Response<tonic::Streaming<pb::LinkFrame>>, tonic::Status>> {
+    let channel = kit.channel_as(node, cert, key).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(pb::LinkFrame {
         frame: Some(Frame::Hello(pb::Hello {
-            node: "c".into(),
+            node: claim.into(),
             protocol: 1,
             ..Default::default()
         })),
     })
     .await?;
-    let refused = pb::federation_client::FederationClient::new(channel)
+    Ok(pb::federation_client::FederationClient::new(channel)
         .link(ReceiverStream::new(rx))
-        .await
-        .expect_err("a hello that contradicts the certificate must be refused");
+        .await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impersonating_another_node_is_refused_and_counted() -> anyhow::Result<()> {
+    let kit = Kit::start(&["a", "b", "c"], &["a:b", "b:c"]).await?;
+    let dir = kit.dir().to_owned();
+    // b's own, valid node certificate, dialing a's Federation service but saying it is c.
+    let refused = open_link(
+        &kit,
+        "a",
+        &dir.join("b/tls.pem"),
+        &dir.join("b/tls.key"),
+        "c",
+    )
+    .await?
+    .expect_err("a hello that contradicts the certificate must be refused");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(
         refused.message().contains("`b`") && refused.message().contains("`c`"),
@@ -234,19 +251,8 @@ async fn a_node_presenting_a_certificate_the_roster_no_longer_pins_is_refused_an
     tidewire::pki::reissue(&dir, "a")?;
     let kit = builder.without("a").start().await?;
 
-    let channel = kit.channel_as("b", &old_cert, &old_key).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::LinkFrame {
-        frame: Some(Frame::Hello(pb::Hello {
-            node: "a".into(),
-            protocol: 1,
-            ..Default::default()
-        })),
-    })
-    .await?;
-    let refused = pb::federation_client::FederationClient::new(channel)
-        .link(ReceiverStream::new(rx))
-        .await
+    let refused = open_link(&kit, "b", &old_cert, &old_key, "a")
+        .await?
         .expect_err("a's old certificate must not open a link");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(

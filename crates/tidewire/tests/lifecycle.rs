@@ -430,12 +430,10 @@ fn repoint(f: &LocalFederation, node: &str, roster: &str, key: Option<&str>) {
     std::fs::write(&path, edited.join("\n") + "\n").expect("write node.toml");
 }
 
-/// The same rotation, with dakar taking the new roster without a restart (`reload_roster`,
-/// what SIGHUP runs): the waiting copy goes through, once. A roster dakar cannot run on (one
-/// without dakar) is refused and changes nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_roster_reloaded_without_a_restart_lets_the_waiting_copy_through() {
-    let (_tmp, mut f) = pair().await;
+/// maoc-n rotates its signing key: a new key, added beside the old one to a copy of the roster
+/// (`roster-2.toml`) that only maoc-n is given; maoc-n restarts signing with it. Returns that
+/// roster.
+async fn rotate_maoc_n_key(f: &mut LocalFederation) -> tidewire_core::keys::Roster {
     f.stop_node("maoc-n").await.expect("stop maoc-n");
     let key = tidewire_core::keys::SigningKey::generate();
     key.save(
@@ -443,9 +441,7 @@ async fn a_roster_reloaded_without_a_restart_lets_the_waiting_copy_through() {
         &f.dir.join("maoc-n/maoc-n-2.pub"),
     )
     .expect("save the new key");
-    let roster_path = f.dir.join("roster.toml");
-    let first = std::fs::read_to_string(&roster_path).expect("roster");
-    let mut roster = tidewire_core::keys::Roster::load(&roster_path).expect("roster");
+    let mut roster = tidewire_core::keys::Roster::load(&f.dir.join("roster.toml")).expect("roster");
     let mut entry = roster.get("maoc-n").expect("maoc-n").clone();
     let fresh = tidewire_core::keys::RosterNode::new(
         entry.id.clone(),
@@ -455,10 +451,22 @@ async fn a_roster_reloaded_without_a_restart_lets_the_waiting_copy_through() {
     );
     entry.keys.extend(fresh.keys);
     roster.upsert(entry);
-    let rotated = roster.to_toml();
-    std::fs::write(f.dir.join("roster-2.toml"), &rotated).expect("roster-2");
-    repoint(&f, "maoc-n", "roster-2.toml", Some("maoc-n-2.key"));
+    std::fs::write(f.dir.join("roster-2.toml"), roster.to_toml()).expect("roster-2");
+    repoint(f, "maoc-n", "roster-2.toml", Some("maoc-n-2.key"));
     f.restart_node("maoc-n").await.expect("restart maoc-n");
+    roster
+}
+
+/// The same rotation, with dakar taking the new roster without a restart (`reload_roster`,
+/// what SIGHUP runs): the waiting copy goes through, once. A roster dakar cannot run on (one
+/// without dakar) is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roster_reloaded_without_a_restart_lets_the_waiting_copy_through() {
+    let (_tmp, mut f) = pair().await;
+    let roster_path = f.dir.join("roster.toml");
+    let first = std::fs::read_to_string(&roster_path).expect("roster");
+    let roster = rotate_maoc_n_key(&mut f).await;
+    let rotated = roster.to_toml();
 
     let id = publish(&f, "maoc-n", &alert("signed with the new key", None)).await;
     wait_for(
@@ -513,27 +521,7 @@ async fn a_roster_reloaded_without_a_restart_lets_the_waiting_copy_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_refused_for_a_key_the_peer_does_not_know_yet_waits_for_its_roster() {
     let (_tmp, mut f) = pair().await;
-    // maoc-n rotates its signing key; only its own roster has the new key so far.
-    f.stop_node("maoc-n").await.expect("stop maoc-n");
-    let key = tidewire_core::keys::SigningKey::generate();
-    key.save(
-        &f.dir.join("maoc-n/maoc-n-2.key"),
-        &f.dir.join("maoc-n/maoc-n-2.pub"),
-    )
-    .expect("save the new key");
-    let mut roster = tidewire_core::keys::Roster::load(&f.dir.join("roster.toml")).expect("roster");
-    let mut entry = roster.get("maoc-n").expect("maoc-n").clone();
-    let fresh = tidewire_core::keys::RosterNode::new(
-        entry.id.clone(),
-        entry.country,
-        entry.org.clone(),
-        key.public(),
-    );
-    entry.keys.extend(fresh.keys);
-    roster.upsert(entry);
-    std::fs::write(f.dir.join("roster-2.toml"), roster.to_toml()).expect("roster-2");
-    repoint(&f, "maoc-n", "roster-2.toml", Some("maoc-n-2.key"));
-    f.restart_node("maoc-n").await.expect("restart maoc-n");
+    rotate_maoc_n_key(&mut f).await;
 
     let id = publish(&f, "maoc-n", &alert("signed with the new key", None)).await;
     wait_for(
