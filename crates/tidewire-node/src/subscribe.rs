@@ -541,6 +541,9 @@ fn filter_for_role(
     })
 }
 
+/// Response header of `Subscribe` naming the asked route patterns the user may follow none of.
+pub const ROUTES_WARNING: &str = "tidewire-routes-warning";
+
 #[tonic::async_trait]
 impl pb::subscriber_server::Subscriber for SubscriberService {
     type SubscribeStream =
@@ -614,6 +617,33 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
         // its interest while disconnected, so notifications keep coming to this node for it):
         // the routes asked for, narrowed to those its user may follow. A pattern outside them
         // draws nothing to this node, since nothing of it would be delivered.
+        // Patterns asked for that the user may follow none of: accepted (the stream is still
+        // good for the rest, and for routes the user is given later), but said, in a response
+        // header the command line prints.
+        let outside: Vec<String> = routes
+            .iter()
+            .filter(|asked| {
+                user.routes
+                    .iter()
+                    .all(|may| asked.intersection(may).is_none())
+            })
+            .map(|p| p.to_string())
+            .collect();
+        let warning = (!outside.is_empty()).then(|| {
+            let may: Vec<String> = user.routes.iter().map(|p| p.to_string()).collect();
+            format!(
+                "{} {} outside the routes `{}` may follow ({}): nothing on {} will be delivered",
+                outside
+                    .iter()
+                    .map(|p| format!("`{p}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if outside.len() == 1 { "is" } else { "are" },
+                user.name,
+                may.join(", "),
+                if outside.len() == 1 { "it" } else { "them" }
+            )
+        });
         let patterns: Vec<String> = if routes.is_empty() {
             user.routes.iter().map(|p| p.to_string()).collect()
         } else {
@@ -808,7 +838,12 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
             }
             .instrument(span),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let mut response = Response::new(Box::pin(ReceiverStream::new(rx))
+            as <Self as pb::subscriber_server::Subscriber>::SubscribeStream);
+        if let Some(v) = warning.and_then(|w| w.parse().ok()) {
+            response.metadata_mut().insert(ROUTES_WARNING, v);
+        }
+        Ok(response)
     }
 
     #[tracing::instrument(skip_all, fields(node = %self.0.id()))]

@@ -491,15 +491,19 @@ pub async fn subscribe(a: SubscribeArgs, json: bool) -> Result<()> {
         let opened = async {
             let channel = a.conn.connect().await.map_err(|e| (e, true))?;
             let mut client = pb::subscriber_client::SubscriberClient::new(channel);
-            let stream = client
-                .subscribe(req)
-                .await
-                .map_err(|s| {
-                    let retry = crate::client::is_transport(&s);
-                    (status_error(s), retry)
-                })?
-                .into_inner();
-            Ok::<_, (anyhow::Error, bool)>((client, stream))
+            let response = client.subscribe(req).await.map_err(|s| {
+                let retry = crate::client::is_transport(&s);
+                (status_error(s), retry)
+            })?;
+            if attempt == 0
+                && let Some(w) = response
+                    .metadata()
+                    .get(tidewire_node::subscribe::ROUTES_WARNING)
+                    .and_then(|v| v.to_str().ok())
+            {
+                eprintln!("warning: {w}");
+            }
+            Ok::<_, (anyhow::Error, bool)>((client, response.into_inner()))
         }
         .await;
         let (mut client, mut stream) = match opened {

@@ -786,6 +786,32 @@ async fn a_subscriptions_interest_is_narrowed_to_the_routes_its_officer_may_foll
     )
     .await;
     drop(outside);
+
+    // The officer is told which asked patterns lie outside (a response header, which
+    // `tidewire subscribe` prints as a warning); a pattern partly inside draws none.
+    let warning = async |routes: &[&str]| {
+        let r = pb::subscriber_client::SubscriberClient::new(me.connect().await.expect("connect"))
+            .subscribe(pb::SubscribeRequest {
+                routes: routes.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            })
+            .await
+            .expect("subscribe");
+        r.metadata()
+            .get(tidewire_node::subscribe::ROUTES_WARNING)
+            .map(|v| v.to_str().expect("ascii").to_owned())
+    };
+    let told = warning(&["caribbean.>", "atlantic.west-africa"])
+        .await
+        .expect("a warning");
+    assert!(
+        told.contains("`caribbean.>`")
+            && !told.contains("west-africa")
+            && told.contains("atlantic-desk")
+            && told.contains("atlantic.>"),
+        "{told}"
+    );
+    assert_eq!(warning(&["*.west-africa"]).await, None);
     f.stop().await;
 }
 
