@@ -895,7 +895,7 @@ fn check_roster(
             .collect();
         return Err(NodeError::Config(format!(
             "a [[link]] names `{peer}`, which is not in the roster {} (it has {}); add the \
-                 node to the roster or remove the link",
+             node to the roster or remove the link",
             cfg.roster.display(),
             known.join(", ")
         )));
@@ -907,7 +907,7 @@ fn check_roster(
             Some(pin) if pin != crate::tls::cert_sha256(&der) => {
                 return Err(NodeError::Config(format!(
                     "{}: not the certificate the roster {} pins for `{}`; use the one issued \
-                         for this node, or update the roster's tls_cert_sha256 on every node",
+                     for this node, or update the roster's tls_cert_sha256 on every node",
                     cfg.tls_cert.display(),
                     cfg.roster.display(),
                     cfg.id
@@ -920,7 +920,7 @@ fn check_roster(
                 if named.as_deref() != Some(own.as_str()) {
                     return Err(NodeError::Config(format!(
                         "{}: this certificate names {}, not `{own}`; use the certificate \
-                             issued for node `{}`",
+                         issued for node `{}`",
                         cfg.tls_cert.display(),
                         named.map_or("no node".to_owned(), |n| format!("`{n}`")),
                         cfg.id
