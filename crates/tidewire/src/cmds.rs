@@ -710,7 +710,12 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
         }
     );
     if !s.roster_sha256.is_empty() {
-        println!("roster {} nodes ({})", s.roster_nodes, s.roster_sha256);
+        println!(
+            "roster {} node{} ({})",
+            s.roster_nodes,
+            if s.roster_nodes == 1 { "" } else { "s" },
+            s.roster_sha256
+        );
     }
     println!("links");
     for l in &s.links {
