@@ -188,11 +188,8 @@ pub async fn connect_pinned(
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
         rustls_client(own).map_err(LinkConnectError::Other)?,
     ));
-    let refused = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
-    let seen = refused.clone();
     let connect = tower::service_fn(move |_: http::Uri| {
-        let (connector, name, addr, seen) =
-            (connector.clone(), name.clone(), addr.clone(), seen.clone());
+        let (connector, name, addr) = (connector.clone(), name.clone(), addr.clone());
         async move {
             let open = async {
                 let tcp = tokio::net::TcpStream::connect(&addr).await?;
@@ -206,29 +203,21 @@ pub async fn connect_pinned(
                         .and_then(|c| c.first())
                         .map(|c| cert_sha256(c.as_ref()));
                     if presented != Some(pin) {
-                        let why = format!(
+                        return Err(Box::new(NotPinned(format!(
                             "the server at {addr} presented a certificate (sha256 {}) that is \
                              not the one the roster pins for it (sha256 {}): another server at \
                              that address, or a re-issued certificate the roster does not have \
                              yet",
                             presented.map_or("none".to_owned(), |p| hex::encode(&p[..8])),
                             hex::encode(&pin[..8])
-                        );
-                        *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::PermissionDenied,
-                            why,
-                        ));
+                        ))) as BoxError);
                     }
                 }
                 Ok(hyper_util::rt::TokioIo::new(tls))
             };
             match tokio::time::timeout(Duration::from_secs(5), open).await {
                 Ok(r) => r,
-                Err(_) => Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no TLS connection to {addr} within 5 s"),
-                )),
+                Err(_) => Err(format!("no TLS connection to {addr} within 5 s").into()),
             }
         }
     });
@@ -236,14 +225,35 @@ pub async fn connect_pinned(
     // `https` it would wrap the connection in TLS a second time).
     let endpoint = Endpoint::from_shared(format!("http://{authority}"))
         .map_err(|e| LinkConnectError::Other(format!("`{url}` is not a valid URL: {e}")))?;
-    match tune(endpoint).connect_with_connector(connect).await {
-        Ok(ch) => Ok(ch),
-        Err(e) => match refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            Some(why) => Err(LinkConnectError::NotPinned(why)),
-            None => Err(LinkConnectError::Other(error_chain(&e))),
-        },
+    tune(endpoint)
+        .connect_with_connector(connect)
+        .await
+        .map_err(|e| {
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(c) = cur {
+                if let Some(NotPinned(why)) = c.downcast_ref::<NotPinned>() {
+                    return LinkConnectError::NotPinned(why.clone());
+                }
+                cur = c.source();
+            }
+            LinkConnectError::Other(error_chain(&e))
+        })
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The connector's refusal of a server whose certificate is not the pinned one, told apart
+/// from other connection errors when it comes back through tonic's error chain.
+#[derive(Debug)]
+struct NotPinned(String);
+
+impl std::fmt::Display for NotPinned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
+
+impl std::error::Error for NotPinned {}
 
 /// Why a link could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
