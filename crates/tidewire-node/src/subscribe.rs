@@ -615,47 +615,45 @@ impl pb::subscriber_server::Subscriber for SubscriberService {
         };
         // Interest routing: announce what this subscription can receive (a durable one keeps
         // its interest while disconnected, so notifications keep coming to this node for it):
-        // the routes asked for, narrowed to those its user may follow. A pattern outside them
-        // draws nothing to this node, since nothing of it would be delivered.
-        // Patterns asked for that the user may follow none of: accepted (the stream is still
-        // good for the rest, and for routes the user is given later), but said, in a response
-        // header the command line prints.
-        let outside: Vec<String> = routes
-            .iter()
-            .filter(|asked| {
-                user.routes
-                    .iter()
-                    .all(|may| asked.intersection(may).is_none())
-            })
-            .map(|p| p.to_string())
-            .collect();
+        // the routes asked for, narrowed to those its user may follow. A pattern asked for that
+        // the user may follow none of draws nothing to this node; it is accepted (the stream
+        // is still good for the rest, and for routes the user is given later), but named in a
+        // response header that the command line prints.
+        let (patterns, outside) = if routes.is_empty() {
+            (
+                user.routes.iter().map(|p| p.to_string()).collect(),
+                Vec::new(),
+            )
+        } else {
+            let mut narrowed: Vec<String> = Vec::new();
+            let mut outside: Vec<String> = Vec::new();
+            for asked in &routes {
+                let before = narrowed.len();
+                narrowed.extend(
+                    user.routes
+                        .iter()
+                        .filter_map(|may| asked.intersection(may))
+                        .map(|p| p.to_string()),
+                );
+                if narrowed.len() == before {
+                    outside.push(format!("`{asked}`"));
+                }
+            }
+            narrowed.sort();
+            narrowed.dedup();
+            (narrowed, outside)
+        };
         let warning = (!outside.is_empty()).then(|| {
             let may: Vec<String> = user.routes.iter().map(|p| p.to_string()).collect();
             format!(
                 "{} {} outside the routes `{}` may follow ({}): nothing on {} will be delivered",
-                outside
-                    .iter()
-                    .map(|p| format!("`{p}`"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                outside.join(", "),
                 if outside.len() == 1 { "is" } else { "are" },
                 user.name,
                 may.join(", "),
                 if outside.len() == 1 { "it" } else { "them" }
             )
         });
-        let patterns: Vec<String> = if routes.is_empty() {
-            user.routes.iter().map(|p| p.to_string()).collect()
-        } else {
-            let mut narrowed: Vec<String> = routes
-                .iter()
-                .flat_map(|asked| user.routes.iter().filter_map(|may| asked.intersection(may)))
-                .map(|p| p.to_string())
-                .collect();
-            narrowed.sort();
-            narrowed.dedup();
-            narrowed
-        };
         if let Some(guard) = &durable_guard {
             let mut ops = vec![
                 Op::put(
