@@ -284,14 +284,10 @@ pub fn pem_cert_sha256(pem: &[u8]) -> Option<[u8; 32]> {
 
 /// The DER of the first certificate in a PEM file's text.
 pub fn pem_cert_der(pem: &[u8]) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(pem).ok()?;
-    let start = text.find("-----BEGIN CERTIFICATE-----")? + "-----BEGIN CERTIFICATE-----".len();
-    let end = text[start..].find("-----END CERTIFICATE-----")? + start;
-    let b64: String = text[start..end]
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).ok()
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem)
+        .ok()
+        .map(|c| c.to_vec())
 }
 
 /// The first DNS name of a DER certificate's subject alternative names.
