@@ -216,6 +216,10 @@ impl pb::publisher_server::Publisher for PublisherService {
     }
 }
 
+/// The most a ledger query's reply carries (entries stop being added past it), under gRPC's
+/// default 4 MiB message limit.
+pub const AUDIT_REPLY_BYTES: usize = 3 * 1024 * 1024;
+
 /// `tidewire.v1.Admin`.
 #[derive(Debug, Clone)]
 pub struct AdminService(pub Arc<Node>);
@@ -371,6 +375,7 @@ impl pb::admin_server::Admin for AdminService {
         // A query may read the whole ledger: off the async workers, which carry the links.
         let out = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
             let mut out = Vec::new();
+            let mut bytes = 0usize;
             let mut after = q.after;
             'scan: loop {
                 let batch = ledger::read(node.store.as_ref(), after, 4096)?;
@@ -389,7 +394,7 @@ impl pb::admin_server::Admin for AdminService {
                         && (q.since_ms == 0 || e.at_ms >= q.since_ms)
                         && (q.until_ms == 0 || e.at_ms < q.until_ms);
                     if hit {
-                        out.push(pb::AuditEntry {
+                        let entry = pb::AuditEntry {
                             seq: e.seq,
                             at_ms: e.at_ms,
                             event: e.event,
@@ -399,8 +404,12 @@ impl pb::admin_server::Admin for AdminService {
                             rule: e.rule,
                             detail_json: e.detail.to_string(),
                             hash: e.hash,
-                        });
-                        if out.len() >= limit {
+                        };
+                        bytes += prost::Message::encoded_len(&entry) + 4;
+                        out.push(entry);
+                        // A reply any gRPC client can decode (4 MiB by default): the rest
+                        // comes in the next page (`after`).
+                        if out.len() >= limit || bytes >= AUDIT_REPLY_BYTES {
                             break 'scan;
                         }
                     }

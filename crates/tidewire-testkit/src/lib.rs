@@ -577,18 +577,26 @@ impl Kit {
     /// Ledger entries of `node` with this event (`received`, `transfer`, `refused`, …), oldest
     /// first.
     pub async fn audit(&self, node: &str, event: &str) -> Result<Vec<pb::AuditEntry>> {
-        Ok(
-            pb::admin_client::AdminClient::new(self.channel(node).await?)
+        let mut admin = pb::admin_client::AdminClient::new(self.channel(node).await?);
+        let mut all = Vec::new();
+        // Page by page: a reply holds at most about 3 MiB of entries.
+        loop {
+            let page = admin
                 .audit_query(pb::AuditQueryRequest {
                     event: event.into(),
                     limit: u32::MAX,
+                    after: all.last().map_or(0, |e: &pb::AuditEntry| e.seq),
                     ..Default::default()
                 })
                 .await
                 .map_err(status_error)?
                 .into_inner()
-                .entries,
-        )
+                .entries;
+            if page.is_empty() {
+                return Ok(all);
+            }
+            all.extend(page);
+        }
     }
 
     /// Ids of the notifications `node` received from peers and delivered into its feed, in the

@@ -1266,9 +1266,6 @@ pub async fn audit(c: AuditCmd, json: bool) -> Result<()> {
         left -= r.entries.len() as u32;
         printed += r.entries.len() as u64;
         print_audit_entries(&r.entries, json || export);
-        if (r.entries.len() as u32) < page {
-            break;
-        }
     }
     if !json && !export && printed == 0 {
         println!("no ledger entries match");

@@ -82,18 +82,27 @@ pub async fn publish_stream(
 
 /// Ledger entries of `node` for a notification (empty = any) and event (empty = any).
 pub async fn audit(f: &LocalFederation, node: &str, id: &str, event: &str) -> Vec<pb::AuditEntry> {
-    admin(f, node)
-        .await
-        .audit_query(pb::AuditQueryRequest {
-            notification: id.into(),
-            event: event.into(),
-            limit: 100_000,
-            ..Default::default()
-        })
-        .await
-        .expect("audit")
-        .into_inner()
-        .entries
+    let mut admin = admin(f, node).await;
+    let mut all: Vec<pb::AuditEntry> = Vec::new();
+    // Page by page: a reply holds at most about 3 MiB of entries.
+    loop {
+        let page = admin
+            .audit_query(pb::AuditQueryRequest {
+                notification: id.into(),
+                event: event.into(),
+                limit: u32::MAX,
+                after: all.last().map_or(0, |e| e.seq),
+                ..Default::default()
+            })
+            .await
+            .expect("audit")
+            .into_inner()
+            .entries;
+        if page.is_empty() {
+            return all;
+        }
+        all.extend(page);
+    }
 }
 
 /// How many `event` entries `node`'s ledger has for `id`.
