@@ -117,3 +117,103 @@ async fn mesh_with_loop_delivers_once_and_reroutes_when_a_link_dies() -> anyhow:
     kit.stop().await;
     Ok(())
 }
+
+/// The links of a node, by peer: whether each is up, and its last error.
+async fn links(kit: &Kit, node: &str) -> anyhow::Result<Vec<(String, bool, String)>> {
+    Ok(kit
+        .status(node)
+        .await?
+        .links
+        .into_iter()
+        .map(|l| (l.peer, l.up, l.last_error))
+        .collect())
+}
+
+/// A link removed at run time (what SIGHUP does with a `node.toml` that lost a `[[link]]`)
+/// closes, and the peer that still dials it is refused with the reason, counted; put back, it
+/// opens again and what waited goes through. A new link to a node the roster does not have is
+/// not opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_removed_without_a_restart_closes_and_stays_refused_until_put_back()
+-> anyhow::Result<()> {
+    let kit = Kit::start(&["a", "b"], &["a:b"]).await?;
+    let first = kit
+        .publish("a", &notification("LINK-1", &["node:b"]))
+        .await?;
+    eventually!(Duration::from_secs(15), "b receives the first", {
+        ensure!(kit.received_ids("b").await?.contains(&first));
+        Ok(())
+    });
+    // b accepts the link a dials; b's node.toml loses it.
+    let b = kit.node("b").node.clone();
+    let url = format!("https://{}", kit.addr("a")?);
+    let changes = tidewire_node::server::apply_links(&b, &[]);
+    assert_eq!(changes.removed, ["a"], "{changes:?}");
+    eventually!(Duration::from_secs(20), "a dials b again and is refused", {
+        ensure!(kit.refused("b", "not_a_link").await? > 0, "not refused yet");
+        let a = links(&kit, "a").await?;
+        ensure!(
+            a.iter()
+                .any(|(p, up, e)| p == "b" && !up && e.contains("`b` has no [[link]] to `a`")),
+            "a's links: {a:?}"
+        );
+        Ok(())
+    });
+    assert!(
+        links(&kit, "b").await?.is_empty(),
+        "b shows no link it does not have"
+    );
+
+    let waiting = kit
+        .publish("a", &notification("LINK-2", &["node:b"]))
+        .await?;
+    let unknown =
+        tidewire_node::server::apply_links(&b, &[("lagos".parse()?, "https://127.0.0.1:9".into())]);
+    assert_eq!(unknown.unknown, ["lagos"], "{unknown:?}");
+    assert!(!unknown.is_change(), "{unknown:?}");
+    let back = tidewire_node::server::apply_links(&b, &[("a".parse()?, url)]);
+    assert_eq!(back.added, ["a"], "{back:?}");
+    eventually!(Duration::from_secs(20), "the waiting copy reaches b", {
+        ensure!(kit.received_ids("b").await?.contains(&waiting));
+        Ok(())
+    });
+    kit.stop().await;
+    Ok(())
+}
+
+/// A link whose URL changes at run time is dialed at the new URL (here a proxy in front of the
+/// same peer, which the test then cuts: the link goes down with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_moved_to_a_new_url_without_a_restart_is_dialed_there() -> anyhow::Result<()> {
+    let kit = Kit::start(&["a", "b"], &["a:b"]).await?;
+    let proxy = Proxy::start(kit.addr("b")?).await?;
+    let a = kit.node("a").node.clone();
+    let moved = tidewire_node::server::apply_links(
+        &a,
+        &[("b".parse()?, format!("https://{}", proxy.addr))],
+    );
+    assert_eq!(moved.moved, ["b"], "{moved:?}");
+    let id = kit
+        .publish("a", &notification("MOVED-1", &["node:b"]))
+        .await?;
+    eventually!(Duration::from_secs(20), "b receives through the new URL", {
+        ensure!(kit.received_ids("b").await?.contains(&id));
+        ensure!(proxy.forwarded() > 0, "nothing through the proxy");
+        Ok(())
+    });
+    proxy.cut();
+    eventually!(
+        Duration::from_secs(20),
+        "the link goes down with the proxy",
+        {
+            let l = links(&kit, "a").await?;
+            ensure!(
+                l.iter().any(|(p, up, _)| p == "b" && !up),
+                "a's links: {l:?}"
+            );
+            Ok(())
+        }
+    );
+    kit.stop().await;
+    Ok(())
+}

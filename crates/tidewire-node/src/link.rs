@@ -82,6 +82,12 @@ impl Sessions {
         }
     }
 
+    /// Ends the live session with `peer`, if there is one.
+    pub fn end(&self, peer: &NodeId) -> bool {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(peer).inspect(|h| h.cancel.cancel()).is_some()
+    }
+
     /// Ends every live session; each is opened again by the side that dials it (after the
     /// first backoff step), under what the node holds then.
     pub fn end_all(&self) -> usize {
@@ -230,15 +236,24 @@ pub fn frame_limit(max: usize) -> usize {
 /// What a transfer frame adds around its envelope, at most.
 const LINK_FRAME_SLACK: usize = 64 * 1024;
 
+/// Marks the link to `peer` up or down. A link removed meanwhile (SIGHUP) is not put back:
+/// its session only goes down.
 fn set_link(node: &Node, peer: &NodeId, up: bool, error: Option<String>) {
+    let up = match node
+        .links
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(peer)
     {
-        let mut links = node.links.lock().unwrap_or_else(|p| p.into_inner());
-        let l = links.entry(peer.clone()).or_default();
-        l.up = up;
-        if let Some(e) = error {
-            l.last_error = e;
+        Some(l) => {
+            l.up = up;
+            if let Some(e) = error {
+                l.last_error = e;
+            }
+            up
         }
-    }
+        None => false,
+    };
     let changed = node
         .routing
         .lock()
@@ -269,6 +284,16 @@ pub async fn run_session<S>(
     let sid = node
         .sessions
         .register(&peer, out.clone(), session_cancel.clone());
+    // The link was removed (SIGHUP) while this session was being opened.
+    if !node
+        .links
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains_key(&peer)
+    {
+        node.sessions.deregister(&peer, sid);
+        return;
+    }
     tracing::info!(peer = %peer, "link up");
     set_link(&node, &peer, true, None);
     // Give the new neighbour everything we know about the federation.
@@ -716,7 +741,9 @@ pub async fn dial_loop(node: Arc<Node>, peer: NodeId, url: String, cancel: Cance
             Err(e) => {
                 tracing::debug!(peer = %peer, url = %url, error = %e, "link dial failed");
                 let mut links = node.links.lock().unwrap_or_else(|p| p.into_inner());
-                links.entry(peer.clone()).or_default().last_error = e;
+                if let Some(l) = links.get_mut(&peer) {
+                    l.last_error = e;
+                }
             }
         }
         let jitter = 0.8 + rand::random::<f64>() * 0.4;

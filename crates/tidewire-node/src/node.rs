@@ -861,6 +861,7 @@ impl ConsentRecord {
 /// reloaded roster replaces the one in force.
 fn check_roster(
     cfg: &NodeConfig,
+    links: &[NodeId],
     roster: &Roster,
     key: &SigningKey,
     tls: &TlsMaterial,
@@ -883,11 +884,7 @@ fn check_roster(
     }
     // A link to a node the roster does not have could never come up: its certificate and
     // announcements would be refused.
-    if let Some((peer, _)) = cfg
-        .links
-        .iter()
-        .find(|(p, _)| roster.get(p.as_str()).is_none())
-    {
+    if let Some(peer) = links.iter().find(|p| roster.get(p.as_str()).is_none()) {
         let known: Vec<&str> = roster
             .nodes()
             .map(|n| n.id.as_str())
@@ -981,6 +978,8 @@ pub struct Node {
     publish_bucket: Mutex<(Instant, f64)>,
     /// Live link sessions.
     pub sessions: crate::link::Sessions,
+    /// The dial loop of each link this node dials, to stop when the link goes or moves.
+    pub(crate) dials: Mutex<HashMap<NodeId, CancellationToken>>,
     /// Route patterns of live subscriptions, with reference counts.
     pub live_interests: Mutex<BTreeMap<String, usize>>,
     /// Durable subscriptions connected now (by cursor key), with how many streams each has:
@@ -1265,7 +1264,8 @@ impl Node {
         let key = SigningKey::load(&cfg.signing_key)?;
         let roster = Roster::load(&cfg.roster)?;
         let tls = TlsMaterial::load(&cfg.tls_ca, &cfg.tls_cert, &cfg.tls_key)?;
-        check_roster(&cfg, &roster, &key, &tls)?;
+        let peers: Vec<NodeId> = cfg.links.iter().map(|(p, _)| p.clone()).collect();
+        check_roster(&cfg, &peers, &roster, &key, &tls)?;
         let policy = match &cfg.policy {
             Some(p) => {
                 let pol = Policy::load(p).map_err(|e| NodeError::Config(e.to_string()))?;
@@ -1361,6 +1361,7 @@ impl Node {
             users,
             publish_bucket: Mutex::new((Instant::now(), 0.0)),
             sessions: crate::link::Sessions::default(),
+            dials: Mutex::new(HashMap::new()),
             announced_interests: Mutex::new(Vec::new()),
             routed_seen: Mutex::new(std::collections::HashSet::new()),
             consent_sent: Mutex::new(std::collections::HashMap::new()),
@@ -1759,7 +1760,9 @@ impl Node {
     /// Notes the largest envelope `peer` accepts, from its hello (0: it did not say).
     pub fn note_peer_limit(&self, peer: &NodeId, max_message_bytes: u64) {
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        links.entry(peer.clone()).or_default().max_message_bytes = max_message_bytes;
+        if let Some(l) = links.get_mut(peer) {
+            l.max_message_bytes = max_message_bytes;
+        }
     }
 
     /// The largest envelope `peer` accepts, if it said.
@@ -1801,8 +1804,22 @@ impl Node {
     /// refused for a key or node it did not know yet, and a node taken out of the roster
     /// loses its link. A roster that fails a check changes nothing.
     pub fn reload_roster(&self) -> Result<RosterReload, NodeError> {
+        let peers: Vec<NodeId> = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        self.reload_roster_for(&peers)
+    }
+
+    /// [`Node::reload_roster`], checked against the link peers `links` (those of a `node.toml`
+    /// read again with it) instead of the links in force: a centre that leaves the federation
+    /// goes from the roster and from its peers' `[[link]]`s in one reload.
+    pub fn reload_roster_for(&self, links: &[NodeId]) -> Result<RosterReload, NodeError> {
         let new = Roster::load(&self.cfg.roster)?;
-        check_roster(&self.cfg, &new, &self.key, &self.tls)?;
+        check_roster(&self.cfg, links, &new, &self.key, &self.tls)?;
         let old = self.roster();
         let mut r = RosterReload::default();
         for n in new.nodes() {
@@ -1824,6 +1841,50 @@ impl Node {
             r.sessions_ended = self.sessions.end_all();
         }
         Ok(r)
+    }
+
+    /// Drops the queued copies whose destination is no longer in the roster in force (a
+    /// centre that left the federation): they could never be routed, and would stay in the
+    /// backlog for ever. Each is recorded on the ledger as `dropped`, with the reason. Runs at
+    /// start and after every roster reload; returns how many went.
+    pub async fn drop_queued_for_departed(&self) -> Result<usize, NodeError> {
+        let roster = self.roster();
+        let departed: Vec<NodeId> = self
+            .backlog_by_dest()
+            .into_keys()
+            .filter(|d| roster.get(d.as_str()).is_none())
+            .collect();
+        let mut total = 0;
+        for dest in departed {
+            let mut dropped = 0;
+            let mut prefix = dest.as_str().as_bytes().to_vec();
+            prefix.push(0);
+            loop {
+                let items = self.store.scan(Space::Outbox, &prefix, &prefix, 1024)?;
+                if items.is_empty() {
+                    break;
+                }
+                let mut ops = Vec::with_capacity(items.len());
+                let mut entries = Vec::with_capacity(items.len());
+                for (key, value) in items {
+                    if let Some(item) = OutboxItem::decode(&value) {
+                        let mut e = LedgerEntry::new("dropped");
+                        e.notification = item.id.to_string();
+                        e.destination = format!("node:{dest}");
+                        e.detail = serde_json::json!({
+                            "reason": format!("`{dest}` is no longer in the federation roster"),
+                        });
+                        entries.push(e);
+                    }
+                    ops.push(Op::delete(Space::Outbox, key));
+                }
+                dropped += ops.len();
+                self.commit(ops, entries).await?;
+            }
+            tracing::warn!(destination = %dest, dropped, "queued copies for a node no longer in the roster dropped");
+            total += dropped;
+        }
+        Ok(total)
     }
 
     /// The roster nodes an audience covers, other than this node.

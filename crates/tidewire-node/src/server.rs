@@ -2,6 +2,7 @@
 //! a deadline on the drain), the gRPC server with health and reflection on one port, link
 //! dialers, the purge timer and the metrics endpoint.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,34 +125,106 @@ pub fn add_link(node: &Arc<Node>, peer: tidewire_core::NodeId, url: String) {
     if node.id() < &peer {
         let span = tracing::info_span!("link", peer = %peer, side = "dial");
         let cancel = node.shutdown.child_token();
+        let old = node
+            .dials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer.clone(), cancel.clone());
+        if let Some(old) = old {
+            old.cancel();
+        }
         node.tracker
             .spawn(crate::link::dial_loop(node.clone(), peer, url, cancel).instrument(span));
     }
 }
 
-/// Adds the links of `links` (a re-read `node.toml`'s) that this node does not have yet and
-/// whose peer the roster in force has; returns their peers. Links already there stay as they
-/// are (a changed URL or a removed link takes a restart).
-pub fn add_new_links(node: &Arc<Node>, links: &[(tidewire_core::NodeId, String)]) -> Vec<String> {
-    let roster = node.roster();
-    let mut added = Vec::new();
-    for (peer, url) in links {
-        let known = node
-            .links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(peer);
-        if known {
-            continue;
-        }
-        if roster.get(peer.as_str()).is_none() {
-            tracing::warn!(peer = %peer, "a new [[link]] names a node the roster does not have; not added");
-            continue;
-        }
-        add_link(node, peer.clone(), url.clone());
-        added.push(peer.to_string());
+/// Removes the link to `peer` at run time: its dial loop stops, its session ends, and the
+/// peer's calls to open it again are refused.
+pub fn remove_link(node: &Arc<Node>, peer: &tidewire_core::NodeId) {
+    node.links
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(peer);
+    let dial = node
+        .dials
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(peer);
+    if let Some(dial) = dial {
+        dial.cancel();
     }
-    added
+    node.sessions.end(peer);
+}
+
+/// What [`apply_links`] changed, by peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkChanges {
+    /// Links new in the configuration.
+    pub added: Vec<String>,
+    /// Links no longer in it.
+    pub removed: Vec<String>,
+    /// Links whose URL changed: dialed again at the new one.
+    pub moved: Vec<String>,
+    /// New links to nodes the roster in force does not have: not added.
+    pub unknown: Vec<String>,
+}
+
+impl LinkChanges {
+    /// Whether any link changed.
+    pub fn is_change(&self) -> bool {
+        !(self.added.is_empty() && self.removed.is_empty() && self.moved.is_empty())
+    }
+}
+
+/// Puts `links` (a re-read `node.toml`'s `[[link]]`s) in force without a restart: new links
+/// are opened, removed ones closed (and refused from then on), and a link whose URL changed is
+/// dialed again at the new URL. Links that did not change keep their session.
+pub fn apply_links(node: &Arc<Node>, links: &[(tidewire_core::NodeId, String)]) -> LinkChanges {
+    let roster = node.roster();
+    let known: BTreeMap<tidewire_core::NodeId, String> = node
+        .links
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(p, l)| (p.clone(), l.url.clone()))
+        .collect();
+    let mut changes = LinkChanges::default();
+    for (peer, url) in links {
+        match known.get(peer) {
+            Some(old) if old == url => {}
+            // The peer dials this link: its URL is not used here.
+            Some(_) if node.id() > peer => {
+                if let Some(l) = node
+                    .links
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(peer)
+                {
+                    l.url.clone_from(url);
+                }
+            }
+            Some(_) => {
+                remove_link(node, peer);
+                add_link(node, peer.clone(), url.clone());
+                changes.moved.push(peer.to_string());
+            }
+            None if roster.get(peer.as_str()).is_none() => {
+                tracing::warn!(peer = %peer, "a new [[link]] names a node the roster does not have; not added");
+                changes.unknown.push(peer.to_string());
+            }
+            None => {
+                add_link(node, peer.clone(), url.clone());
+                changes.added.push(peer.to_string());
+            }
+        }
+    }
+    for peer in known.keys() {
+        if !links.iter().any(|(p, _)| p == peer) {
+            remove_link(node, peer);
+            changes.removed.push(peer.to_string());
+        }
+    }
+    changes
 }
 
 /// Every service the health service reports on: the whole server (""), then each service;
@@ -329,6 +402,10 @@ async fn start_inner(
 
     for (peer, url) in node.cfg.links.clone() {
         add_link(&node, peer, url);
+    }
+    // Copies queued for a node the roster no longer has (it left while this node was down).
+    if let Err(e) = node.drop_queued_for_departed().await {
+        tracing::error!(error = %e, "could not drop copies queued for nodes no longer in the roster");
     }
 
     let n = node.clone();

@@ -66,6 +66,22 @@ impl pb::federation_server::Federation for FederationService {
                 .into());
             }
         };
+        // Only the peers this node's configuration links it to: a link removed on this side
+        // (SIGHUP) stays closed even if the peer still dials it.
+        if !node
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&peer)
+        {
+            node.counters.refuse("not_a_link");
+            tracing::warn!(peer = %peer, "link refused: no [[link]] for this peer");
+            return Err(NodeError::PermissionDenied(format!(
+                "`{me}` has no [[link]] to `{peer}`: add one to `{me}`'s node.toml and send it                  SIGHUP, or remove the link on `{peer}`'s side",
+                me = node.id()
+            ))
+            .into());
+        }
         let mut inbound = req.into_inner();
         let hello = match inbound.message().await? {
             Some(pb::LinkFrame {

@@ -34,14 +34,31 @@ pub async fn node_run(config: &Path, env: &HashMap<String, String>) -> Result<()
     Ok(())
 }
 
-/// SIGHUP: the roster, new `[[link]]`s of `node.toml`, then the policy, each read again; one
-/// that is wrong is logged and leaves what is in force.
+/// SIGHUP: the `[[link]]`s of `node.toml`, the roster, then the policy, each read again; one
+/// that is wrong is logged and leaves what is in force. Links are added, removed or moved to a
+/// new URL; copies queued for nodes the roster no longer has are dropped.
 async fn reload_on_sighup(
     node: &std::sync::Arc<tidewire_node::Node>,
     config: &Path,
     env: &HashMap<String, String>,
 ) {
-    match node.reload_roster() {
+    // node.toml first: a centre leaving the federation goes from the roster and from the
+    // [[link]]s at once, and the roster is checked against the links it will run with.
+    let links = match tidewire_node::NodeConfig::load(config, env) {
+        Ok(fresh) => Some(fresh.links),
+        Err(e) => {
+            tracing::error!(error = %e, "node.toml not re-read; its links stay as they are");
+            None
+        }
+    };
+    let peers: Option<Vec<_>> = links
+        .as_ref()
+        .map(|l| l.iter().map(|(p, _)| p.clone()).collect());
+    let reloaded = match &peers {
+        Some(peers) => node.reload_roster_for(peers),
+        None => node.reload_roster(),
+    };
+    match reloaded {
         Ok(r) if r.is_change() => tracing::info!(
             added = ?r.added, removed = ?r.removed, changed = ?r.changed,
             sessions_ended = r.sessions_ended,
@@ -50,15 +67,16 @@ async fn reload_on_sighup(
         Ok(_) => tracing::info!("roster unchanged on SIGHUP"),
         Err(e) => tracing::error!(error = %e, "roster reload refused; the roster in force stays"),
     }
-    // New [[link]]s in node.toml (`pki add-node` writes one at each peer).
-    match tidewire_node::NodeConfig::load(config, env) {
-        Ok(fresh) => {
-            let added = tidewire_node::server::add_new_links(node, &fresh.links);
-            if !added.is_empty() {
-                tracing::info!(peers = ?added, "links added on SIGHUP");
-            }
+    if let Some(links) = links {
+        // A new link to a node the roster in force does not have (a refused roster keeps the
+        // old one) is not opened.
+        let c = tidewire_node::server::apply_links(node, &links);
+        if c.is_change() {
+            tracing::info!(added = ?c.added, removed = ?c.removed, moved = ?c.moved, "links changed on SIGHUP");
         }
-        Err(e) => tracing::error!(error = %e, "node.toml not re-read; its links stay as they are"),
+    }
+    if let Err(e) = node.drop_queued_for_departed().await {
+        tracing::error!(error = %e, "could not drop copies queued for nodes no longer in the roster");
     }
     match node.cfg.policy.clone() {
         Some(p) => match std::fs::read_to_string(&p) {

@@ -699,8 +699,8 @@ pub struct Added {
 /// `tidewire pki add-node`: a new centre joins a development federation. Writes its directory
 /// as `pki init` would (keys, certificate, policy, users, `node.toml` with a link to each of
 /// `links`), adds it to `roster.toml` and `federation.json`, and gives each of its peers a
-/// `[[link]]` back (read when they next start; until then the new node dials them, which they
-/// accept once they hold the new roster: SIGHUP).
+/// `[[link]]` back, which they put in force, with the new roster, on SIGHUP (or at their next
+/// start).
 pub fn add_node(
     federation: &Path,
     node: &str,
@@ -834,7 +834,7 @@ pub fn add_node_and_report(
     );
     if !a.links.is_empty() {
         println!(
-            "linked to {} (each node.toml has a [[link]] back, read at its next start)",
+            "linked to {} (each node.toml has a [[link]] back, in force once the node is sent SIGHUP)",
             a.links.join(", ")
         );
     }

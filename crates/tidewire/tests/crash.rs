@@ -174,10 +174,15 @@ fn pki_init(tmp: &Path) -> Result<PathBuf> {
 
 /// The ids `node` has recorded as received, one per `received` ledger entry.
 async fn received_ids(dir: &Path, node: &str) -> Result<Vec<String>> {
+    audit_ids(dir, node, "received").await
+}
+
+/// The notifications of `node`'s ledger entries for `event`, oldest first.
+async fn audit_ids(dir: &Path, node: &str, event: &str) -> Result<Vec<String>> {
     let ch = conn(dir, node).connect().await?;
     Ok(pb::admin_client::AdminClient::new(ch)
         .audit_query(pb::AuditQueryRequest {
-            event: "received".into(),
+            event: event.into(),
             limit: u32::MAX,
             ..Default::default()
         })
@@ -596,5 +601,69 @@ async fn a_centre_added_with_pki_add_node_joins_the_running_federation_on_sighup
         },
     )
     .await;
+    Ok(())
+}
+
+/// A centre leaves a running federation: it goes from the roster and from its peer's
+/// `[[link]]`s, and one SIGHUP puts both in force. The peer checks the new roster against the
+/// links it will run with (not those it started with), closes the link, and drops what it had
+/// queued for the departed centre, on its ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_centre_that_leaves_is_let_go_on_sighup_with_its_queued_copies_dropped() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (dir, a, mut b) = running_pair(tmp.path()).await?;
+    b.kill_9()?;
+    let mut queued = Vec::new();
+    for _ in 0..2 {
+        let r = publish_for(&dir, "a", "node:b").await?;
+        assert_eq!(r.destinations, ["b"], "{r:?}");
+        queued.push(r.id);
+    }
+
+    let roster_path = dir.join("roster.toml");
+    let mut roster = tidewire_core::keys::Roster::default();
+    for n in tidewire_core::keys::Roster::load(&roster_path)?
+        .nodes()
+        .filter(|n| n.id.as_str() != "b")
+    {
+        roster.upsert(n.clone());
+    }
+    std::fs::write(&roster_path, roster.to_toml())?;
+    let config = dir.join("a/node.toml");
+    let text = std::fs::read_to_string(&config)?;
+    let start = text.find("[[link]]").context("a's [[link]] to b")?;
+    let end = text[start..]
+        .find("url =")
+        .and_then(|u| text[start + u..].find('\n').map(|e| start + u + e + 1))
+        .context("the link's url")?;
+    std::fs::write(&config, format!("{}{}", &text[..start], &text[end..]))?;
+
+    let hup = Command::new("kill")
+        .args(["-HUP", &a.child.id().to_string()])
+        .status()?;
+    ensure!(hup.success(), "kill -HUP failed");
+    let now = eventually(
+        Duration::from_secs(10),
+        "a lets b go: roster, link and queue",
+        async || {
+            let s = status(&dir, "a").await?;
+            ensure!(s.roster_nodes == 1, "roster of {} nodes", s.roster_nodes);
+            ensure!(s.links.is_empty(), "links {:?}", s.links);
+            let dropped = audit_ids(&dir, "a", "dropped").await?;
+            ensure!(dropped == queued, "dropped {dropped:?}, queued {queued:?}");
+            Ok(s)
+        },
+    )
+    .await;
+    assert_eq!(
+        now.counters.get("published"),
+        Some(&2),
+        "{:?}",
+        now.counters
+    );
+    // Publishing for b now finds nobody: b is no longer a destination.
+    let after = publish_for(&dir, "a", "node:b").await?;
+    assert!(after.destinations.is_empty(), "{after:?}");
+    assert_eq!(after.unmatched_audience, ["node:b"], "{after:?}");
     Ok(())
 }
