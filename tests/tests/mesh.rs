@@ -153,8 +153,10 @@ async fn a_link_removed_without_a_restart_closes_and_stays_refused_until_put_bac
         ensure!(kit.refused("b", "not_a_link").await? > 0, "not refused yet");
         let a = links(&kit, "a").await?;
         ensure!(
-            a.iter()
-                .any(|(p, up, e)| p == "b" && !up && e.contains("`b` has no [[link]] to `a`")),
+            a.iter().any(|(p, up, e)| p == "b"
+                && !up
+                && e.contains("`b` has no [[link]] to `a`")
+                && e.contains("node.toml and send it SIGHUP")),
             "a's links: {a:?}"
         );
         Ok(())

@@ -77,7 +77,8 @@ impl pb::federation_server::Federation for FederationService {
             node.counters.refuse("not_a_link");
             tracing::warn!(peer = %peer, "link refused: no [[link]] for this peer");
             return Err(NodeError::PermissionDenied(format!(
-                "`{me}` has no [[link]] to `{peer}`: add one to `{me}`'s node.toml and send it                  SIGHUP, or remove the link on `{peer}`'s side",
+                "`{me}` has no [[link]] to `{peer}`: add one to `{me}`'s node.toml and send it \
+                 SIGHUP, or remove the link on `{peer}`'s side",
                 me = node.id()
             ))
             .into());
