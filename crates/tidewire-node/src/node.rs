@@ -1838,6 +1838,13 @@ impl Node {
             .collect();
         if r.is_change() {
             *self.roster.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+            let mut routing = self.routing.lock().unwrap_or_else(|p| p.into_inner());
+            for gone in &r.removed {
+                if let Ok(id) = gone.parse::<NodeId>() {
+                    routing.forget(&id);
+                }
+            }
+            drop(routing);
             r.sessions_ended = self.sessions.end_all();
         }
         Ok(r)

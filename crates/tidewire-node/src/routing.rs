@@ -73,6 +73,16 @@ impl Routing {
         true
     }
 
+    /// Forgets `node`'s announcement (it left the roster): it is no longer passed on to new
+    /// neighbours, and routes through it go. Returns whether there was one.
+    pub fn forget(&mut self, node: &NodeId) -> bool {
+        let had = self.db.remove(node).is_some();
+        if had {
+            self.recompute();
+        }
+        had
+    }
+
     /// Every announcement we hold (to send to a new neighbour).
     pub fn announcements(&self) -> impl Iterator<Item = &Announcement> {
         self.db.values()
@@ -192,6 +202,25 @@ mod tests {
         assert!(!r.learn(id("c"), ann(1, &["b"])), "same seq is not newer");
         r.learn(id("c"), ann(2, &["b"]));
         assert_eq!(r.next_hop(&id("c")), None, "c no longer confirms d");
+    }
+
+    #[test]
+    fn a_forgotten_node_is_neither_passed_on_nor_routed_through() {
+        let mut r = Routing::new(id("a"));
+        r.set_live(&id("b"), true);
+        r.learn(id("b"), ann(1, &["a", "c"]));
+        r.learn(id("c"), ann(1, &["b", "d"]));
+        r.learn(id("d"), ann(1, &["c"]));
+        assert_eq!(r.next_hop(&id("d")), Some(&id("b")));
+        assert!(r.forget(&id("c")));
+        assert!(!r.forget(&id("c")), "forgotten once");
+        assert_eq!(r.next_hop(&id("c")), None);
+        assert_eq!(r.next_hop(&id("d")), None, "d was reached only through c");
+        assert_eq!(
+            r.announcements().count(),
+            2,
+            "b's and d's are left to pass on"
+        );
     }
 
     proptest! {
