@@ -21,5 +21,5 @@ pub mod users;
 
 pub use config::NodeConfig;
 pub use error::NodeError;
-pub use node::Node;
+pub use node::{Author, Node};
 pub use server::{Running, start};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tidewire_core::envelope::{self, Header, Hop, Substitution};
 use tidewire_core::keys::{Roster, SigningKey};
-use tidewire_core::model::{NodeId, RoutePattern};
+use tidewire_core::model::{NodeId, Route, RoutePattern};
 use tidewire_core::{Notification, NotificationId, VerifiedView, timefmt};
 use tidewire_policy::{Decision, FieldAction, Party, Policy};
 use tidewire_proto::v1 as pb;
@@ -1225,6 +1225,57 @@ pub(crate) fn be_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(b.try_into().unwrap_or([0; 8]))
 }
 
+/// Who publishes: the label its ledger entries carry and the route patterns it may publish on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Author {
+    /// `user:NAME` for a client, or what an in-process caller names itself.
+    pub label: String,
+    /// The route patterns every route of its notifications must match; `None`: any route.
+    pub routes: Option<Vec<RoutePattern>>,
+}
+
+impl Author {
+    /// An author who may publish on any route (in-process callers, tools).
+    pub fn anyone(label: impl Into<String>) -> Author {
+        Author {
+            label: label.into(),
+            routes: None,
+        }
+    }
+
+    /// A client of the user table: on the routes its entry allows.
+    pub fn user(u: &crate::users::User) -> Author {
+        Author {
+            label: format!("user:{}", u.name),
+            routes: Some(u.routes.clone()),
+        }
+    }
+
+    /// Refuses a notification with a route none of this author's patterns matches.
+    fn may_publish_on(&self, routes: &[Route]) -> Result<(), NodeError> {
+        let Some(allowed) = &self.routes else {
+            return Ok(());
+        };
+        match routes
+            .iter()
+            .find(|r| !allowed.iter().any(|p| p.matches(r)))
+        {
+            None => Ok(()),
+            Some(r) => Err(NodeError::PermissionDenied(format!(
+                "{} may publish only on the routes {}, and `{r}` is not one of them; publish \
+                 on those routes, or have this node's administrator widen the client's routes \
+                 in users.toml",
+                self.label,
+                allowed
+                    .iter()
+                    .map(|p| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+}
+
 /// What [`Node::reload_roster`] changed: node ids added, removed, and changed (keys,
 /// certificate pin, country or organisation). All empty: the roster was the one in force.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -1943,7 +1994,7 @@ impl Node {
         &self,
         json: &str,
         idempotency_key: &str,
-        by: &str,
+        by: &Author,
     ) -> Result<Published, NodeError> {
         let mut sealed = match self.publish_seal(json, idempotency_key, by)? {
             Sealing::Duplicate(id, seq) => return Ok(Published::retry(id, seq)),
@@ -1960,7 +2011,7 @@ impl Node {
     /// ([`envelope::sign_origin_round`]: one signature, which every receiver verifies once), and
     /// their writes are queued for the group commit in the batch's order, which is the order
     /// they go out in. Returns one outcome per notification, in order, each to await.
-    pub fn publish_batch(&self, reqs: &[(String, String)], by: &str) -> Vec<PublishOutcome> {
+    pub fn publish_batch(&self, reqs: &[(String, String)], by: &Author) -> Vec<PublishOutcome> {
         /// A notification of the batch: answered already, or sealed and waiting for the round.
         enum Slot {
             Answered(PublishOutcome),
@@ -2012,13 +2063,13 @@ impl Node {
         }
     }
 
-    /// The first step of a publish: checks the idempotency key and the rate, validates the JSON
-    /// and seals it (unsigned).
+    /// The first step of a publish: checks the idempotency key, the rate and the author's
+    /// routes, validates the JSON and seals it (unsigned).
     fn publish_seal(
         &self,
         json: &str,
         idempotency_key: &str,
-        by: &str,
+        by: &Author,
     ) -> Result<Sealing, NodeError> {
         if idempotency_key.len() > 256 {
             return Err(NodeError::Invalid(
@@ -2026,6 +2077,7 @@ impl Node {
             ));
         }
         let n = Notification::from_json(json.as_bytes())?;
+        by.may_publish_on(&n.routes)?;
         let content = (!idempotency_key.is_empty()).then(|| content_digest(&n));
         // Held while this publish is sealed: a retry that arrives meanwhile finds it in flight.
         let mut inflight = (!idempotency_key.is_empty())
@@ -2081,7 +2133,7 @@ impl Node {
             now,
             idempotency_key: idempotency_key.to_owned(),
             content: content.unwrap_or_default(),
-            by: by.to_owned(),
+            by: by.label.clone(),
             key_guard,
         })))
     }

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use crate::auth::{Caller, caller};
 use crate::error::NodeError;
 use crate::ledger;
-use crate::node::{Node, Published};
+use crate::node::{Author, Node, Published};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -168,11 +168,11 @@ impl pb::publisher_server::Publisher for PublisherService {
         req: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishReply>, Status> {
         let who = caller(&self.0, &req)?;
-        who.require(&["publisher", "admin"], "publishing")?;
+        let author = Author::user(who.require(&["publisher", "admin"], "publishing")?);
         let r = req.into_inner();
         let done = self
             .0
-            .publish(&r.notification_json, &r.idempotency_key, &who.label())
+            .publish(&r.notification_json, &r.idempotency_key, &author)
             .await?;
         Ok(Response::new(publish_reply(Ok(done))))
     }
@@ -183,8 +183,8 @@ impl pb::publisher_server::Publisher for PublisherService {
         req: Request<Streaming<pb::PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let who = caller(&self.0, &req)?;
-        who.require(&["publisher", "admin"], "publishing")?;
-        let label = who.label();
+        let author = Author::user(who.require(&["publisher", "admin"], "publishing")?);
+        let label = author.label.clone();
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(256);
         let node = self.0.clone();
@@ -211,7 +211,7 @@ impl pb::publisher_server::Publisher for PublisherService {
                                         None => break,
                                     }
                                 }
-                                for o in node.publish_batch(&batch, &label) {
+                                for o in node.publish_batch(&batch, &author) {
                                     let node = node.clone();
                                     pending.push_back(async move { node.publish_outcome(o).await });
                                 }

@@ -24,7 +24,7 @@ pub struct UserEntry {
     pub role: String,
     /// Highest handling code the user may see (`H0`..`H3`).
     pub clearance: String,
-    /// Route patterns the user may follow.
+    /// Route patterns the user may follow and publish on.
     #[serde(default = "all_routes")]
     pub routes: Vec<String>,
     /// SHA-256 of the certificate (hex), pinned when set.

@@ -23,7 +23,11 @@ async fn main() -> anyhow::Result<()> {
             .map(|_| {
                 let node = node.clone();
                 let json = json.clone();
-                async move { node.publish(&json, "", "probe").await.map(|_| ()) }
+                async move {
+                    node.publish(&json, "", &tidewire_node::Author::anyone("probe"))
+                        .await
+                        .map(|_| ())
+                }
             })
             .buffer_unordered(conc)
             .for_each(|r| async move { r.expect("publish") })

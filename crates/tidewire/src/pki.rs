@@ -488,7 +488,7 @@ pub struct IssueOptions {
     /// Highest handling code the client may see (H0..H3).
     #[arg(long, default_value = "H1")]
     pub clearance: String,
-    /// Route patterns the client may follow (repeatable or comma-separated).
+    /// Route patterns the client may follow and publish on (repeatable or comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub routes: Vec<String>,
     /// Where to write the identity (default DIR/clients/NAME).

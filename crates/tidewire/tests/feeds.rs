@@ -34,11 +34,23 @@ use common::{audit, line, publish, wait_for};
 
 /// Issues a subscriber identity registered at `node`.
 fn issue(dir: &Path, node: &str, name: &str, clearance: &str, routes: &[&str]) -> PathBuf {
+    issue_as(dir, node, name, "subscriber", clearance, routes)
+}
+
+/// Issues an identity with `role` registered at `node`.
+fn issue_as(
+    dir: &Path,
+    node: &str,
+    name: &str,
+    role: &str,
+    clearance: &str,
+    routes: &[&str],
+) -> PathBuf {
     tidewire::pki::issue_client(&tidewire::pki::IssueOptions {
         federation: dir.to_owned(),
         node: node.into(),
         name: name.into(),
-        role: "subscriber".into(),
+        role: role.into(),
         clearance: clearance.into(),
         routes: routes.iter().map(|s| s.to_string()).collect(),
         out: None,
@@ -812,6 +824,92 @@ async fn a_subscriptions_interest_is_narrowed_to_the_routes_its_officer_may_foll
         "{told}"
     );
     assert_eq!(warning(&["*.west-africa"]).await, None);
+    f.stop().await;
+}
+
+/// A client's routes bound what it publishes as well as what it follows: an AIRCOP airport
+/// desk allowed `air.aircop.>` publishes there, and a notification on any other route is
+/// refused (PERMISSION_DENIED, naming the route and the fix) without a trace on the node, alone
+/// or in a stream whose other publishes go through. A subscriber may not publish at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_publishes_only_on_the_routes_its_entry_allows() {
+    let (_tmp, f) = line().await;
+    let dir = f.dir.clone();
+    let desk = issue_as(
+        &dir,
+        "maoc-n",
+        "aircop-lfw",
+        "publisher",
+        "H1",
+        &["air.aircop.>"],
+    );
+    let desk = who(&dir, "maoc-n", &desk);
+    let note = |route: &str| {
+        serde_json::json!({
+            "kind": "seizure", "routes": [route], "handling": "H1",
+            "audience": ["node:dakar"], "fields": {"narrative": "courier stopped at Lomé"}
+        })
+        .to_string()
+    };
+    let request = |route: &str| pb::PublishRequest {
+        notification_json: note(route),
+        idempotency_key: String::new(),
+    };
+    let mut client =
+        pb::publisher_client::PublisherClient::new(desk.connect().await.expect("connect"));
+    client
+        .publish(request("air.aircop.lfw"))
+        .await
+        .expect("on its own route");
+    let refused = client
+        .publish(request("atlantic.west-africa"))
+        .await
+        .expect_err("outside its routes");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("user:aircop-lfw")
+            && refused.message().contains("air.aircop.>")
+            && refused
+                .message()
+                .contains("`atlantic.west-africa` is not one of them")
+            && refused.message().contains("users.toml"),
+        "{}",
+        refused.message()
+    );
+
+    // In a stream, the refused one is answered with its error; the others go through.
+    let replies: Vec<pb::PublishReply> = client
+        .publish_stream(futures::stream::iter([
+            request("air.aircop.dkr"),
+            request("vessel.imo.9387421"),
+            request("air.aircop.acc"),
+        ]))
+        .await
+        .expect("stream")
+        .into_inner()
+        .map(|r| r.expect("reply"))
+        .collect()
+        .await;
+    let codes: Vec<i32> = replies.iter().map(|r| r.error_code).collect();
+    assert_eq!(
+        codes,
+        [0, tonic::Code::PermissionDenied as i32, 0],
+        "{replies:?}"
+    );
+    let published = common::status(&f, "maoc-n").await.counters["published"];
+    assert_eq!(published, 3, "the refused ones left nothing");
+
+    let officer = issue(&dir, "maoc-n", "officer-1", "H1", &[">"]);
+    let denied = pb::publisher_client::PublisherClient::new(
+        who(&dir, "maoc-n", &officer)
+            .connect()
+            .await
+            .expect("connect"),
+    )
+    .publish(request("air.aircop.lfw"))
+    .await
+    .expect_err("a subscriber does not publish");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
     f.stop().await;
 }
 
