@@ -513,12 +513,27 @@ pub fn issue_and_report(o: &IssueOptions, json: bool) -> Result<PathBuf> {
             o.node,
             dir.display()
         );
-        println!(
-            "use it with: tidewire subscribe --federation {} --node {} --identity {} --route 'atlantic.>'",
+        let with = format!(
+            "--federation {} --node {} --identity {}",
             o.federation.display(),
             o.node,
             dir.display()
         );
+        match o.role.as_str() {
+            "publisher" => {
+                println!("use it with: tidewire publish {with} --file notification.json")
+            }
+            "auditor" => println!("use it with: tidewire audit query {with}"),
+            _ => {
+                // Its first route, as an example (all routes: one an officer might follow).
+                let route = o
+                    .routes
+                    .first()
+                    .filter(|r| r.as_str() != ">")
+                    .map_or("atlantic.>", String::as_str);
+                println!("use it with: tidewire subscribe {with} --route '{route}'")
+            }
+        }
     }
     Ok(dir)
 }

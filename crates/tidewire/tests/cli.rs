@@ -580,6 +580,47 @@ fn tidewire_bare(args: &[&str]) -> Run {
     }
 }
 
+/// `pki issue-client` ends with the command that uses the new identity, for its role: a
+/// publisher publishes, a subscriber follows one of its own routes.
+#[test]
+fn pki_issue_client_shows_the_command_for_the_clients_role() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fed = tmp.path().join("fed");
+    let fed_s = fed.to_str().expect("utf-8");
+    let init = tidewire_bare(&["pki", "init", "--nodes", "accra", "--out", fed_s]);
+    assert!(init.ok, "{}", init.stderr);
+    let issue = |name: &str, role: &str, routes: &str| {
+        let run = tidewire_bare(&[
+            "pki",
+            "issue-client",
+            "--federation",
+            fed_s,
+            "--node",
+            "accra",
+            "--name",
+            name,
+            "--role",
+            role,
+            "--routes",
+            routes,
+        ]);
+        assert!(run.ok, "{}", run.stderr);
+        run.stdout
+    };
+    let desk = issue("aircop-acc", "publisher", "air.aircop.>");
+    assert!(
+        desk.contains("use it with: tidewire publish --federation")
+            && desk.contains("--file notification.json"),
+        "{desk}"
+    );
+    let officer = issue("officer-accra-1", "subscriber", "vessel.imo.*");
+    assert!(
+        officer.contains("use it with: tidewire subscribe --federation")
+            && officer.contains("--route 'vessel.imo.*'"),
+        "{officer}"
+    );
+}
+
 #[test]
 fn the_demo_delivers_every_expected_notification_and_says_so() {
     let human = tidewire_bare(&["demo"]);
