@@ -49,6 +49,15 @@ impl NodeProcess {
     }
 
     /// SIGKILL (what `Child::kill` sends on Unix), then reap.
+    /// Sends the node SIGHUP (re-read links, roster and policy).
+    fn sighup(&self) -> Result<()> {
+        let hup = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()?;
+        ensure!(hup.success(), "kill -HUP failed");
+        Ok(())
+    }
+
     fn kill_9(&mut self) -> Result<()> {
         self.child.kill()?;
         self.child.wait()?;
@@ -508,10 +517,7 @@ async fn sighup_puts_a_changed_roster_in_force_without_a_restart() -> Result<()>
         "keys generate: {}",
         String::from_utf8_lossy(&added.stderr)
     );
-    let hup = Command::new("kill")
-        .args(["-HUP", &a.child.id().to_string()])
-        .status()?;
-    ensure!(hup.success(), "kill -HUP failed");
+    a.sighup()?;
     let after = eventually(
         Duration::from_secs(10),
         "a publish at a goes to ceclad-m once a has the new roster",
@@ -563,10 +569,7 @@ async fn a_centre_added_with_pki_add_node_joins_the_running_federation_on_sighup
         "a gets a link back: {a_config}"
     );
     for n in [&a, &b] {
-        let hup = Command::new("kill")
-            .args(["-HUP", &n.child.id().to_string()])
-            .status()?;
-        ensure!(hup.success(), "kill -HUP failed");
+        n.sighup()?;
     }
     for n in ["a", "b"] {
         eventually(
@@ -638,10 +641,7 @@ async fn a_centre_that_leaves_is_let_go_on_sighup_with_its_queued_copies_dropped
         .context("the link's url")?;
     std::fs::write(&config, format!("{}{}", &text[..start], &text[end..]))?;
 
-    let hup = Command::new("kill")
-        .args(["-HUP", &a.child.id().to_string()])
-        .status()?;
-    ensure!(hup.success(), "kill -HUP failed");
+    a.sighup()?;
     let now = eventually(
         Duration::from_secs(10),
         "a lets b go: roster, link and queue",
