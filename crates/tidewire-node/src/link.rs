@@ -796,7 +796,7 @@ async fn connect(
     let mut inbound = client
         .link(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
         .into_inner();
     match inbound.message().await {
         Ok(Some(pb::LinkFrame {
@@ -809,7 +809,7 @@ async fn connect(
             frame: Some(Frame::Hello(h)),
         })) => Err(format!("dialed `{peer}` but `{}` answered", h.node)),
         Ok(_) => Err("peer did not say hello".into()),
-        Err(s) => Err(format!("{}: {}", s.code(), crate::tls::error_chain(&s))),
+        Err(s) => Err(format!("{:?}: {}", s.code(), crate::tls::error_chain(&s))),
     }
 }
 
