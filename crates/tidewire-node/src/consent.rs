@@ -451,7 +451,12 @@ impl Node {
         let origin: NodeId = from
             .parse()
             .map_err(|e| NodeError::Invalid(format!("{e}")))?;
+        self.counters
+            .consent_answers
+            .fetch_add(1, Ordering::Relaxed);
         if rec.state != "held" {
+            // Answered before, or closed meanwhile (the notification or its destination went).
+            tracing::debug!(id = %rec.id, state = %rec.state, "consent answer for a request no longer held");
             return Ok(());
         }
         let grant = routed.encode_to_vec();
@@ -487,9 +492,6 @@ impl Node {
             e.detail = serde_json::json!({"reason": "the origin refused consent", "decided_by": ans.decided_by});
             self.commit(vec![rec.put(Space::Held)], vec![e]).await?;
         }
-        self.counters
-            .consent_answers
-            .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -54,7 +54,7 @@ pub struct Counters {
     pub expired: AtomicU64,
     /// Copies refused on arrival because they were created longer ago than the retention.
     pub past_retention: AtomicU64,
-    /// Consent answers acted on.
+    /// Consent answers received for requests this node holds (or held).
     pub consent_answers: AtomicU64,
     /// Refusals by reason.
     pub refused: Mutex<BTreeMap<String, u64>>,
@@ -813,7 +813,8 @@ pub struct ConsentRecord {
     pub requester: String,
     /// The destination outside the audience.
     pub destination: String,
-    /// pending, granted, refused.
+    /// At the origin: pending, granted, refused. At the relay: held, released, refused,
+    /// expired, or dropped (its destination left the federation).
     pub state: String,
     /// Kind.
     pub kind: String,
@@ -1903,8 +1904,9 @@ impl Node {
 
     /// Drops the queued copies whose destination is no longer in the roster in force (a
     /// centre that left the federation): they could never be routed, and would stay in the
-    /// backlog for ever. Each is recorded on the ledger as `dropped`, with the reason. Runs at
-    /// start and after every roster reload; returns how many went.
+    /// backlog for ever. Copies held for consent to go to such a node are closed too. Each is
+    /// recorded on the ledger as `dropped`, with the reason. Runs at start and after every
+    /// roster reload; returns how many went.
     pub async fn drop_queued_for_departed(&self) -> Result<usize, NodeError> {
         let roster = self.roster();
         let departed: Vec<NodeId> = self
@@ -1941,6 +1943,22 @@ impl Node {
             }
             tracing::warn!(destination = %dest, dropped, "queued copies for a node no longer in the roster dropped");
             total += dropped;
+        }
+        // Copies held for the origin's consent to pass them on to such a node: closed, as a
+        // refusal would close them, so that a late grant does not queue them again.
+        for mut rec in self.held_items()? {
+            if rec.state != "held" || roster.get(&rec.destination).is_some() {
+                continue;
+            }
+            rec.state = "dropped".into();
+            let mut e = LedgerEntry::new("dropped");
+            e.notification = rec.notification.clone();
+            e.destination = format!("node:{}", rec.destination);
+            e.detail = serde_json::json!({
+                "reason": format!("`{}` is no longer in the federation roster", rec.destination),
+            });
+            self.commit(vec![rec.put(Space::Held)], vec![e]).await?;
+            total += 1;
         }
         Ok(total)
     }

@@ -232,3 +232,91 @@ async fn a_request_asked_while_the_origin_is_down_reaches_it_when_it_returns() {
     back.stop().await;
     f.stop().await;
 }
+
+/// The destination leaves the federation while a copy is held for consent to reach it: the
+/// relay's roster reload closes the held request (`dropped`, with the reason), and the origin's
+/// grant, arriving after, releases nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_held_for_a_destination_that_leaves_the_federation_is_dropped() {
+    let (_tmp, f) = line().await;
+    let id = publish(&f, "maoc-n", "MAOC-H2-LEAVES").await;
+    wait_for(Duration::from_secs(10), "dakar to receive", || {
+        has(&f, "dakar", &id, "received")
+    })
+    .await;
+    ask(&f, &id).await.expect("ask");
+    wait_for(
+        Duration::from_secs(10),
+        "the request to reach maoc-n",
+        || async { !origin_items(&f).await.is_empty() },
+    )
+    .await;
+
+    // Accra leaves: out of the roster, and out of dakar's links.
+    let roster_path = f.dir.join("roster.toml");
+    let mut without = tidewire_core::keys::Roster::default();
+    for n in tidewire_core::keys::Roster::load(&roster_path)
+        .expect("roster")
+        .nodes()
+        .filter(|n| n.id.as_str() != "accra")
+    {
+        without.upsert(n.clone());
+    }
+    std::fs::write(&roster_path, without.to_toml()).expect("write roster");
+    let dakar = f.nodes["dakar"].node.clone();
+    let r = dakar
+        .reload_roster_for(&["maoc-n".parse().expect("id")])
+        .expect("reload");
+    assert_eq!(r.removed, ["accra"], "{r:?}");
+    assert_eq!(dakar.drop_queued_for_departed().await.expect("drop"), 1);
+    let held = dakar.held_items().expect("held");
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].state, "dropped", "{held:?}");
+    let dropped = common::audit(&f, "dakar", &id, "dropped").await;
+    assert!(
+        dropped.len() == 1
+            && dropped[0]
+                .detail_json
+                .contains("no longer in the federation roster"),
+        "{dropped:?}"
+    );
+
+    // The reload ended dakar's link sessions: the answer goes once the link is back.
+    let up = async |node: &str, peer: &str| {
+        common::status(&f, node)
+            .await
+            .links
+            .iter()
+            .any(|l| l.peer == peer && l.up)
+    };
+    wait_for(
+        Duration::from_secs(20),
+        "the dakar–maoc-n link back up at both ends",
+        || async { up("dakar", "maoc-n").await && up("maoc-n", "dakar").await },
+    )
+    .await;
+    let req = origin_items(&f).await.remove(0);
+    admin(&f, "maoc-n")
+        .await
+        .consent_decide(pb::ConsentDecideRequest {
+            id: req.id,
+            grant: true,
+        })
+        .await
+        .expect("grant");
+    wait_for(
+        Duration::from_secs(10),
+        "the answer to reach dakar",
+        || async {
+            dakar
+                .counters
+                .consent_answers
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        },
+    )
+    .await;
+    assert_eq!(events(&f, "dakar", &id, "released").await, 0);
+    assert_eq!(dakar.held_items().expect("held")[0].state, "dropped");
+    f.stop().await;
+}
