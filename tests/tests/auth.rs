@@ -57,6 +57,24 @@ async fn impersonating_another_node_is_refused_and_counted() -> anyhow::Result<(
         refused.message()
     );
     assert_eq!(kit.refused("a", "impersonation").await?, 1);
+    // c, which a has no link with, saying it is b: refused as the impersonation it is, before
+    // anything is said about links.
+    let refused = open_link(
+        &kit,
+        "a",
+        &dir.join("c/tls.pem"),
+        &dir.join("c/tls.key"),
+        "b",
+    )
+    .await?
+    .expect_err("a hello that contradicts the certificate must be refused");
+    assert!(
+        refused.message().contains("belongs to `c`") && refused.message().contains("`b`"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(kit.refused("a", "impersonation").await?, 2);
+    assert_eq!(kit.refused("a", "not_a_link").await?, 0);
 
     // The genuine b's link is untouched.
     eventually!(Duration::from_secs(5), "a's real link to b stays up", {

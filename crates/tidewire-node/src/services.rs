@@ -66,23 +66,6 @@ impl pb::federation_server::Federation for FederationService {
                 .into());
             }
         };
-        // Only the peers this node's configuration links it to: a link removed on this side
-        // (SIGHUP) stays closed even if the peer still dials it.
-        if !node
-            .links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&peer)
-        {
-            node.counters.refuse("not_a_link");
-            tracing::warn!(peer = %peer, "link refused: no [[link]] for this peer");
-            return Err(NodeError::PermissionDenied(format!(
-                "`{me}` has no [[link]] to `{peer}`: add one to `{me}`'s node.toml and send it \
-                 SIGHUP, or remove the link on `{peer}`'s side",
-                me = node.id()
-            ))
-            .into());
-        }
         let mut inbound = req.into_inner();
         let hello = match inbound.message().await? {
             Some(pb::LinkFrame {
@@ -100,6 +83,24 @@ impl pb::federation_server::Federation for FederationService {
             return Err(NodeError::PermissionDenied(format!(
                 "certificate belongs to `{peer}` but the hello claims `{}`",
                 hello.node
+            ))
+            .into());
+        }
+        // Only the peers this node's configuration links it to (after the identity checks, so
+        // that a node claiming another's identity is refused as that): a link removed on this
+        // side (SIGHUP) stays closed even if the peer still dials it.
+        if !node
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&peer)
+        {
+            node.counters.refuse("not_a_link");
+            tracing::warn!(peer = %peer, "link refused: no [[link]] for this peer");
+            return Err(NodeError::PermissionDenied(format!(
+                "`{me}` has no [[link]] to `{peer}`: add one to `{me}`'s node.toml and send it \
+                 SIGHUP, or remove the link on `{peer}`'s side",
+                me = node.id()
             ))
             .into());
         }
