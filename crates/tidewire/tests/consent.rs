@@ -44,6 +44,24 @@ async fn origin_items(f: &LocalFederation) -> Vec<pb::ConsentItem> {
         .items
 }
 
+/// An H2 notification published at maoc-n, received at dakar, and held there for maoc-n's
+/// consent to pass it on to accra, the request having reached maoc-n. Returns its id.
+async fn held_at_dakar(f: &LocalFederation, case_ref: &str) -> String {
+    let id = publish(f, "maoc-n", case_ref).await;
+    wait_for(Duration::from_secs(10), "dakar to receive", || {
+        has(f, "dakar", &id, "received")
+    })
+    .await;
+    ask(f, &id).await.expect("ask");
+    wait_for(
+        Duration::from_secs(10),
+        "the request to reach maoc-n",
+        || async { !origin_items(f).await.is_empty() },
+    )
+    .await;
+    id
+}
+
 async fn events(f: &LocalFederation, node: &str, id: &str, event: &str) -> usize {
     common::events(f, node, id, event).await
 }
@@ -78,18 +96,7 @@ async fn h2_outside_the_audience_is_held_until_the_origin_grants() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_consent_drops_the_held_notification() {
     let (_tmp, f) = line().await;
-    let id = publish(&f, "maoc-n", "MAOC-H2-REFUSE").await;
-    wait_for(Duration::from_secs(10), "dakar to receive", || {
-        has(&f, "dakar", &id, "received")
-    })
-    .await;
-    ask(&f, &id).await.expect("ask");
-    wait_for(
-        Duration::from_secs(10),
-        "the request to reach maoc-n",
-        || async { !origin_items(&f).await.is_empty() },
-    )
-    .await;
+    let id = held_at_dakar(&f, "MAOC-H2-REFUSE").await;
     let req = origin_items(&f).await.remove(0);
     admin(&f, "maoc-n")
         .await
@@ -239,18 +246,7 @@ async fn a_request_asked_while_the_origin_is_down_reaches_it_when_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_held_for_a_destination_that_leaves_the_federation_is_dropped() {
     let (_tmp, f) = line().await;
-    let id = publish(&f, "maoc-n", "MAOC-H2-LEAVES").await;
-    wait_for(Duration::from_secs(10), "dakar to receive", || {
-        has(&f, "dakar", &id, "received")
-    })
-    .await;
-    ask(&f, &id).await.expect("ask");
-    wait_for(
-        Duration::from_secs(10),
-        "the request to reach maoc-n",
-        || async { !origin_items(&f).await.is_empty() },
-    )
-    .await;
+    let id = held_at_dakar(&f, "MAOC-H2-LEAVES").await;
 
     // Accra leaves: out of the roster, and out of dakar's links.
     let roster_path = f.dir.join("roster.toml");
