@@ -219,3 +219,34 @@ async fn a_link_moved_to_a_new_url_without_a_restart_is_dialed_there() -> anyhow
     kit.stop().await;
     Ok(())
 }
+
+/// A node taken out of a peer's roster (it left the federation) that still dials it is
+/// refused, and counted as `not_in_roster`: it is not an impostor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_left_the_roster_is_refused_as_such_not_as_an_impostor() -> anyhow::Result<()> {
+    let kit = Kit::start(&["a", "b"], &["a:b"]).await?;
+    let roster_path = kit.dir().join("roster.toml");
+    let mut without = tidewire_core::keys::Roster::default();
+    for n in tidewire_core::keys::Roster::load(&roster_path)?
+        .nodes()
+        .filter(|n| n.id.as_str() != "a")
+    {
+        without.upsert(n.clone());
+    }
+    std::fs::write(&roster_path, without.to_toml())?;
+    // b lets a go, as SIGHUP does with a roster and a node.toml both without it.
+    let b = kit.node("b").node.clone();
+    let r = b.reload_roster_for(&[])?;
+    assert_eq!(r.removed, ["a"], "{r:?}");
+    tidewire_node::server::apply_links(&b, &[]);
+    eventually!(Duration::from_secs(20), "a dials b again and is refused", {
+        ensure!(
+            kit.refused("b", "not_in_roster").await? > 0,
+            "not refused yet"
+        );
+        Ok(())
+    });
+    assert_eq!(kit.refused("b", "impersonation").await?, 0);
+    kit.stop().await;
+    Ok(())
+}

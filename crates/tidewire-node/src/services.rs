@@ -35,18 +35,29 @@ impl pb::federation_server::Federation for FederationService {
     ) -> Result<Response<Self::LinkStream>, Status> {
         let node = self.0.clone();
         let who = caller(&node, &req).inspect_err(|e| {
-            // A certificate that is not the roster's for the node it names, or names none.
-            node.counters.refuse("impersonation");
-            tracing::warn!(error = %e, "link refused: the certificate is not a roster node's");
-            // The link it claims to be, if this node has one, shows why it stays down.
             let named = req.peer_certs().and_then(|c| {
                 c.first()
                     .and_then(|d| crate::tls::cert_dns_name(d.as_ref()))
             });
-            if let Some(peer) = named
+            let claimed = named
                 .as_deref()
                 .and_then(|n| n.strip_suffix(".node.tidewire"))
-                .and_then(|n| n.parse::<tidewire_core::NodeId>().ok())
+                .and_then(|n| n.parse::<tidewire_core::NodeId>().ok());
+            // A node the roster does not have (one that left the federation, or is not in it
+            // yet) is told apart from a certificate that is not the roster's for the node it
+            // names, or names none.
+            if claimed
+                .as_ref()
+                .is_some_and(|n| node.roster().get(n.as_str()).is_none())
+            {
+                node.counters.refuse("not_in_roster");
+                tracing::warn!(error = %e, "link refused: the node is not in the roster");
+            } else {
+                node.counters.refuse("impersonation");
+                tracing::warn!(error = %e, "link refused: the certificate is not a roster node's");
+            }
+            // The link it claims to be, if this node has one, shows why it stays down.
+            if let Some(peer) = claimed
                 && let Some(l) = node
                     .links
                     .lock()
