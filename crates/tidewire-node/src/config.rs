@@ -82,7 +82,7 @@ pub struct LinkFile {
 const MAX_RETENTION_HOURS: f64 = 876_000.0;
 
 /// `[limits]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest gRPC message accepted.
@@ -153,6 +153,38 @@ pub struct NodeConfig {
     pub links: Vec<(NodeId, String)>,
     /// Limits.
     pub limits: Limits,
+}
+
+impl NodeConfig {
+    /// The keys of `fresh` (this node's `node.toml` read again) that differ from this running
+    /// configuration and that only a restart puts in force: everything but the `[[link]]`s,
+    /// which SIGHUP applies. A `listen` with port 0 (any free port) is not a change.
+    pub fn restart_needed(&self, fresh: &NodeConfig) -> Vec<&'static str> {
+        let listen_changed = fresh.listen.port() != 0 && fresh.listen != self.listen;
+        let metrics_changed = match (fresh.metrics_listen, self.metrics_listen) {
+            (Some(f), Some(r)) => f.port() != 0 && f != r,
+            (f, r) => f.is_some() != r.is_some(),
+        };
+        [
+            ("id", fresh.id != self.id),
+            ("country", fresh.country != self.country),
+            ("org", fresh.org != self.org),
+            ("listen", listen_changed),
+            ("metrics_listen", metrics_changed),
+            ("data_dir", fresh.data_dir != self.data_dir),
+            ("signing_key", fresh.signing_key != self.signing_key),
+            ("roster", fresh.roster != self.roster),
+            ("policy", fresh.policy != self.policy),
+            ("users", fresh.users != self.users),
+            ("tls_ca", fresh.tls_ca != self.tls_ca),
+            ("tls_cert", fresh.tls_cert != self.tls_cert),
+            ("tls_key", fresh.tls_key != self.tls_key),
+            ("limits", fresh.limits != self.limits),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
 }
 
 /// How an override's text becomes a TOML value.
@@ -484,6 +516,30 @@ ca = "ca.pem"
 cert = "c.pem"
 key = "c.key"
 "#;
+
+    #[test]
+    fn a_reread_config_names_the_keys_only_a_restart_puts_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        files(dir.path());
+        let path = dir.path().join("node.toml");
+        let none = HashMap::new();
+        let running = NodeConfig::parse(BASE, &path, &none).unwrap();
+        let link = "\n[[link]]\npeer = \"accra\"\nurl = \"https://127.0.0.1:7402\"\n";
+        let linked = NodeConfig::parse(&format!("{BASE}{link}"), &path, &none).unwrap();
+        assert!(
+            running.restart_needed(&linked).is_empty(),
+            "links are SIGHUP's"
+        );
+        let changed = format!(
+            "{}\n[limits]\nhop_budget = 4\n",
+            BASE.replace("127.0.0.1:7401", "127.0.0.1:7409")
+        );
+        let changed = NodeConfig::parse(&changed, &path, &none).unwrap();
+        assert_eq!(running.restart_needed(&changed), ["listen", "limits"]);
+        // A running node bound to a port the file leaves to the system (port 0).
+        let any = NodeConfig::parse(&BASE.replace(":7401", ":0"), &path, &none).unwrap();
+        assert!(running.restart_needed(&any).is_empty());
+    }
 
     #[test]
     fn environment_overrides_replace_single_keys() {

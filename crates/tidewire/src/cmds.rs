@@ -45,7 +45,13 @@ async fn reload_on_sighup(
     // node.toml first: a centre leaving the federation goes from the roster and from the
     // [[link]]s at once, and the roster is checked against the links it will run with.
     let links = match tidewire_node::NodeConfig::load(config, env) {
-        Ok(fresh) => Some(fresh.links),
+        Ok(fresh) => {
+            let later = node.cfg.restart_needed(&fresh);
+            if !later.is_empty() {
+                tracing::warn!(keys = ?later, "node.toml changed beyond its [[link]]s: those changes take effect at the next restart");
+            }
+            Some(fresh.links)
+        }
         Err(e) => {
             tracing::error!(error = %e, "node.toml not re-read; its links stay as they are");
             None
