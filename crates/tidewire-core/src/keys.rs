@@ -148,7 +148,7 @@ pub fn check_private_mode(path: &Path) -> Result<(), String> {
 }
 
 /// One public key of a node, with its validity window (Unix ms; `None` = open).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RosterKey {
     /// The key id (fingerprint).
     pub key_id: String,
@@ -185,7 +185,7 @@ impl RosterKey {
 }
 
 /// A node the federation trusts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RosterNode {
     /// Its id.
     pub id: NodeId,
@@ -350,6 +350,12 @@ impl Roster {
     /// Adds or replaces a node.
     pub fn upsert(&mut self, node: RosterNode) {
         self.nodes.insert(node.id.clone(), node);
+    }
+
+    /// Takes a node out (a centre leaving the federation); returns its entry if it had one.
+    pub fn remove(&mut self, id: &str) -> Option<RosterNode> {
+        let key = self.nodes.keys().find(|k| k.as_str() == id)?.clone();
+        self.nodes.remove(&key)
     }
 
     /// Looks a node up.

@@ -1298,13 +1298,6 @@ impl RosterReload {
     }
 }
 
-/// One roster entry as text, to tell changed entries apart.
-fn roster_entry_text(n: &tidewire_core::keys::RosterNode) -> String {
-    let mut one = Roster::default();
-    one.upsert(n.clone());
-    one.to_toml()
-}
-
 impl Node {
     /// Loads keys, roster, TLS material, policy and users, then opens the store with
     /// `open_store`: a file that is wrong is reported before anything is written to disk.
@@ -1877,26 +1870,23 @@ impl Node {
         for n in new.nodes() {
             match old.get(n.id.as_str()) {
                 None => r.added.push(n.id.to_string()),
-                Some(o) if roster_entry_text(o) != roster_entry_text(n) => {
-                    r.changed.push(n.id.to_string())
-                }
+                Some(o) if o != n => r.changed.push(n.id.to_string()),
                 Some(_) => {}
             }
         }
-        r.removed = old
+        let gone: Vec<&NodeId> = old
             .nodes()
-            .filter(|o| new.get(o.id.as_str()).is_none())
-            .map(|o| o.id.to_string())
+            .map(|o| &o.id)
+            .filter(|id| new.get(id.as_str()).is_none())
             .collect();
+        r.removed = gone.iter().map(|id| id.to_string()).collect();
         if r.is_change() {
-            *self.roster.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
             let mut routing = self.routing.lock().unwrap_or_else(|p| p.into_inner());
-            for gone in &r.removed {
-                if let Ok(id) = gone.parse::<NodeId>() {
-                    routing.forget(&id);
-                }
+            for id in gone {
+                routing.forget(id);
             }
             drop(routing);
+            *self.roster.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
             r.sessions_ended = self.sessions.end_all();
         }
         Ok(r)
@@ -1914,6 +1904,15 @@ impl Node {
             .into_keys()
             .filter(|d| roster.get(d.as_str()).is_none())
             .collect();
+        let dropped_entry = |id: &str, dest: &str| {
+            let mut e = LedgerEntry::new("dropped");
+            e.notification = id.to_owned();
+            e.destination = format!("node:{dest}");
+            e.detail = serde_json::json!({
+                "reason": format!("`{dest}` is no longer in the federation roster"),
+            });
+            e
+        };
         let mut total = 0;
         for dest in departed {
             let mut dropped = 0;
@@ -1928,13 +1927,7 @@ impl Node {
                 let mut entries = Vec::with_capacity(items.len());
                 for (key, value) in items {
                     if let Some(item) = OutboxItem::decode(&value) {
-                        let mut e = LedgerEntry::new("dropped");
-                        e.notification = item.id.to_string();
-                        e.destination = format!("node:{dest}");
-                        e.detail = serde_json::json!({
-                            "reason": format!("`{dest}` is no longer in the federation roster"),
-                        });
-                        entries.push(e);
+                        entries.push(dropped_entry(&item.id.to_string(), dest.as_str()));
                     }
                     ops.push(Op::delete(Space::Outbox, key));
                 }
@@ -1951,12 +1944,7 @@ impl Node {
                 continue;
             }
             rec.state = "dropped".into();
-            let mut e = LedgerEntry::new("dropped");
-            e.notification = rec.notification.clone();
-            e.destination = format!("node:{}", rec.destination);
-            e.detail = serde_json::json!({
-                "reason": format!("`{}` is no longer in the federation roster", rec.destination),
-            });
+            let e = dropped_entry(&rec.notification, &rec.destination);
             self.commit(vec![rec.put(Space::Held)], vec![e]).await?;
             total += 1;
         }
