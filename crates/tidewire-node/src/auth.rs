@@ -42,6 +42,14 @@ impl Caller {
     }
 }
 
+/// The node a request's client certificate names, whether or not the roster has it or pins
+/// that certificate: what a refused link is reported against.
+pub fn claimed_node<T>(req: &tonic::Request<T>) -> Option<NodeId> {
+    let certs = req.peer_certs()?;
+    let name = tls::cert_dns_name(certs.first()?.as_ref())?;
+    tls::node_of_dns_name(&name)?.parse().ok()
+}
+
 /// Identifies the caller of a request from its TLS certificate.
 pub fn caller<T>(node: &Node, req: &tonic::Request<T>) -> Result<Caller, NodeError> {
     let certs = req.peer_certs().ok_or_else(|| {
@@ -60,7 +68,7 @@ pub fn caller<T>(node: &Node, req: &tonic::Request<T>) -> Result<Caller, NodeErr
             "the client certificate names no DNS subject alternative name".into(),
         )
     })?;
-    if let Some(id) = name.strip_suffix(".node.tidewire") {
+    if let Some(id) = tls::node_of_dns_name(&name) {
         let entry = roster.get(id).ok_or_else(|| {
             NodeError::PermissionDenied(format!(
                 "certificate names node `{id}`, which is not in the roster"

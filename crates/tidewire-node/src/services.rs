@@ -35,14 +35,7 @@ impl pb::federation_server::Federation for FederationService {
     ) -> Result<Response<Self::LinkStream>, Status> {
         let node = self.0.clone();
         let who = caller(&node, &req).inspect_err(|e| {
-            let named = req.peer_certs().and_then(|c| {
-                c.first()
-                    .and_then(|d| crate::tls::cert_dns_name(d.as_ref()))
-            });
-            let claimed = named
-                .as_deref()
-                .and_then(|n| n.strip_suffix(".node.tidewire"))
-                .and_then(|n| n.parse::<tidewire_core::NodeId>().ok());
+            let claimed = crate::auth::claimed_node(&req);
             // A node the roster does not have (one that left the federation, or is not in it
             // yet) is told apart from a certificate that is not the roster's for the node it
             // names, or names none.

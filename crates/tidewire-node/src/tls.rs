@@ -10,9 +10,17 @@ use tonic::transport::{Certificate, Endpoint, Identity, ServerTlsConfig};
 
 use crate::error::NodeError;
 
+/// Suffix of the DNS name in a node's certificate.
+const NODE_DNS_SUFFIX: &str = ".node.tidewire";
+
 /// The DNS name in a node's certificate.
 pub fn node_dns_name(node: &str) -> String {
-    format!("{node}.node.tidewire")
+    format!("{node}{NODE_DNS_SUFFIX}")
+}
+
+/// The node id a certificate's DNS name claims (`ID.node.tidewire`), if it names a node.
+pub fn node_of_dns_name(name: &str) -> Option<&str> {
+    name.strip_suffix(NODE_DNS_SUFFIX)
 }
 
 /// The DNS name in a client's certificate.
