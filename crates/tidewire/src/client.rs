@@ -110,14 +110,7 @@ impl Conn {
         let (url, domain) = if is_url {
             (self.node.clone(), None)
         } else {
-            let n = fed.nodes.get(&self.node).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "--node `{}` is not in {}; nodes: {}",
-                    self.node,
-                    dir.join("federation.json").display(),
-                    fed.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
-                )
-            })?;
+            let n = fed.node(dir, &self.node)?;
             (
                 n.client_url.clone(),
                 Some(tidewire_node::tls::node_dns_name(&self.node)),

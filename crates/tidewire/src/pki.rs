@@ -68,6 +68,18 @@ impl Federation {
         serde_json::from_str(&text)
             .with_context(|| format!("{} is not a federation file", p.display()))
     }
+
+    /// The node named by `--node`, read from `dir`; an unknown name is refused with the names
+    /// the federation has.
+    pub fn node(&self, dir: &Path, name: &str) -> Result<&FederationNode> {
+        self.nodes.get(name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--node `{name}` is not in {}; nodes: {}",
+                dir.join("federation.json").display(),
+                self.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
 }
 
 /// Country and organisation of well-known centres, for development federations.
@@ -542,14 +554,7 @@ pub fn issue_and_report(o: &IssueOptions, json: bool) -> Result<PathBuf> {
 /// node's user table with its role and clearance. Returns the identity directory.
 pub fn issue_client(o: &IssueOptions) -> Result<PathBuf> {
     let fed = Federation::load(&o.federation)?;
-    let fnode = fed.nodes.get(&o.node).ok_or_else(|| {
-        anyhow::anyhow!(
-            "--node `{}` is not in {}; nodes: {}",
-            o.node,
-            o.federation.join("federation.json").display(),
-            fed.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
-        )
-    })?;
+    let fnode = fed.node(&o.federation, &o.node)?;
     if !o
         .name
         .chars()
@@ -629,13 +634,7 @@ pub struct Reissued {
 /// that nodes given the new roster refuse the old certificate whichever side opens the link.
 pub fn reissue(federation: &Path, node: &str) -> Result<Reissued> {
     let fed = Federation::load(federation)?;
-    let fnode = fed.nodes.get(node).ok_or_else(|| {
-        anyhow::anyhow!(
-            "--node `{node}` is not in {}; nodes: {}",
-            federation.join("federation.json").display(),
-            fed.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
-        )
-    })?;
+    let fnode = fed.node(federation, node)?;
     let node_dir = federation
         .join(&fnode.config)
         .parent()
