@@ -57,11 +57,8 @@ async fn reload_on_sighup(
             None
         }
     };
-    let peers: Option<Vec<_>> = links
-        .as_ref()
-        .map(|l| l.iter().map(|(p, _)| p.clone()).collect());
-    let reloaded = match &peers {
-        Some(peers) => node.reload_roster_for(peers),
+    let reloaded = match &links {
+        Some(l) => node.reload_roster_for(&l.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>()),
         None => node.reload_roster(),
     };
     match reloaded {

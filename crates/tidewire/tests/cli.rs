@@ -566,6 +566,27 @@ fn pki_init_writes_a_federation_ready_to_run_and_never_overwrites_one() {
     );
 }
 
+/// `tidewire pki init --out TMP/fed` with these nodes and links (`"a:b,b:c"`, or `""` for
+/// none). Returns the temporary directory, which the caller keeps alive, and the federation.
+fn pki_init(nodes: &str, links: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fed = tmp.path().join("fed");
+    let mut args = vec![
+        "pki",
+        "init",
+        "--nodes",
+        nodes,
+        "--out",
+        fed.to_str().expect("utf-8"),
+    ];
+    if !links.is_empty() {
+        args.extend(["--links", links]);
+    }
+    let init = tidewire_bare(&args);
+    assert!(init.ok, "{}", init.stderr);
+    (tmp, fed)
+}
+
 /// Runs `tidewire ARGS` with nothing else: no federation, an empty environment.
 fn tidewire_bare(args: &[&str]) -> Run {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidewire"))
@@ -584,11 +605,8 @@ fn tidewire_bare(args: &[&str]) -> Run {
 /// publisher publishes, a subscriber follows one of its own routes.
 #[test]
 fn pki_issue_client_shows_the_command_for_the_clients_role() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let fed = tmp.path().join("fed");
+    let (_tmp, fed) = pki_init("accra", "");
     let fed_s = fed.to_str().expect("utf-8");
-    let init = tidewire_bare(&["pki", "init", "--nodes", "accra", "--out", fed_s]);
-    assert!(init.ok, "{}", init.stderr);
     let issue = |name: &str, role: &str, routes: &str| {
         let run = tidewire_bare(&[
             "pki",
@@ -675,20 +693,7 @@ fn the_demo_delivers_every_expected_notification_and_says_so() {
 fn keys_generate_adds_a_rotated_key_to_the_federation_roster_beside_the_old_one() {
     use std::os::unix::fs::PermissionsExt;
 
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let fed = tmp.path().join("fed");
-    let fed_s = fed.to_str().expect("utf-8");
-    let init = tidewire_bare(&[
-        "pki",
-        "init",
-        "--nodes",
-        "maoc-n,dakar",
-        "--links",
-        "maoc-n:dakar",
-        "--out",
-        fed_s,
-    ]);
-    assert!(init.ok, "{}", init.stderr);
+    let (_tmp, fed) = pki_init("maoc-n,dakar", "maoc-n:dakar");
     let roster = fed.join("roster.toml");
     let before = tidewire_core::keys::Roster::load(&roster).expect("roster");
     let old = before.get("maoc-n").expect("maoc-n").clone();
@@ -733,20 +738,8 @@ fn keys_generate_adds_a_rotated_key_to_the_federation_roster_beside_the_old_one(
 fn pki_reissue_pins_the_new_certificate_in_place_of_the_old() {
     use std::os::unix::fs::PermissionsExt;
 
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let fed = tmp.path().join("fed");
+    let (_tmp, fed) = pki_init("maoc-n,dakar", "maoc-n:dakar");
     let fed_s = fed.to_str().expect("utf-8");
-    let init = tidewire_bare(&[
-        "pki",
-        "init",
-        "--nodes",
-        "maoc-n,dakar",
-        "--links",
-        "maoc-n:dakar",
-        "--out",
-        fed_s,
-    ]);
-    assert!(init.ok, "{}", init.stderr);
     let roster = fed.join("roster.toml");
     let before = tidewire_core::keys::Roster::load(&roster).expect("roster");
     let old_cert = std::fs::read(fed.join("dakar/tls.pem")).expect("cert");
@@ -807,20 +800,8 @@ fn pki_reissue_pins_the_new_certificate_in_place_of_the_old() {
 /// an id already there, a link that does not join the new node, a peer not in the federation.
 #[test]
 fn pki_add_node_refuses_a_duplicate_id_or_a_link_to_nowhere() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let fed = tmp.path().join("fed");
+    let (_tmp, fed) = pki_init("maoc-n,dakar", "maoc-n:dakar");
     let fed_s = fed.to_str().expect("utf-8");
-    let init = tidewire_bare(&[
-        "pki",
-        "init",
-        "--nodes",
-        "maoc-n,dakar",
-        "--links",
-        "maoc-n:dakar",
-        "--out",
-        fed_s,
-    ]);
-    assert!(init.ok, "{}", init.stderr);
     let roster_before = std::fs::read_to_string(fed.join("roster.toml")).expect("roster");
     for (args, says) in [
         (vec!["--node", "dakar"], "`dakar` is already in"),
@@ -880,19 +861,7 @@ fn pki_add_node_refuses_a_duplicate_id_or_a_link_to_nowhere() {
 /// `policy explain`, offline: the README's notification against maoc-n's starting policy.
 #[test]
 fn policy_explain_shows_each_field_decision_and_warns_about_a_node_not_in_the_roster() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let fed = tmp.path().join("fed");
-    let init = tidewire_bare(&[
-        "pki",
-        "init",
-        "--nodes",
-        "maoc-n,dakar,accra",
-        "--links",
-        "maoc-n:dakar,dakar:accra",
-        "--out",
-        fed.to_str().expect("utf-8"),
-    ]);
-    assert!(init.ok, "{}", init.stderr);
+    let (tmp, fed) = pki_init("maoc-n,dakar,accra", "maoc-n:dakar,dakar:accra");
     let n = write(tmp.path(), "n.json", &readme_example().to_string());
     let policy = fed.join("maoc-n/policy.toml").display().to_string();
     let roster = fed.join("roster.toml").display().to_string();
