@@ -430,6 +430,19 @@ fn repoint(f: &LocalFederation, node: &str, roster: &str, key: Option<&str>) {
     std::fs::write(&path, edited.join("\n") + "\n").expect("write node.toml");
 }
 
+/// Publishes at maoc-n, signed with its new key, and waits (bounded) until maoc-n records
+/// dakar's refusal of the copy. Returns its id.
+async fn refused_with_the_new_key(f: &LocalFederation) -> String {
+    let id = publish(f, "maoc-n", &alert("signed with the new key", None)).await;
+    wait_for(
+        Duration::from_secs(20),
+        "dakar's refusal recorded at maoc-n",
+        async || events(f, "maoc-n", &id, "transfer_refused").await == 1,
+    )
+    .await;
+    id
+}
+
 /// Waits (bounded) for the waiting copy `id` to reach dakar after `what`, then for maoc-n's
 /// outbox to drain, and checks that dakar received it once.
 async fn arrives_once_at_dakar(f: &LocalFederation, id: &str, what: &str) {
@@ -481,13 +494,7 @@ async fn a_roster_reloaded_without_a_restart_lets_the_waiting_copy_through() {
     let roster = rotate_maoc_n_key(&mut f).await;
     let rotated = roster.to_toml();
 
-    let id = publish(&f, "maoc-n", &alert("signed with the new key", None)).await;
-    wait_for(
-        Duration::from_secs(20),
-        "dakar's refusal recorded at maoc-n",
-        async || events(&f, "maoc-n", &id, "transfer_refused").await == 1,
-    )
-    .await;
+    let id = refused_with_the_new_key(&f).await;
     let dakar = f.nodes["dakar"].node.clone();
 
     // A roster without dakar: refused, naming the file; the roster in force stays.
@@ -527,13 +534,7 @@ async fn a_copy_refused_for_a_key_the_peer_does_not_know_yet_waits_for_its_roste
     let (_tmp, mut f) = pair().await;
     rotate_maoc_n_key(&mut f).await;
 
-    let id = publish(&f, "maoc-n", &alert("signed with the new key", None)).await;
-    wait_for(
-        Duration::from_secs(20),
-        "dakar's refusal recorded at maoc-n",
-        async || events(&f, "maoc-n", &id, "transfer_refused").await == 1,
-    )
-    .await;
+    let id = refused_with_the_new_key(&f).await;
     let refused = common::audit(&f, "maoc-n", &id, "transfer_refused").await;
     assert!(
         refused[0].detail_json.contains("unknown_key")
