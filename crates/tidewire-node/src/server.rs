@@ -77,6 +77,10 @@ impl Running {
         if let Err(e) = self.node.store.sync() {
             tracing::error!(error = %e, "final store sync failed");
         }
+        // Leaves nothing for the next start to replay.
+        if let Err(e) = self.node.store.checkpoint() {
+            tracing::warn!(error = %e, "final store checkpoint failed; the next start replays its log");
+        }
         // sled lets go of its data file (and its lock on it) from background threads a moment
         // after the last handle is dropped. Wait for that (bounded), so that a stopped node's
         // data directory can be opened at once, e.g. by a restart in the same process.

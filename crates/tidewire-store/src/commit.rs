@@ -41,15 +41,38 @@ impl std::fmt::Debug for Committer {
 /// The most batches one fsync covers.
 const MAX_GROUP: usize = 512;
 
+/// How often the store folds its log into its long-term form ([`Store::checkpoint`]).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Committer {
     /// Starts the writer thread for `store`. It stops when every `Committer` clone is dropped.
     pub fn start(store: Arc<dyn Store>) -> Committer {
         let (tx, rx) = mpsc::channel::<Job>();
         let healthy = Arc::new(AtomicBool::new(true));
         let health = healthy.clone();
+        // Dropped when the commit thread ends, which ends the checkpoint thread.
+        let (stop, stopped) = mpsc::channel::<()>();
+        let span = tracing::info_span!("store");
+        let checkpoints = store.clone();
+        let checkpoint_span = span.clone();
+        std::thread::Builder::new()
+            .name("tidewire-checkpoint".into())
+            .spawn(move || {
+                let _span = checkpoint_span.enter();
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    if let Err(e) = checkpoints.checkpoint() {
+                        tracing::warn!(error = %e, "store checkpoint failed; will retry");
+                    }
+                }
+            })
+            .expect("spawn checkpoint thread");
         std::thread::Builder::new()
             .name("tidewire-commit".into())
             .spawn(move || {
+                let _span = span.enter();
+                let _stop = stop;
                 while let Ok(first) = rx.recv() {
                     let mut jobs: Vec<Job> = vec![first];
                     while jobs.len() < MAX_GROUP {
@@ -68,10 +91,12 @@ impl Committer {
                     // (any durable batch's, or the final one at shutdown) covers it, since the
                     // store persists in application order.
                     let durable = jobs.iter().any(|(_, d, ..)| *d);
-                    let synced = store
-                        .apply(&ops)
-                        .and_then(|()| if durable { store.sync() } else { Ok(()) })
-                        .map_err(|e| e.to_string());
+                    let synced = if durable {
+                        store.apply_durable(&ops)
+                    } else {
+                        store.apply(&ops)
+                    }
+                    .map_err(|e| e.to_string());
                     health.store(synced.is_ok(), Ordering::Relaxed);
                     tracing::trace!(batches = jobs.len(), durable, "group commit");
                     for (_, _, reply, flag) in jobs {

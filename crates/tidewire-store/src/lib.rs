@@ -2,8 +2,10 @@
 //!
 //! The store is a set of key spaces ([`Space`]) in one ordered key-value map. [`Store::apply`]
 //! applies a batch of operations atomically across spaces; [`Store::sync`] makes everything
-//! applied so far durable (fsync'd). [`Committer`] groups concurrent batches so that many writers
-//! share one fsync (group commit).
+//! applied so far durable (fsync'd), and [`Store::apply_durable`] does both. [`Committer`] groups
+//! concurrent batches so that many writers share one fsync (group commit). The sled store writes
+//! every batch to its own log before sled, so one `fdatasync` of that log is a commit; sled's
+//! files are synced at checkpoints, and the log replayed from the last one at open.
 #![forbid(unsafe_code)]
 
 mod blob;
@@ -167,4 +169,17 @@ pub trait Store: Send + Sync + 'static {
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError>;
     /// Makes everything applied so far durable: on return it is on stable storage.
     fn sync(&self) -> Result<(), StoreError>;
+    /// Applies all operations atomically and makes them, and everything applied before, durable.
+    /// A store with a write-ahead log does this with one sync of the log.
+    fn apply_durable(&self, ops: &[Op]) -> Result<(), StoreError> {
+        self.apply(ops)?;
+        self.sync()
+    }
+    /// Folds what the store has made durable into its long-term form, so that an open has
+    /// less to recover and space held only for recovery can be reclaimed. Durability never
+    /// waits for it: [`crate::Committer`] calls it every second and a store calls it when it
+    /// closes.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -1,25 +1,32 @@
 //! The sled implementation. All spaces live in one sled tree, keyed `space byte ‖ key`, so that
 //! one `apply_batch` is atomic across spaces.
 //!
+//! **The store's log comes first.** Every batch is appended to the store's own log
+//! (`DIR/blob-log/*.seg`, see `blob.rs`) before sled applies it, and a durable batch is
+//! `fdatasync`ed there: one sync of one file per group commit. sled's files are synced only at a
+//! checkpoint ([`Store::checkpoint`], every second from the [`crate::Committer`] and when the
+//! store closes): sled's `flush()`, which ends in `sync_file_range` and so is not an fsync (no
+//! drive cache flush, no metadata), then `sync_all` on handles kept open on sled's data file and
+//! directory, then the log position up to which sled now holds everything, in
+//! `blob-log/CHECKPOINT`. At open, the batches after that position are applied to sled again,
+//! in order: what sled had not yet written when the process died (or the power went) comes back
+//! from the log.
+//!
 //! Large values do not go into sled: sled copies whole leaf nodes, large values included, on
-//! every insert. A value of at least [`SledOptions::blob_threshold`] bytes is appended to the
-//! blob log (`DIR/blob-log/*.seg`, see `blob.rs`) and sled stores a 17-byte pointer to it
+//! every insert. A value of at least [`SledOptions::blob_threshold`] bytes is written once, as a
+//! value record right behind its batch in the log, and sled stores a 17-byte pointer to it
 //! instead. The log has a directory of its own: `DIR/blobs` belongs to sled, which at every
 //! start removes the files there whose names parse as numbers above its stable log position
 //! (and warns about every other one). Stores written when the log lived there are moved at open.
 //! Every sled value starts with a tag byte: `1` = the value follows inline, `2` = a pointer
 //! (segment u32 ‖ offset u64 ‖ length u32, big-endian) follows. A store written before the tag
-//! existed has no format marker and is refused at open.
+//! existed has no format marker and is refused at open; one written before the log was a
+//! write-ahead log (format 2) is taken over at open (sled was synced at every commit then).
 //!
 //! **Crash-safety invariant: a pointer never becomes durable before the bytes it points to.**
-//! [`Store::apply`] writes and `fdatasync`s the batch's blob records before it applies the sled
-//! batch that holds their pointers; a blob segment is deleted only after the `sync` that made the
-//! batch which removed its last pointer durable. Blob bytes that no pointer reaches (a crash
-//! between the two steps) are harmless garbage.
-//!
-//! Durability: sled's `flush()` ends in `sync_file_range`, which is not an fsync (no drive cache
-//! flush, no metadata). [`SledStore::sync`] therefore follows it with `sync_all` on a handle kept
-//! open on sled's data file, so that "synced" survives a power cut, not only a process crash.
+//! A batch that puts large values is synced in the log before sled applies it, durable or not;
+//! a blob segment is deleted only by a checkpoint that began after the batch which removed its
+//! last pointer. Log bytes that no pointer reaches (a crash between the two steps) are harmless.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -27,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::blob::{BlobLog, BlobRef, REF_LEN, Usage};
+use crate::blob::{self, BlobLog, BlobRef, Position, REF_LEN, Usage};
 use crate::{Entry, Op, Space, Store, StoreError};
 
 /// Values of at least this many bytes go to the blob log by default; smaller ones stay in sled.
@@ -42,8 +49,77 @@ const TAG_INLINE: u8 = 1;
 const TAG_BLOB: u8 = 2;
 /// Key, in sled's default tree, of the on-disk format version.
 const FORMAT_KEY: &[u8] = b"tidewire-store-format";
-/// The on-disk format this version reads and writes: tagged values and a blob log.
-const FORMAT: u8 = 2;
+/// The on-disk format this version writes: tagged values, and a log that is written ahead of
+/// sled (replayed at open from its checkpoint).
+const FORMAT: u8 = 3;
+/// The format before it: the same values, a log of large values only, sled synced at every
+/// commit (nothing to replay). Read, and taken over at open.
+const FORMAT_SLED_SYNCED: u8 = 2;
+
+/// Operation kinds in a batch record's body: `kind ‖ key length (u32 BE) ‖ key`, then for an
+/// inline put `value length (u32 BE) ‖ value`. A put of a large value has its value in the next
+/// value record behind the batch record.
+const OP_DELETE: u8 = 0;
+const OP_INLINE: u8 = 1;
+const OP_BLOB: u8 = 2;
+
+fn encode_op(body: &mut Vec<u8>, kind: u8, key: &[u8], value: Option<&[u8]>) {
+    body.push(kind);
+    body.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    body.extend_from_slice(key);
+    if let Some(v) = value {
+        body.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        body.extend_from_slice(v);
+    }
+}
+
+/// A batch record's body as a sled batch, with the pointers it puts (space byte, pointer), the
+/// values' pointers taken in order from `refs`. `None` if the body is malformed or does not put
+/// exactly `refs.len()` large values.
+fn decode_batch(body: &[u8], refs: &[BlobRef]) -> Option<(sled::Batch, Vec<(u8, BlobRef)>)> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if b.len() < n {
+            return None;
+        }
+        let (head, tail) = b.split_at(n);
+        *b = tail;
+        Some(head)
+    }
+    fn len(b: &mut &[u8]) -> Option<usize> {
+        Some(u32::from_be_bytes(take(b, 4)?.try_into().ok()?) as usize)
+    }
+    let mut b = body;
+    let mut refs = refs.iter();
+    let mut batch = sled::Batch::default();
+    let mut added = Vec::new();
+    while let Some(&kind) = b.first() {
+        b = &b[1..];
+        let klen = len(&mut b)?;
+        let key = take(&mut b, klen)?;
+        let space = *key.first()?;
+        match kind {
+            OP_DELETE => batch.remove(key),
+            OP_INLINE => {
+                let vlen = len(&mut b)?;
+                let value = take(&mut b, vlen)?;
+                let mut v = Vec::with_capacity(1 + vlen);
+                v.push(TAG_INLINE);
+                v.extend_from_slice(value);
+                batch.insert(key, v);
+            }
+            OP_BLOB => {
+                let r = *refs.next()?;
+                let mut v = Vec::with_capacity(1 + REF_LEN);
+                v.push(TAG_BLOB);
+                r.encode_into(&mut v);
+                added.push((space, r));
+                batch.insert(key, v);
+            }
+            _ => return None,
+        }
+    }
+    refs.next().is_none().then_some((batch, added))
+}
 
 /// Tunables of a [`SledStore`]. [`Default`] is what a node uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +178,10 @@ pub struct SledStore {
     /// Serializes [`Store::apply`] (it reads old values, then writes) and counts, per space
     /// byte, the values that are blob pointers: a space without any needs no read of old values.
     writer: Mutex<[u64; 256]>,
+    /// Where the last checkpoint put the start of replay (`None` before the first).
+    checkpointed: Mutex<Option<Position>>,
+    /// What the open replayed from the log.
+    replayed: blob::Replayed,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -149,24 +229,27 @@ fn malformed(full_key: &[u8], v: &[u8]) -> StoreError {
     }
 }
 
-/// Checks the format marker, writing it into a new store; refuses a store of another format.
-fn check_format(db: &sled::Db, tree: &sled::Tree) -> Result<(), String> {
+/// Checks the format marker, writing it into a new store, and returns the store's format;
+/// refuses a store of a format this version does not read.
+fn check_format(db: &sled::Db, tree: &sled::Tree) -> Result<u8, String> {
     match db.get(FORMAT_KEY).map_err(|e| e.to_string())? {
-        Some(v) if v.as_ref() == [FORMAT] => Ok(()),
+        Some(v) if v.as_ref() == [FORMAT] => Ok(FORMAT),
+        Some(v) if v.as_ref() == [FORMAT_SLED_SYNCED] => Ok(FORMAT_SLED_SYNCED),
         Some(v) => Err(format!(
-            "it is in store format {v:?} and this version reads format {FORMAT} only; use the \
-             tidewire version that wrote it"
+            "it is in store format {v:?} and this version reads formats {FORMAT_SLED_SYNCED} \
+             and {FORMAT} only; use the tidewire version that wrote it"
         )),
         None if tree.is_empty() => {
             db.insert(FORMAT_KEY, &[FORMAT])
                 .map_err(|e| e.to_string())?;
             db.flush().map_err(|e| e.to_string())?;
-            Ok(())
+            Ok(FORMAT)
         }
         None => Err(format!(
             "it was written by an older tidewire (values without a format tag, no blob log) and \
-             this version reads format {FORMAT} only; move the directory away to start with an \
-             empty store, or drain it with the older version first"
+             this version reads formats {FORMAT_SLED_SYNCED} and {FORMAT} only; move the \
+             directory away to start with an empty store, or drain it with the older version \
+             first"
         )),
     }
 }
@@ -200,9 +283,35 @@ impl SledStore {
         let tree = db
             .open_tree("tidewire")
             .map_err(|e| open_err(e.to_string()))?;
-        check_format(&db, &tree).map_err(open_err)?;
+        let format = check_format(&db, &tree).map_err(open_err)?;
+        let log_dir = dir.join(BLOB_DIR);
 
         let started = Instant::now();
+        let checkpoint = blob::read_checkpoint(&log_dir).map_err(open_err)?;
+        let replayed = if format == FORMAT {
+            blob::replay(&log_dir, checkpoint.unwrap_or_default(), |body, refs| {
+                let (batch, _) = decode_batch(body, refs).ok_or_else(|| StoreError::Corrupt {
+                    segment: log_dir.display().to_string(),
+                    offset: refs.first().map_or(0, |r| r.offset),
+                    problem: "a batch record's operations cannot be decoded though its \
+                              checksum matches"
+                        .into(),
+                })?;
+                tree.apply_batch(batch).map_err(io)
+            })?
+        } else {
+            blob::Replayed::default()
+        };
+        if replayed.batches > 0 || replayed.torn > 0 {
+            tracing::info!(
+                dir = %dir.display(),
+                batches = replayed.batches,
+                bytes = replayed.bytes,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "store log replayed into sled"
+            );
+        }
+
         let mut usage: HashMap<u32, Usage> = HashMap::new();
         let mut per_space = [0u64; 256];
         let (mut entries, mut pointers, mut bad) = (0u64, 0u64, 0u64);
@@ -226,7 +335,7 @@ impl SledStore {
                 "store holds values without a valid format tag; reading them fails"
             );
         }
-        let blobs = BlobLog::open(&dir.join(BLOB_DIR), opts.segment_bytes, usage)
+        let blobs = BlobLog::open(&log_dir, opts.segment_bytes, usage)
             .map_err(|e| open_err(e.to_string()))?;
         tracing::info!(
             dir = %dir.display(),
@@ -243,12 +352,27 @@ impl SledStore {
             blobs,
             opts,
             writer: Mutex::new(per_space),
+            checkpointed: Mutex::new(None),
+            replayed,
         };
         store.refresh_files()?;
+        // Everything replayed is now in sled's files, and the log starts afresh.
+        store.checkpoint()?;
+        if format != FORMAT {
+            store.db.insert(FORMAT_KEY, &[FORMAT]).map_err(io)?;
+            store.sync_sled()?;
+            tracing::info!(dir = %dir.display(), from = format, to = FORMAT, "store format upgraded");
+        }
         Ok(store)
     }
 
-    /// Opens the handles that [`Store::sync`] fsyncs.
+    /// How many batches the open replayed from the log into sled: those the process that
+    /// last had the store acknowledged (or began) but sled had not yet written.
+    pub fn replayed_at_open(&self) -> u64 {
+        self.replayed.batches
+    }
+
+    /// Opens the handles that a checkpoint fsyncs.
     fn refresh_files(&self) -> Result<(), StoreError> {
         // sled creates its `db` file on open; the directory handle covers new snapshot files.
         let files = vec![
@@ -358,8 +482,56 @@ impl Store for SledStore {
     }
 
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        self.write(ops, false)
+    }
+
+    fn apply_durable(&self, ops: &[Op]) -> Result<(), StoreError> {
+        self.write(ops, true)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.blobs.sync()
+    }
+
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        // Under the writer lock, every batch before `at` is applied to sled.
+        let (at, dead) = {
+            let _writer = self.writer()?;
+            (self.blobs.position()?, self.blobs.take_dead()?)
+        };
+        let mut last = self
+            .checkpointed
+            .lock()
+            .map_err(|_| StoreError::Io("checkpoint lock poisoned".into()))?;
+        if *last == Some(at) && dead.is_empty() {
+            return Ok(());
+        }
+        let done = self
+            .blobs
+            .sync()
+            .and_then(|()| self.sync_sled())
+            .and_then(|()| blob::write_checkpoint(&self.dir.join(BLOB_DIR), at));
+        match done {
+            Ok(()) => {
+                *last = Some(at);
+                self.blobs.remove(dead)
+            }
+            Err(e) => {
+                self.blobs.restore(dead)?;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl SledStore {
+    /// Appends `ops` to the log (synced if `durable`), then applies them to sled.
+    fn write(&self, ops: &[Op], durable: bool) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
         let mut per_space = self.writer()?;
-        let mut keys: Vec<Vec<u8>> = ops
+        let keys: Vec<Vec<u8>> = ops
             .iter()
             .map(|op| match op {
                 Op::Put { space, key, .. } | Op::Delete { space, key } => full_key(*space, key),
@@ -393,44 +565,28 @@ impl Store for SledStore {
             }
         }
 
-        // The bytes first, durable, then the pointers.
-        let items: Vec<(&[u8], &[u8])> = effective
-            .iter()
-            .filter_map(|&i| match &ops[i] {
-                Op::Put { value, .. } if value.len() >= threshold => {
-                    Some((keys[i].as_slice(), value.as_slice()))
-                }
-                _ => None,
-            })
-            .collect();
-        let refs = self.blobs.append(&items)?;
-        drop(items);
-
-        let mut batch = sled::Batch::default();
-        let mut added: Vec<(u8, BlobRef)> = Vec::with_capacity(refs.len());
-        let mut refs = refs.into_iter();
+        // The log first (synced if the batch must be durable or puts large values), then
+        // sled: the same operations, the large values as pointers into the log.
+        let mut body = Vec::new();
+        let mut values: Vec<(&[u8], &[u8])> = Vec::new();
         for &i in &effective {
-            let key = std::mem::take(&mut keys[i]);
+            let key = keys[i].as_slice();
             match &ops[i] {
                 Op::Put { value, .. } if value.len() >= threshold => {
-                    let r = refs.next().ok_or_else(|| {
-                        StoreError::Io("blob log returned fewer pointers than records".into())
-                    })?;
-                    let mut v = Vec::with_capacity(1 + REF_LEN);
-                    v.push(TAG_BLOB);
-                    r.encode_into(&mut v);
-                    added.push((key[0], r));
-                    batch.insert(key, v);
+                    encode_op(&mut body, OP_BLOB, key, None);
+                    values.push((key, value));
                 }
-                Op::Put { value, .. } => {
-                    let mut v = Vec::with_capacity(1 + value.len());
-                    v.push(TAG_INLINE);
-                    v.extend_from_slice(value);
-                    batch.insert(key, v);
-                }
-                Op::Delete { .. } => batch.remove(key),
+                Op::Put { value, .. } => encode_op(&mut body, OP_INLINE, key, Some(value)),
+                Op::Delete { .. } => encode_op(&mut body, OP_DELETE, key, None),
             }
         }
+        let refs = self
+            .blobs
+            .append(&body, &values, durable || !values.is_empty())?;
+        drop(values);
+        let (batch, added) = decode_batch(&body, &refs).ok_or_else(|| {
+            StoreError::Io("a batch record does not decode to its own operations".into())
+        })?;
         self.tree.apply_batch(batch).map_err(io)?;
 
         for (space, _) in &added {
@@ -444,16 +600,12 @@ impl Store for SledStore {
         let removed: Vec<BlobRef> = removed.into_iter().map(|(_, r)| r).collect();
         self.blobs.commit(&added, &removed)
     }
+}
 
-    fn sync(&self) -> Result<(), StoreError> {
-        // Segments dead before this sync began: the batches that killed them are covered by it.
-        let dead = self.blobs.take_dead()?;
-        match self.sync_sled() {
-            Ok(()) => self.blobs.remove(dead),
-            Err(e) => {
-                self.blobs.restore(dead)?;
-                Err(e)
-            }
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "closing checkpoint failed; the next open replays the log");
         }
     }
 }
@@ -526,6 +678,26 @@ mod tests {
     /// Bytes of one record in the blob log for a key of `key_len` bytes (space byte excluded).
     fn record(key_len: usize, value_len: usize) -> u64 {
         (12 + 1 + key_len + value_len) as u64
+    }
+
+    /// Bytes of a batch record whose operations take `body` bytes.
+    fn batch(body: usize) -> u64 {
+        (12 + 4 + body) as u64
+    }
+
+    /// Bytes of one operation in a batch record's body, for the 4-byte keys of [`key`]: a put
+    /// of a large value or a delete (kind, key length, key) ...
+    const OP: usize = 1 + 4 + 5;
+
+    /// ... and a put of a small value of `len` bytes (its length and itself as well).
+    fn inline_op(len: usize) -> usize {
+        OP + 4 + len
+    }
+
+    /// Whether sled holds a pointer into the log for `key`, rather than the value itself.
+    fn in_log(s: &SledStore, space: Space, k: &[u8]) -> bool {
+        let v = s.tree.get(full_key(space, k)).unwrap().unwrap();
+        matches!(decode(&v), Some(Stored::Blob(_)))
     }
 
     #[test]
@@ -605,14 +777,34 @@ mod tests {
             s.count(Space::Notifications, b"").unwrap(),
             sizes.len() as u64
         );
-        // Exactly the values of at least the threshold went to the blob log.
+        // Exactly the values of at least the threshold went to the log as values of their own;
+        // the others are in the batch record, and in sled.
+        for (i, &n) in sizes.iter().enumerate() {
+            let k = key(i as u32);
+            assert_eq!(
+                in_log(&s, Space::Notifications, &k),
+                n >= BLOB_THRESHOLD,
+                "{n} bytes"
+            );
+        }
+        let body: usize = sizes
+            .iter()
+            .map(|&n| {
+                if n >= BLOB_THRESHOLD {
+                    OP
+                } else {
+                    inline_op(n)
+                }
+            })
+            .sum::<usize>()
+            + OP;
         let large: u64 = sizes
             .iter()
             .filter(|&&n| n >= BLOB_THRESHOLD)
             .map(|&n| record(4, n))
             .sum::<u64>()
             + record(4, 4000);
-        assert_eq!(blob_bytes(dir.path()), large);
+        assert_eq!(blob_bytes(dir.path()), batch(body) + large);
     }
 
     #[test]
@@ -683,7 +875,9 @@ mod tests {
             Some(val(5, 3))
         );
         assert_eq!(s.get(Space::Notifications, &key(2)).unwrap(), None);
-        assert_eq!(blob_bytes(dir.path()), 0);
+        // The batch record holds the two operations that count, and no value of its own.
+        let first = batch(inline_op(5) + OP);
+        assert_eq!(blob_bytes(dir.path()), first);
         s.apply(&[
             Op::put(Space::Notifications, key(1), val(3600, 5)),
             Op::put(Space::Notifications, key(1), val(3601, 6)),
@@ -693,7 +887,7 @@ mod tests {
             s.get(Space::Notifications, &key(1)).unwrap(),
             Some(val(3601, 6))
         );
-        assert_eq!(blob_bytes(dir.path()), record(4, 3601));
+        assert_eq!(blob_bytes(dir.path()), first + batch(OP) + record(4, 3601));
     }
 
     #[test]
@@ -784,14 +978,14 @@ mod tests {
     fn segments_rotate_at_the_size_limit() {
         let dir = tempfile::tempdir().unwrap();
         let s = open_retrying(dir.path(), SMALL);
-        // 5 records of 3017 bytes fit in 16 KiB, a sixth does not.
+        // A batch of 5 values of 3017 bytes each fits in 16 KiB, two do not.
         for b in 0..4u32 {
             let ops: Vec<Op> = (0..5)
                 .map(|i| Op::put(Space::Notifications, key(b * 5 + i), val(3000, b as u8)))
                 .collect();
             s.apply(&ops).unwrap();
         }
-        // One value larger than a segment gets a segment of its own.
+        // A batch larger than a segment gets a segment of its own.
         s.apply(&[Op::put(Space::Notifications, key(100), val(40_000, 7))])
             .unwrap();
         s.apply(&[Op::put(Space::Notifications, key(101), val(3000, 8))])
@@ -805,9 +999,9 @@ mod tests {
                 .unwrap()
                 .len();
             let want = match i {
-                0..=3 => 5 * record(4, 3000),
-                4 => record(4, 40_000),
-                _ => record(4, 3000),
+                0..=3 => batch(5 * OP) + 5 * record(4, 3000),
+                4 => batch(OP) + record(4, 40_000),
+                _ => batch(OP) + record(4, 3000),
             };
             assert_eq!(len, want, "{name}");
         }
@@ -824,7 +1018,7 @@ mod tests {
     }
 
     #[test]
-    fn dead_segment_is_deleted_only_after_sync() {
+    fn dead_segment_is_deleted_only_by_a_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let s = open_retrying(dir.path(), SMALL);
         for b in 0..3u32 {
@@ -849,9 +1043,12 @@ mod tests {
         ops.push(Op::put(Space::Notifications, key(4), val(3000, 1)));
         ops.extend((5..9).map(|i| Op::delete(Space::Notifications, key(i))));
         s.apply(&ops).unwrap();
-        // Not yet synced: the deleting batch may not be durable, so the file stays.
+        // The deleting batch may not be in sled's files yet, so the file stays, even once the
+        // batch is durable in the log.
         assert_eq!(segments(dir.path()), names(&[1, 2, 3, 4]));
         s.sync().unwrap();
+        assert_eq!(segments(dir.path()), names(&[1, 2, 3, 4]));
+        s.checkpoint().unwrap();
         assert_eq!(segments(dir.path()), names(&[2, 3, 4]));
         assert_eq!(
             s.get(Space::Notifications, &key(9)).unwrap(),
@@ -867,26 +1064,24 @@ mod tests {
         );
 
         // Across a reopen: the live counts are rebuilt from sled, and a segment whose last
-        // pointer died before the drop goes after the first sync of the new process.
+        // pointer died before the drop goes with the checkpoint of the open.
         s.apply(&[Op::delete(Space::Notifications, key(9))])
             .unwrap();
         drop(s);
         let s = open_retrying(dir.path(), SMALL);
-        assert_eq!(segments(dir.path()), names(&[2, 3, 4]));
-        s.sync().unwrap();
         assert_eq!(segments(dir.path()), names(&[3, 4]));
         assert_eq!(
             s.get(Space::Notifications, &key(10)).unwrap(),
             Some(val(3000, 2))
         );
-        // The active segment stays even with nothing live in it.
+        // The active segment (the open started segment 5) stays even with nothing live in it.
         let ops: Vec<Op> = (0..15)
             .filter(|&i| i != 3)
             .map(|i| Op::delete(Space::Notifications, key(i)))
             .collect();
         s.apply(&ops).unwrap();
-        s.sync().unwrap();
-        assert_eq!(segments(dir.path()), names(&[4]));
+        s.checkpoint().unwrap();
+        assert_eq!(segments(dir.path()), names(&[5]));
         assert_eq!(
             s.scan(Space::Notifications, b"", b"", 10).unwrap(),
             vec![(key(3), val(10, 1))]
@@ -912,15 +1107,18 @@ mod tests {
         std::fs::write(&seg, &bytes).unwrap();
 
         let s = open_retrying(dir.path(), SledOptions::default());
+        // The first value's record follows its batch's.
+        let first = batch(2 * OP);
         let is_corrupt_first = |e: &StoreError| {
-            matches!(e, StoreError::Corrupt { segment, offset: 0, problem }
-                if segment.ends_with("00000001.seg") && problem.contains("checksum"))
+            matches!(e, StoreError::Corrupt { segment, offset, problem }
+                if segment.ends_with("00000001.seg") && *offset == first
+                    && problem.contains("checksum"))
         };
         let err = s.get(Space::Notifications, &key(1)).unwrap_err();
         assert!(is_corrupt_first(&err), "{err}");
         let msg = err.to_string();
         assert!(
-            msg.contains("00000001.seg") && msg.contains("offset 0"),
+            msg.contains("00000001.seg") && msg.contains(&format!("offset {first}")),
             "{msg}"
         );
         let err = s.scan(Space::Notifications, b"", b"", 10).unwrap_err();
@@ -941,10 +1139,11 @@ mod tests {
         let err = s.last(Space::Notifications, b"").unwrap_err();
         assert!(
             matches!(&err, StoreError::Corrupt { offset, problem, .. }
-                if *offset == record(4, 3600) && problem.contains("past the end")),
+                if *offset == batch(2 * OP) + record(4, 3600) && problem.contains("past the end")),
             "{err}"
         );
-        // New records do not go where the cut-off one was expected: a fresh segment.
+        // New records do not go where the cut-off one was expected: every open starts a fresh
+        // segment.
         s.apply(&[Op::put(Space::Notifications, key(3), val(3600, 3))])
             .unwrap();
         assert_eq!(segments(dir.path()), ["00000001.seg", "00000002.seg"]);
@@ -988,12 +1187,10 @@ mod tests {
             );
             s.sync().unwrap();
         }
-        // The new record went after the garbage, in the same segment.
-        assert_eq!(segments(dir.path()), vec!["00000001.seg".to_string()]);
-        assert_eq!(
-            std::fs::metadata(&seg).unwrap().len(),
-            before + 15 + record(4, 3600)
-        );
+        // The new batch went to the segment the open started; the garbage stays behind the
+        // checkpoint, never replayed again.
+        assert_eq!(segments(dir.path()), ["00000001.seg", "00000002.seg"]);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), before + 15);
         let s = open_retrying(dir.path(), SledOptions::default());
         assert_eq!(
             s.scan(Space::Notifications, b"", b"", 10).unwrap(),
@@ -1003,6 +1200,187 @@ mod tests {
                 (key(3), val(3600, 3))
             ]
         );
+    }
+
+    /// Set in the child process of [`a_store_whose_process_died_comes_back_from_its_log`]: the
+    /// store directory to write to before dying.
+    const CRASH_CHILD: &str = "TIDEWIRE_STORE_CRASH_CHILD";
+
+    #[test]
+    fn a_store_whose_process_died_comes_back_from_its_log() {
+        let value = |i: u32| val(if i.is_multiple_of(2) { 3600 } else { 40 }, i as u8);
+        if let Ok(dir) = std::env::var(CRASH_CHILD) {
+            let s = SledStore::open(Path::new(&dir)).unwrap();
+            for i in 0..50u32 {
+                s.apply_durable(&[
+                    Op::put(Space::Notifications, key(i), value(i)),
+                    Op::put(Space::Feed, key(i), key(i)),
+                ])
+                .unwrap();
+            }
+            s.apply_durable(&[Op::delete(Space::Feed, key(7))]).unwrap();
+            // Dies as a killed process does: no destructor, sled's buffers never written, no
+            // checkpoint after the open's.
+            std::process::abort();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "sled_store::tests::a_store_whose_process_died_comes_back_from_its_log",
+                "--nocapture",
+            ])
+            .env(CRASH_CHILD, dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(6), "the child aborts: {status}");
+
+        let s = open_retrying(dir.path(), SledOptions::default());
+        assert_eq!(
+            s.replayed.batches, 51,
+            "every batch after the open's checkpoint"
+        );
+        assert_eq!(s.replayed.torn, 0);
+        for i in 0..50u32 {
+            assert_eq!(
+                s.get(Space::Notifications, &key(i)).unwrap(),
+                Some(value(i))
+            );
+        }
+        assert_eq!(s.count(Space::Feed, b"").unwrap(), 49);
+        assert_eq!(s.get(Space::Feed, &key(7)).unwrap(), None);
+        // The replay is folded into sled's files at once: the next open has nothing to do.
+        drop(s);
+        let s = open_retrying(dir.path(), SledOptions::default());
+        assert_eq!(s.replayed, blob::Replayed::default());
+        assert_eq!(s.count(Space::Notifications, b"").unwrap(), 50);
+    }
+
+    /// One operation of [`replaying_the_whole_log_again_leaves_the_store_as_the_batches_made_it`]
+    /// over a small key space, so that keys are overwritten and deleted: `(key, None)` deletes,
+    /// `(key, Some(len))` puts a value of `len` bytes, small or large.
+    fn op_strategy() -> impl proptest::strategy::Strategy<Value = (u32, Option<usize>)> {
+        use proptest::prelude::*;
+        (
+            0u32..12,
+            prop_oneof![Just(None), (0usize..1200).prop_map(Some)],
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(24))]
+
+        /// Replay must be harmless on a store that already holds what it replays: whatever
+        /// sled wrote before a crash, re-applying every batch after the checkpoint in log order
+        /// gives the state the batches made. Here the whole log is replayed onto the final
+        /// state, and the store must still match a model of the batches.
+        #[test]
+        fn replaying_the_whole_log_again_leaves_the_store_as_the_batches_made_it(
+            batches in proptest::collection::vec(
+                (proptest::collection::vec(op_strategy(), 1..6), proptest::bool::ANY),
+                1..25,
+            )
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let cp = dir.path().join(BLOB_DIR).join("CHECKPOINT");
+            let mut model = std::collections::BTreeMap::new();
+            {
+                let s = open_retrying(dir.path(), SledOptions::default());
+                let start = std::fs::read(&cp).unwrap();
+                for (round, (ops, durable)) in batches.iter().enumerate() {
+                    let ops: Vec<Op> = ops
+                        .iter()
+                        .map(|&(k, v)| match v {
+                            Some(len) => Op::put(Space::Outbox, key(k), val(len, round as u8)),
+                            None => Op::delete(Space::Outbox, key(k)),
+                        })
+                        .collect();
+                    for op in &ops {
+                        match op {
+                            Op::Put { key, value, .. } => model.insert(key.clone(), value.clone()),
+                            Op::Delete { key, .. } => model.remove(key),
+                        };
+                    }
+                    if *durable {
+                        s.apply_durable(&ops).unwrap();
+                    } else {
+                        s.apply(&ops).unwrap();
+                    }
+                }
+                drop(s);
+                // Back to the checkpoint of the open: all of the log is after it. (One segment
+                // holds it all, so the closing checkpoint deleted none.)
+                std::fs::write(&cp, start).unwrap();
+            }
+            let s = open_retrying(dir.path(), SledOptions::default());
+            proptest::prop_assert_eq!(s.replayed.batches, batches.len() as u64);
+            let stored: Vec<Entry> = s.scan(Space::Outbox, b"", b"", 100).unwrap();
+            let expected: Vec<Entry> = model.into_iter().collect();
+            proptest::prop_assert_eq!(stored, expected);
+        }
+    }
+
+    #[test]
+    fn a_store_of_the_format_before_the_write_ahead_log_is_taken_over_without_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open_retrying(dir.path(), SledOptions::default());
+            s.apply_durable(&[
+                Op::put(Space::Notifications, key(1), val(3600, 1)),
+                Op::put(Space::Feed, key(1), val(3, 1)),
+            ])
+            .unwrap();
+        }
+        // What the version before left: format 2, no checkpoint.
+        {
+            let db = sled_retrying(dir.path());
+            db.insert(FORMAT_KEY, &[FORMAT_SLED_SYNCED]).unwrap();
+            db.flush().unwrap();
+        }
+        std::fs::remove_file(dir.path().join(BLOB_DIR).join("CHECKPOINT")).unwrap();
+        let s = open_retrying(dir.path(), SledOptions::default());
+        assert_eq!(
+            s.replayed.batches, 0,
+            "sled was synced at every commit then"
+        );
+        assert_eq!(
+            s.get(Space::Notifications, &key(1)).unwrap(),
+            Some(val(3600, 1))
+        );
+        assert_eq!(s.db.get(FORMAT_KEY).unwrap().unwrap().as_ref(), [FORMAT]);
+        assert!(dir.path().join(BLOB_DIR).join("CHECKPOINT").is_file());
+    }
+
+    #[test]
+    fn a_damaged_checkpoint_is_refused_at_open_naming_the_file_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open_retrying(dir.path(), SledOptions::default()));
+        let cp = dir.path().join(BLOB_DIR).join("CHECKPOINT");
+        let mut bytes = std::fs::read(&cp).unwrap();
+        bytes[9] ^= 1;
+        std::fs::write(&cp, &bytes).unwrap();
+        // Retried (bounded) while sled still holds the dropped store's lock.
+        let mut err = String::new();
+        for _ in 0..100 {
+            match SledStore::open(dir.path()) {
+                Err(StoreError::Open { reason, .. }) if reason.contains("CHECKPOINT") => {
+                    err = reason;
+                    break;
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+                Ok(_) => panic!("a damaged checkpoint was accepted"),
+            }
+        }
+        assert!(
+            err.contains("checksum") && err.contains("delete the file"),
+            "{err}"
+        );
+        // Following the advice opens the store.
+        std::fs::remove_file(&cp).unwrap();
+        drop(open_retrying(dir.path(), SledOptions::default()));
     }
 
     #[test]
@@ -1083,7 +1461,7 @@ mod tests {
                 .map(|i| Op::put(Space::Notifications, key(i), val(3000, round as u8)))
                 .collect();
             s.apply(&ops).unwrap();
-            s.sync().unwrap();
+            s.checkpoint().unwrap();
         }
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         for r in readers {
@@ -1091,7 +1469,7 @@ mod tests {
         }
         // 60 rounds of 8 × 3 KB wrote ~120 segments; once no reader holds deletion off, only
         // the live ones remain.
-        s.sync().unwrap();
+        s.checkpoint().unwrap();
         let left = segments(dir.path()).len();
         assert!(left <= 3, "{left} segments left");
     }
@@ -1113,10 +1491,10 @@ mod tests {
         {
             // A reader between looking up a pointer and reading its bytes.
             let _reading = s.blobs.read_gate().unwrap();
-            s.sync().unwrap();
+            s.checkpoint().unwrap();
             assert!(seg1.exists(), "deleted under a reader");
         }
-        s.sync().unwrap();
+        s.checkpoint().unwrap();
         assert!(!seg1.exists(), "not deleted once the reader was done");
         assert_eq!(
             s.get(Space::Notifications, &key(0)).unwrap(),
