@@ -30,6 +30,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
@@ -267,7 +268,12 @@ impl SledStore {
             path: dir.display().to_string(),
             reason,
         };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        // What a node stores is for its own account alone: a new store directory is 0700.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| open_err(e.to_string()))?;
         move_old_blob_log(dir).map_err(|e| {
             open_err(format!(
                 "cannot move the blob log out of sled's directory: {e}"
@@ -587,6 +593,9 @@ impl SledStore {
         let (batch, added) = decode_batch(&body, &refs).ok_or_else(|| {
             StoreError::Io("a batch record does not decode to its own operations".into())
         })?;
+        // If sled fails here, the batch is in the log but not in sled: the caller gets the
+        // error, and the replay of a restart applies it. A failed commit's outcome is unknown
+        // to its caller either way (its log write may or may not have reached the disk).
         self.tree.apply_batch(batch).map_err(io)?;
 
         for (space, _) in &added {
@@ -734,6 +743,18 @@ mod tests {
                 s.floor(Space::Outbox, b"b", b"b\x09").unwrap().unwrap().0,
                 b"b\x00\x01".to_vec()
             );
+        }
+    }
+
+    #[test]
+    fn a_new_store_directory_is_its_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data").join("store");
+        drop(open_retrying(&dir, SledOptions::default()));
+        for d in [dir.parent().unwrap(), &dir] {
+            let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
         }
     }
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -272,7 +273,11 @@ fn write_node(dir: &Path, ca: &Ca, n: &NewNode<'_>) -> Result<(RosterNode, Feder
     let id = n.id;
     let cc = n.country;
     let nd = dir.join(id.as_str());
-    std::fs::create_dir_all(nd.join("data"))?;
+    // The node's data (notifications, ledger) is for the node's account alone.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(nd.join("data"))?;
     let key = SigningKey::generate();
     let (kp, pp) = key_paths(&nd, id);
     key.save(&kp, &pp)?;

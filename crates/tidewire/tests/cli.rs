@@ -547,6 +547,8 @@ fn pki_init_writes_a_federation_ready_to_run_and_never_overwrites_one() {
     ] {
         assert_eq!(mode(secret), 0o600, "{secret}");
     }
+    // So is what the node will store.
+    assert_eq!(mode("dakar/data"), 0o700, "dakar/data");
 
     let key_before = std::fs::read(out.join("dakar/dakar.key")).expect("key");
     let again = init("maoc-n,dakar", "maoc-n:dakar");
