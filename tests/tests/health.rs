@@ -105,9 +105,19 @@ async fn metrics_are_prometheus_text_on_their_own_port() -> anyhow::Result<()> {
         "tidewire_published_total{node=\"a\"} 1",
         "tidewire_link_up{node=\"a\",peer=\"b\"} 1",
         "# TYPE tidewire_refused_total counter",
+        "tidewire_store_writable{node=\"a\"} 1",
+        "tidewire_store_replayed_at_start{node=\"a\"} 0",
     ] {
         assert!(body.lines().any(|l| l == line), "no `{line}` in:\n{body}");
     }
+    let log_bytes = body
+        .lines()
+        .find_map(|l| l.strip_prefix("tidewire_store_log_bytes{node=\"a\"} "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        log_bytes.is_some_and(|b| b > 0),
+        "the store's log holds the publish:\n{body}"
+    );
     // The backlog drains to 0 once b acknowledges.
     tidewire_testkit::eventually(
         Duration::from_secs(20),

@@ -288,6 +288,16 @@ impl pb::admin_server::Admin for AdminService {
             policy_number: policy.as_ref().map_or(0, |p| p.version()),
             roster_nodes: n.roster().nodes().count() as u32,
             roster_sha256: n.roster_sha256(),
+            store: Some({
+                let s = n.store.stats();
+                pb::StoreStatus {
+                    writable: n.store_writable(),
+                    log_segments: s.log_segments,
+                    log_bytes: s.log_bytes,
+                    since_checkpoint_ms: s.since_checkpoint.map_or(0, |d| d.as_millis() as u64),
+                    replayed_at_start: s.replayed_at_open,
+                }
+            }),
             routes: table
                 .into_iter()
                 .map(|(d, (hop, dist))| pb::RouteEntry {

@@ -365,6 +365,17 @@ impl BlobLog {
         Ok(())
     }
 
+    /// The segment files and their bytes on disk.
+    pub(crate) fn disk_usage(&self) -> Result<(u32, u64), StoreError> {
+        let segments: Vec<u32> = self.lock()?.segments.iter().copied().collect();
+        let bytes = segments
+            .iter()
+            .filter_map(|s| std::fs::metadata(self.path(*s)).ok())
+            .map(|m| m.len())
+            .sum();
+        Ok((segments.len() as u32, bytes))
+    }
+
     /// Where the next batch goes.
     pub(crate) fn position(&self) -> Result<Position, StoreError> {
         let st = self.lock()?;

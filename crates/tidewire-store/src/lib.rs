@@ -137,6 +137,19 @@ impl Op {
     }
 }
 
+/// The state of a store's log, for `tidewire status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Segment files of the log.
+    pub log_segments: u32,
+    /// Their bytes on disk.
+    pub log_bytes: u64,
+    /// How long since the last checkpoint (`None` before the first).
+    pub since_checkpoint: Option<std::time::Duration>,
+    /// Batches replayed from the log into sled when the store was opened.
+    pub replayed_at_open: u64,
+}
+
 /// A key-value pair read from the store.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
@@ -174,6 +187,11 @@ pub trait Store: Send + Sync + 'static {
     fn apply_durable(&self, ops: &[Op]) -> Result<(), StoreError> {
         self.apply(ops)?;
         self.sync()
+    }
+    /// What an operator sees of the store ([`StoreStats`]). A store without a log has nothing
+    /// to report.
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
     }
     /// Folds what the store has made durable into its long-term form, so that an open has
     /// less to recover and space held only for recovery can be reclaimed. Durability never

@@ -179,8 +179,8 @@ pub struct SledStore {
     /// Serializes [`Store::apply`] (it reads old values, then writes) and counts, per space
     /// byte, the values that are blob pointers: a space without any needs no read of old values.
     writer: Mutex<[u64; 256]>,
-    /// Where the last checkpoint put the start of replay (`None` before the first).
-    checkpointed: Mutex<Option<Position>>,
+    /// Where the last checkpoint put the start of replay, and when (`None` before the first).
+    checkpointed: Mutex<Option<(Position, Instant)>>,
     /// What the open replayed from the log.
     replayed: blob::Replayed,
 }
@@ -499,6 +499,21 @@ impl Store for SledStore {
         self.blobs.sync()
     }
 
+    fn stats(&self) -> crate::StoreStats {
+        let (log_segments, log_bytes) = self.blobs.disk_usage().unwrap_or_default();
+        let since_checkpoint = self
+            .checkpointed
+            .lock()
+            .ok()
+            .and_then(|c| c.map(|(_, at)| at.elapsed()));
+        crate::StoreStats {
+            log_segments,
+            log_bytes,
+            since_checkpoint,
+            replayed_at_open: self.replayed.batches,
+        }
+    }
+
     fn checkpoint(&self) -> Result<(), StoreError> {
         // Under the writer lock, every batch before `at` is applied to sled.
         let (at, dead) = {
@@ -509,7 +524,7 @@ impl Store for SledStore {
             .checkpointed
             .lock()
             .map_err(|_| StoreError::Io("checkpoint lock poisoned".into()))?;
-        if *last == Some(at) && dead.is_empty() {
+        if last.is_some_and(|(p, _)| p == at) && dead.is_empty() {
             return Ok(());
         }
         let done = self
@@ -519,7 +534,7 @@ impl Store for SledStore {
             .and_then(|()| blob::write_checkpoint(&self.dir.join(BLOB_DIR), at));
         match done {
             Ok(()) => {
-                *last = Some(at);
+                *last = Some((at, Instant::now()));
                 self.blobs.remove(dead)
             }
             Err(e) => {

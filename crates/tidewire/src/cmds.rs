@@ -714,6 +714,7 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
                 "links": s.links.iter().map(|l| serde_json::json!({"peer": l.peer, "up": l.up, "backlog": l.backlog, "last_error": l.last_error, "url": l.address})).collect::<Vec<_>>(),
                 "counters": counters, "refused": refused,
                 "routes": s.routes.iter().map(|r| serde_json::json!({"node": r.node, "next_hop": r.next_hop, "distance": r.distance})).collect::<Vec<_>>(),
+                "store": s.store.as_ref().map(|st| serde_json::json!({"writable": st.writable, "log_segments": st.log_segments, "log_bytes": st.log_bytes, "since_checkpoint_ms": st.since_checkpoint_ms, "replayed_at_start": st.replayed_at_start})),
             }))?
         );
         return Ok(());
@@ -736,6 +737,22 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
             s.roster_nodes,
             if s.roster_nodes == 1 { "" } else { "s" },
             s.roster_sha256
+        );
+    }
+    if let Some(st) = &s.store {
+        println!(
+            "store {}   log {} in {} segment{}   checkpoint {:.1} s ago   replayed {} batch{} at start",
+            if st.writable {
+                "writable"
+            } else {
+                "FAILING (publishing and links stopped; see the node's log)"
+            },
+            human_bytes(st.log_bytes),
+            st.log_segments,
+            if st.log_segments == 1 { "" } else { "s" },
+            st.since_checkpoint_ms as f64 / 1000.0,
+            st.replayed_at_start,
+            if st.replayed_at_start == 1 { "" } else { "es" },
         );
     }
     println!("links");
@@ -1547,6 +1564,21 @@ pub async fn bench(c: BenchCmd, json: bool) -> Result<()> {
     }
 }
 
+/// `bytes` for a person: B, KiB, MiB or GiB, one decimal above bytes.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::key_line;
@@ -1568,4 +1600,13 @@ mod tests {
             "one line"
         );
     }
+}
+
+#[test]
+fn human_bytes_picks_the_unit_a_person_reads() {
+    assert_eq!(human_bytes(0), "0 B");
+    assert_eq!(human_bytes(1023), "1023 B");
+    assert_eq!(human_bytes(1536), "1.5 KiB");
+    assert_eq!(human_bytes(64 * 1024 * 1024), "64.0 MiB");
+    assert_eq!(human_bytes(3 << 40), "3072.0 GiB");
 }

@@ -300,6 +300,11 @@ async fn status_shows_links_routes_and_counters_as_a_table_and_as_json() {
         );
     }
     assert!(out.contains("routes") && out.contains("counters"), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("store writable   log ")
+            && l.ends_with("replayed 0 batches at start")),
+        "the store's state, a fresh start: {out}"
+    );
     let row = |name: &str| {
         out.lines()
             .find(|l| l.split_whitespace().next() == Some(name))
@@ -345,6 +350,14 @@ async fn status_shows_links_routes_and_counters_as_a_table_and_as_json() {
             .iter()
             .any(|r| r["node"] == "maoc-n" && r["next_hop"] == "maoc-n" && r["distance"] == 1),
         "{s}"
+    );
+    let store = &s["store"];
+    assert_eq!(store["writable"], true, "{s}");
+    assert_eq!(store["replayed_at_start"], 0, "{s}");
+    assert!(
+        store["log_segments"].as_u64().is_some_and(|n| n >= 1)
+            && store["log_bytes"].as_u64().is_some_and(|n| n > 0),
+        "dakar's log holds what it received: {s}"
     );
 }
 
