@@ -183,31 +183,68 @@ pub struct PublishArgs {
 }
 
 /// Reads the notifications to publish.
-fn read_notifications(files: &[PathBuf]) -> Result<Vec<(String, String)>> {
+/// A notification to publish: where it was read (`FILE`, `FILE:LINE`, `stdin:N`), its JSON, and
+/// the idempotency key a stream of several gives it.
+struct Item {
+    name: String,
+    text: String,
+    key: String,
+}
+
+/// The idempotency key of the notification `text` read from `source` (a file's canonical path,
+/// or `stdin`) at `place` (its line, or its position in standard input): running the same
+/// command again gives the same keys, so a node that already holds one answers it as a retry
+/// instead of publishing it twice. Two equal lines of one file are two notifications.
+fn derived_key(source: &str, place: usize, text: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(source.as_bytes());
+    h.update([0]);
+    h.update(place.to_be_bytes());
+    h.update(text.as_bytes());
+    format!("cli:{}", hex::encode(&h.finalize()[..16]))
+}
+
+fn read_notifications(files: &[PathBuf]) -> Result<Vec<Item>> {
     let mut out = Vec::new();
     for f in files {
         if f.as_os_str() == "-" {
             let mut text = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
                 .context("cannot read standard input")?;
-            out.extend(split_json_values("stdin", &text)?);
+            for (i, (name, text)) in split_json_values("stdin", &text)?.into_iter().enumerate() {
+                let key = derived_key("stdin", i + 1, &text);
+                out.push(Item { name, text, key });
+            }
             continue;
         }
         let text =
             std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let source = std::fs::canonicalize(f)
+            .unwrap_or_else(|_| f.clone())
+            .display()
+            .to_string();
         if f.extension().is_some_and(|e| e == "jsonl") {
             for (i, line) in text.lines().enumerate() {
                 if !line.trim().is_empty() {
-                    out.push((format!("{}:{}", f.display(), i + 1), line.to_owned()));
+                    out.push(Item {
+                        name: format!("{}:{}", f.display(), i + 1),
+                        key: derived_key(&source, i + 1, line),
+                        text: line.to_owned(),
+                    });
                 }
             }
         } else {
-            out.push((f.display().to_string(), text));
+            out.push(Item {
+                name: f.display().to_string(),
+                key: derived_key(&source, 1, &text),
+                text,
+            });
         }
     }
     // Check locally first, so a bad file is reported with its name before anything is sent.
     let now = timefmt::now_ms();
-    for (name, text) in &out {
+    for Item { name, text, .. } in &out {
         let n = parse_notification(name, text)?;
         // Published all the same (the origin keeps it and records why it goes nowhere), but
         // the one publishing it should know before reading "queued for".
@@ -335,13 +372,18 @@ fn warn_unmatched(file: &str, unmatched: &[String]) {
     }
 }
 
+/// How to publish again what a broken stream left unacknowledged.
+const RERUN: &str = "running the same command again is safe: each notification carries an \
+                     idempotency key, and those the node already holds come back as already \
+                     published, not published twice";
+
 /// `tidewire publish`.
 pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
     let items = read_notifications(&a.file)?;
     let channel = a.conn.connect().await?;
     let mut client = pb::publisher_client::PublisherClient::new(channel);
     if items.len() == 1 {
-        let (name, text) = &items[0];
+        let Item { name, text, .. } = &items[0];
         let r = client
             .publish(pb::PublishRequest {
                 notification_json: text.clone(),
@@ -375,9 +417,9 @@ pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
     }
     let reqs: Vec<pb::PublishRequest> = items
         .iter()
-        .map(|(_, t)| pb::PublishRequest {
-            notification_json: t.clone(),
-            idempotency_key: String::new(),
+        .map(|it| pb::PublishRequest {
+            notification_json: it.text.clone(),
+            idempotency_key: it.key.clone(),
         })
         .collect();
     let total = reqs.len();
@@ -393,8 +435,11 @@ pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
             // What was acknowledged is durable at the node; say where to start again.
             let rest = items
                 .get(i)
-                .map(|(name, _)| {
-                    format!("; from {name} on, nothing was acknowledged: publish those again")
+                .map(|it| {
+                    format!(
+                        "; from {} on, nothing was acknowledged: publish those again ({RERUN})",
+                        it.name
+                    )
                 })
                 .unwrap_or_default();
             status_error(e).context(format!(
@@ -402,7 +447,7 @@ pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
                 i - failed
             ))
         })?;
-        let name = &items[i].0;
+        let name = &items[i].name;
         i += 1;
         if r.error_code != 0 {
             failed += 1;
@@ -417,7 +462,12 @@ pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
         } else if json {
             println!(
                 "{}",
-                serde_json::json!({"file": name, "id": r.id, "origin_seq": r.origin_seq, "destinations": r.destinations, "unmatched_audience": r.unmatched_audience})
+                serde_json::json!({"file": name, "id": r.id, "origin_seq": r.origin_seq, "duplicate": r.duplicate, "destinations": r.destinations, "unmatched_audience": r.unmatched_audience})
+            );
+        } else if r.duplicate {
+            println!(
+                "[{i}/{total}] already published {} (seq {}) from {name}: idempotent retry",
+                r.id, r.origin_seq
             );
         } else {
             println!(
@@ -433,9 +483,9 @@ pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
     if i < items.len() {
         bail!(
             "the node ended the stream after {i} of {total} replies ({} acknowledged, each durable \
-             at the node); from {} on, nothing was acknowledged: publish those again",
+             at the node); from {} on, nothing was acknowledged: publish those again ({RERUN})",
             i - failed,
-            items[i].0
+            items[i].name
         );
     }
     if failed > 0 {

@@ -1083,6 +1083,54 @@ async fn cases_lists_what_a_node_holds_and_shows_one_with_its_history() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_the_same_file_again_publishes_nothing_twice() {
+    let (tmp, f) = line().await;
+    let n = readme_example();
+    let mut other = n.clone();
+    other["case_ref"] = "MAOC-2026-0143".into();
+    // Two equal lines are two notifications; the file, run twice, is still three.
+    let file = write(tmp.path(), "batch.jsonl", &format!("{n}\n{n}\n{other}\n"));
+    let first = tidewire(
+        &f,
+        &["--json", "publish", "--node", "maoc-n", "--file", &file],
+    )
+    .await;
+    assert!(first.ok, "{}", first.stderr);
+    let again = tidewire(
+        &f,
+        &["--json", "publish", "--node", "maoc-n", "--file", &file],
+    )
+    .await;
+    assert!(again.ok, "{}", again.stderr);
+    let replies = |out: &str| -> Vec<serde_json::Value> {
+        out.lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line per notification"))
+            .collect()
+    };
+    let (first, again) = (replies(&first.stdout), replies(&again.stdout));
+    assert_eq!(first.len(), 3);
+    assert_eq!(again.len(), 3);
+    let ids: std::collections::BTreeSet<&str> =
+        first.iter().filter_map(|r| r["id"].as_str()).collect();
+    assert_eq!(ids.len(), 3, "three notifications: {first:?}");
+    for (a, b) in first.iter().zip(&again) {
+        assert_eq!(a["duplicate"], false, "{a}");
+        assert_eq!(b["duplicate"], true, "{b}");
+        assert_eq!(a["id"], b["id"], "the retry answers with the id it had");
+    }
+    assert_eq!(counter(&f, "maoc-n", "published").await, 3);
+
+    let human = tidewire(&f, &["publish", "--node", "maoc-n", "--file", &file]).await;
+    assert!(human.ok, "{}", human.stderr);
+    assert_eq!(
+        human.stdout.matches("already published").count(),
+        3,
+        "{}",
+        human.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_export_pages_through_a_ledger_longer_than_one_reply() {
     let (tmp, f) = line().await;
     let n = readme_example().to_string();
