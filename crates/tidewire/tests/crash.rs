@@ -291,6 +291,19 @@ async fn kill_9_mid_stream_loses_no_acknowledged_publish() -> Result<()> {
     Ok(())
 }
 
+/// `tidewire --json publish --node a --file BATCH --federation DIR`, killed if dropped.
+fn publish_file_to_a(batch: &Path, dir: &Path) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidewire"));
+    c.args(["--json", "publish", "--node", "a", "--file"])
+        .arg(batch)
+        .arg("--federation")
+        .arg(dir)
+        .env_clear()
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
 /// The same crash, as an operator sees it: `tidewire publish --file batch.jsonl` streaming to
 /// `a` when `a` is killed. The command fails, says how many were acknowledged and from which
 /// line to publish again; exactly the ids it printed reach `b`, each once, after the restart.
@@ -306,16 +319,9 @@ async fn the_publish_command_killed_mid_file_says_what_was_acknowledged_and_wher
     let lines: Vec<String> = (0..TOTAL).map(notification).collect();
     std::fs::write(&batch, lines.join("\n") + "\n")?;
 
-    let mut publish = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidewire"))
-        .args(["--json", "publish", "--node", "a", "--file"])
-        .arg(&batch)
-        .arg("--federation")
-        .arg(&dir)
-        .env_clear()
-        .stdin(Stdio::null())
+    let mut publish = publish_file_to_a(&batch, &dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .context("spawning tidewire publish")?;
     let mut out = tokio::io::BufReader::new(publish.stdout.take().context("stdout")?).lines();
@@ -382,14 +388,7 @@ async fn the_publish_command_killed_mid_file_says_what_was_acknowledged_and_wher
     // As the message says: the same command again. What a acknowledged (and what it made
     // durable without acknowledging it before the kill) comes back as already published; the
     // rest is published; every line of the file reaches b exactly once.
-    let again = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidewire"))
-        .args(["--json", "publish", "--node", "a", "--file"])
-        .arg(&batch)
-        .arg("--federation")
-        .arg(&dir)
-        .env_clear()
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
+    let again = publish_file_to_a(&batch, &dir)
         .output()
         .await
         .context("running tidewire publish again")?;
