@@ -390,7 +390,25 @@ pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
                 idempotency_key: a.idempotency_key.clone().unwrap_or_default(),
             })
             .await
-            .map_err(status_error)?
+            .map_err(|e| {
+                // Lost on the way back, the answer leaves the outcome unknown.
+                let unknown =
+                    crate::client::is_transport(&e) && e.code() != tonic::Code::Unavailable;
+                let err = status_error(e);
+                match &a.idempotency_key {
+                    Some(key) if unknown => err.context(format!(
+                        "{name} may or may not be published: run the same command again (with \
+                         --idempotency-key {key}, the node answers a retry with the first id)"
+                    )),
+                    None if unknown => err.context(format!(
+                        "{name} may or may not be published: `tidewire cases list` on the node \
+                         shows what it holds; publishing again without an idempotency key makes \
+                         a second notification if the first was stored (give one with \
+                         --idempotency-key to make retries safe)"
+                    )),
+                    _ => err,
+                }
+            })?
             .into_inner();
         if json {
             println!(
