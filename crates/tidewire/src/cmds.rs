@@ -372,6 +372,12 @@ fn warn_unmatched(file: &str, unmatched: &[String]) {
     }
 }
 
+/// Whether a failed publish may still have been stored: the connection broke while the request
+/// was under way (not a refusal, and not a node that could not be reached at all).
+fn outcome_unknown(e: &tonic::Status) -> bool {
+    crate::client::is_transport(e) && e.code() != tonic::Code::Unavailable
+}
+
 /// How to publish again what a broken stream left unacknowledged.
 const RERUN: &str = "running the same command again is safe: each notification carries an \
                      idempotency key, and those the node already holds come back as already \
@@ -391,9 +397,7 @@ pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
             })
             .await
             .map_err(|e| {
-                // Lost on the way back, the answer leaves the outcome unknown.
-                let unknown =
-                    crate::client::is_transport(&e) && e.code() != tonic::Code::Unavailable;
+                let unknown = outcome_unknown(&e);
                 let err = status_error(e);
                 match &a.idempotency_key {
                     Some(key) if unknown => err.context(format!(
@@ -1649,7 +1653,33 @@ fn human_bytes(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::key_line;
+    use super::{human_bytes, key_line, outcome_unknown};
+
+    #[test]
+    fn human_bytes_picks_the_unit_a_person_reads() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(64 * 1024 * 1024), "64.0 MiB");
+        assert_eq!(human_bytes(3 << 40), "3072.0 GiB");
+    }
+
+    #[test]
+    fn a_publish_cut_off_under_way_has_an_unknown_outcome_a_refused_or_unsent_one_not() {
+        use tonic::{Code, Status};
+        assert!(outcome_unknown(&Status::cancelled("the stream was reset")));
+        assert!(outcome_unknown(&Status::unknown(
+            "h2 protocol error: error reading a body from connection"
+        )));
+        assert!(!outcome_unknown(&Status::unavailable("connection refused")));
+        assert!(!outcome_unknown(&Status::invalid_argument(
+            "`kind` is missing"
+        )));
+        assert!(!outcome_unknown(&Status::new(
+            Code::PermissionDenied,
+            "route"
+        )));
+    }
 
     #[test]
     fn a_bad_field_is_placed_on_the_line_of_its_top_level_key() {
@@ -1668,13 +1698,4 @@ mod tests {
             "one line"
         );
     }
-}
-
-#[test]
-fn human_bytes_picks_the_unit_a_person_reads() {
-    assert_eq!(human_bytes(0), "0 B");
-    assert_eq!(human_bytes(1023), "1023 B");
-    assert_eq!(human_bytes(1536), "1.5 KiB");
-    assert_eq!(human_bytes(64 * 1024 * 1024), "64.0 MiB");
-    assert_eq!(human_bytes(3 << 40), "3072.0 GiB");
 }
