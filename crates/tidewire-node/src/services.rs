@@ -294,7 +294,9 @@ impl pb::admin_server::Admin for AdminService {
                     writable: n.store_writable(),
                     log_segments: s.log_segments,
                     log_bytes: s.log_bytes,
-                    since_checkpoint_ms: s.since_checkpoint.map_or(0, |d| d.as_millis() as u64),
+                    since_checkpoint_ms: s
+                        .since_checkpoint
+                        .map_or(0, |d| (d.as_millis() as u64).max(1)),
                     replayed_at_start: s.replayed_at_open,
                 }
             }),

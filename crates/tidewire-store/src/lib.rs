@@ -144,7 +144,8 @@ pub struct StoreStats {
     pub log_segments: u32,
     /// Their bytes on disk.
     pub log_bytes: u64,
-    /// How long since the last checkpoint (`None` before the first).
+    /// How long since the last checkpoint, if writes came after it (`None` when sled's files
+    /// hold everything: nothing would be replayed).
     pub since_checkpoint: Option<std::time::Duration>,
     /// Batches replayed from the log into sled when the store was opened.
     pub replayed_at_open: u64,

@@ -501,11 +501,12 @@ impl Store for SledStore {
 
     fn stats(&self) -> crate::StoreStats {
         let (log_segments, log_bytes) = self.blobs.disk_usage().unwrap_or_default();
-        let since_checkpoint = self
-            .checkpointed
-            .lock()
-            .ok()
-            .and_then(|c| c.map(|(_, at)| at.elapsed()));
+        // Only writes the last checkpoint does not cover make its age worth showing.
+        let end = self.blobs.position().ok();
+        let since_checkpoint = self.checkpointed.lock().ok().and_then(|c| {
+            c.filter(|(p, _)| Some(*p) != end)
+                .map(|(_, at)| at.elapsed())
+        });
         crate::StoreStats {
             log_segments,
             log_bytes,
@@ -1236,6 +1237,26 @@ mod tests {
                 (key(3), val(3600, 3))
             ]
         );
+    }
+
+    #[test]
+    fn stats_show_the_log_and_whether_the_checkpoint_covers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open_retrying(dir.path(), SledOptions::default());
+        let fresh = s.stats();
+        assert_eq!(
+            fresh.since_checkpoint, None,
+            "the open's checkpoint covers everything"
+        );
+        assert_eq!(fresh.replayed_at_open, 0);
+        s.apply_durable(&[Op::put(Space::Feed, key(1), val(3600, 1))])
+            .unwrap();
+        let written = s.stats();
+        assert!(written.since_checkpoint.is_some(), "a write after it");
+        assert_eq!(written.log_segments, 1);
+        assert_eq!(written.log_bytes, batch(OP) + record(4, 3600));
+        s.checkpoint().unwrap();
+        assert_eq!(s.stats().since_checkpoint, None);
     }
 
     /// Set in the child process of [`a_store_whose_process_died_comes_back_from_its_log`]: the

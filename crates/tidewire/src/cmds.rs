@@ -813,7 +813,7 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
     }
     if let Some(st) = &s.store {
         println!(
-            "store {}   log {} in {} segment{}   checkpoint {:.1} s ago   replayed {} batch{} at start",
+            "store {}   log {} in {} segment{}   checkpoint {}   replayed {} batch{} at start",
             if st.writable {
                 "writable"
             } else {
@@ -822,7 +822,11 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
             human_bytes(st.log_bytes),
             st.log_segments,
             if st.log_segments == 1 { "" } else { "s" },
-            st.since_checkpoint_ms as f64 / 1000.0,
+            if st.since_checkpoint_ms == 0 {
+                "current".to_owned()
+            } else {
+                format!("{:.1} s ago", st.since_checkpoint_ms as f64 / 1000.0)
+            },
             st.replayed_at_start,
             if st.replayed_at_start == 1 { "" } else { "es" },
         );
