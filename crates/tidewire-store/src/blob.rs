@@ -750,6 +750,8 @@ pub(crate) fn replay(
             0
         };
         let mut reader = SegmentReader::open(&path, start)?;
+        // A segment shorter than the checkpoint says (cut by damage) is read from its end.
+        let start = reader.offset;
         loop {
             match reader.next_batch(segment)? {
                 Next::Batch(body, refs) => {

@@ -1240,6 +1240,33 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_past_the_end_of_a_cut_segment_replays_nothing_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = dir.path().join(BLOB_DIR).join("CHECKPOINT");
+        let segment = dir.path().join(BLOB_DIR).join("00000001.seg");
+        {
+            let s = open_retrying(dir.path(), SledOptions::default());
+            s.apply_durable(&[Op::put(Space::Feed, key(1), val(20, 1))])
+                .unwrap();
+            s.checkpoint().unwrap();
+            // The checkpoint points past what the segment will still hold.
+            let at = std::fs::read(&cp).unwrap();
+            drop(s);
+            std::fs::write(&cp, at).unwrap();
+        }
+        let len = std::fs::metadata(&segment).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        let s = open_retrying(dir.path(), SledOptions::default());
+        assert_eq!(s.replayed, blob::Replayed::default());
+        assert_eq!(s.get(Space::Feed, &key(1)).unwrap(), Some(val(20, 1)));
+    }
+
+    #[test]
     fn stats_show_the_log_and_whether_the_checkpoint_covers_it() {
         let dir = tempfile::tempdir().unwrap();
         let s = open_retrying(dir.path(), SledOptions::default());
