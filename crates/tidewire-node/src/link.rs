@@ -883,12 +883,16 @@ pub async fn purge_expired(node: &Arc<Node>) -> Result<u64, crate::error::NodeEr
                 .partition(|d| d.at_ms <= now);
             ops.extend(expiry_entry(&later));
             for d in due {
+                if d.why == PurgeReason::Key {
+                    ops.push(Op::delete(Space::Idempotency, d.note));
+                    continue;
+                }
                 let note = d.note.as_slice();
                 if node.store.contains(Space::Notifications, note)? {
                     ops.push(Op::delete(Space::Notifications, note.to_vec()));
                     let (id, holder) = note.split_at(16.min(note.len()));
                     let mut e = match d.why {
-                        PurgeReason::Expired => LedgerEntry::new("expired"),
+                        PurgeReason::Expired | PurgeReason::Key => LedgerEntry::new("expired"),
                         PurgeReason::Retention => {
                             let mut e = LedgerEntry::new("purged");
                             e.detail = serde_json::json!({

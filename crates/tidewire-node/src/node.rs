@@ -167,6 +167,9 @@ pub enum PurgeReason {
     Expired,
     /// The node's `limits.retention_hours` passed.
     Retention,
+    /// An entry that is not a copy: a publish's idempotency key (its key in
+    /// [`Space::Idempotency`]), kept as long as the origin's copy of the notification.
+    Key,
 }
 
 impl PurgeReason {
@@ -175,15 +178,16 @@ impl PurgeReason {
         match self {
             PurgeReason::Expired => 0,
             PurgeReason::Retention => 1,
+            PurgeReason::Key => 2,
         }
     }
 
     /// The reason an index value stands for (an empty value, from an older index: expired).
     pub fn from_value(v: &[u8]) -> PurgeReason {
-        if v.first() == Some(&1) {
-            PurgeReason::Retention
-        } else {
-            PurgeReason::Expired
+        match v.first() {
+            Some(1) => PurgeReason::Retention,
+            Some(2) => PurgeReason::Key,
+            _ => PurgeReason::Expired,
         }
     }
 }
@@ -294,8 +298,9 @@ fn put_copy(
 }
 
 /// Builds the expiry index for `retention_ms`, unless it was built for it: once for a store
-/// written before the index existed, and again whenever `limits.retention_hours` changes.
-fn index_expiry(store: &dyn Store, retention_ms: i64) -> Result<(), NodeError> {
+/// written before the index existed, and again whenever `limits.retention_hours` changes. The
+/// idempotency keys of `me`'s publishes go with `me`'s copies (at once, if the copy is gone).
+fn index_expiry(store: &dyn Store, me: &NodeId, retention_ms: i64) -> Result<(), NodeError> {
     const DONE: &[u8] = b"expiry_indexed";
     let mark = retention_ms.to_be_bytes();
     let built_for = store.get(Space::Meta, DONE)?;
@@ -304,6 +309,7 @@ fn index_expiry(store: &dyn Store, retention_ms: i64) -> Result<(), NodeError> {
     }
     if store.scan(Space::Notifications, b"", b"", 1)?.is_empty()
         && store.scan(Space::Expiry, b"", b"", 1)?.is_empty()
+        && store.scan(Space::Idempotency, b"", b"", 1)?.is_empty()
     {
         // Nothing stored yet (a new node): nothing to index.
         store.apply(&[Op::put(Space::Meta, DONE.to_vec(), mark.to_vec())])?;
@@ -354,6 +360,31 @@ fn index_expiry(store: &dyn Store, retention_ms: i64) -> Result<(), NodeError> {
                 "building the expiry index"
             );
         }
+    }
+    let mut from = Vec::new();
+    loop {
+        let batch = store.scan(Space::Idempotency, b"", &from, 1024)?;
+        let Some((last, _)) = batch.last() else {
+            break;
+        };
+        from = [last.as_slice(), &[0]].concat();
+        let mut dues = Vec::with_capacity(batch.len());
+        for (key, v) in &batch {
+            let Some(id) = v.get(..16) else { continue };
+            let copy = note_key(&NotificationId(id.try_into().unwrap_or_default()), me);
+            let at_ms = match store.get(Space::Notifications, &copy)? {
+                Some(stored) => decode_stored(&stored)
+                    .map_or(0, |(meta, _)| Due::of(&copy, &meta, retention_ms).at_ms),
+                None => 0,
+            };
+            dues.push(Due {
+                at_ms,
+                why: PurgeReason::Key,
+                note: key.clone(),
+            });
+        }
+        indexed += dues.len() as u64;
+        store.apply(&expiry_entry(&dues).into_iter().collect::<Vec<_>>())?;
     }
     store.apply(&[Op::put(Space::Meta, DONE.to_vec(), mark.to_vec())])?;
     store.sync()?;
@@ -1365,7 +1396,7 @@ impl Node {
                 "outbox backlog indexed"
             );
         }
-        index_expiry(store.as_ref(), cfg.retention_ms())?;
+        index_expiry(store.as_ref(), &cfg.id, cfg.retention_ms())?;
         let head = ledger::Head::load(store.as_ref())?;
         let committer = Committer::start(store.clone());
         let me = Party::peer(cfg.id.clone(), cfg.country, cfg.org.clone());
@@ -2183,6 +2214,14 @@ impl Node {
             &bytes,
             self.cfg.retention_ms(),
         );
+        if !idempotency_key.is_empty() {
+            // The key goes with the origin's copy: a retry after that is a new publish.
+            dues.push(Due {
+                at_ms: dues.first().map_or(0, |d| d.at_ms),
+                why: PurgeReason::Key,
+                note: idempotency_key.as_bytes().to_vec(),
+            });
+        }
         ops.extend(expiry_entry(&dues));
         ops.extend([
             Op::put(Space::Seen, id.0.to_vec(), Vec::new()),
@@ -3134,6 +3173,39 @@ mod tests {
     }
 
     #[test]
+    fn a_rebuilt_expiry_index_lets_idempotency_keys_go_with_the_origins_copy() {
+        let store = MemStore::default();
+        let me: NodeId = "maoc-n".parse().unwrap();
+        let (held, gone) = (NotificationId([3; 16]), NotificationId([4; 16]));
+        let record = |id: &NotificationId| {
+            let mut v = id.0.to_vec();
+            v.extend_from_slice(&1u64.to_be_bytes());
+            v
+        };
+        store
+            .apply(&[
+                Op::put(
+                    Space::Notifications,
+                    note_key(&held, &me),
+                    encode_stored(&meta(0), b"env"),
+                ),
+                Op::put(Space::Idempotency, b"cli:kept".to_vec(), record(&held)),
+                // Its copy already purged: the key is due at once.
+                Op::put(Space::Idempotency, b"cli:stale".to_vec(), record(&gone)),
+            ])
+            .unwrap();
+        index_expiry(&store, &me, 100_000).unwrap();
+        assert_eq!(
+            index(&store),
+            [
+                (0, PurgeReason::Key, b"cli:stale".to_vec()),
+                (100_001, PurgeReason::Retention, note_key(&held, &me)),
+                (100_001, PurgeReason::Key, b"cli:kept".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
     fn the_expiry_index_is_built_once_per_retention() {
         let store = MemStore::default();
         let expiring = note_key(&NotificationId([1; 16]), &"dakar".parse().unwrap());
@@ -3153,7 +3225,7 @@ mod tests {
                 ),
             ])
             .unwrap();
-        index_expiry(&store, 100_000).unwrap();
+        index_expiry(&store, &"dakar".parse().unwrap(), 100_000).unwrap();
         assert_eq!(
             index(&store),
             [
@@ -3165,11 +3237,11 @@ mod tests {
         store
             .apply(&[Op::delete(Space::Expiry, expiry_key(5_000, &expiring))])
             .unwrap();
-        index_expiry(&store, 100_000).unwrap();
+        index_expiry(&store, &"dakar".parse().unwrap(), 100_000).unwrap();
         assert!(index(&store).is_empty());
         // A new retention rebuilds it: now both copies go for retention, the expiring one
         // before its expiry.
-        index_expiry(&store, 1_000).unwrap();
+        index_expiry(&store, &"dakar".parse().unwrap(), 1_000).unwrap();
         assert_eq!(
             index(&store),
             [

@@ -92,8 +92,9 @@ pub enum Space {
     /// Origins' consent grants, by notification and destination.
     Grants = 12,
     /// Expiry index: when the earliest of some copies stored together goes (Unix ms,
-    /// big-endian u64) ‖ its notification key → each of those copies with when and why it
-    /// goes. What the purge deletes, and when, without reading every stored copy.
+    /// big-endian u64) ‖ its notification key → each of those copies (and a publish's
+    /// idempotency key) with when and why it goes. What the purge deletes, and when, without
+    /// reading every stored copy.
     Expiry = 13,
 }
 

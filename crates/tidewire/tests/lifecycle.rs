@@ -120,7 +120,9 @@ async fn expired_content_is_purged_everywhere_with_its_seen_set_entries() {
     // expiring one goes, the lasting one (stored in the same batch) stays.
     f.stop_node("dakar").await.expect("stop dakar");
     let soon = tidewire_core::timefmt::format_ms(tidewire_core::timefmt::now_ms() + 3_000);
-    let id = publish(&f, "maoc-n", &alert("brief", Some(&soon))).await;
+    let brief = alert("brief", Some(&soon));
+    // Published with an idempotency key, which goes with the origin's copy.
+    let id = publish_keyed(&f, "maoc-n", &brief, "brief-1").await.id;
     let lasting = publish(&f, "maoc-n", &alert("for the file", None)).await;
     f.restart_node("dakar").await.expect("restart dakar");
     wait_for(Duration::from_secs(10), "dakar to hold both", || async {
@@ -149,7 +151,33 @@ async fn expired_content_is_purged_everywhere_with_its_seen_set_entries() {
             "{node}'s expiry index no longer lists the lasting one"
         );
     }
+    // The key went with maoc-n's copy: the same key now publishes anew.
+    let key_kept = f.nodes["maoc-n"]
+        .node
+        .store
+        .contains(tidewire_store::Space::Idempotency, b"brief-1")
+        .expect("read");
+    assert!(!key_kept, "maoc-n kept the key of a purged publish");
+    let again = publish_keyed(&f, "maoc-n", &brief, "brief-1").await;
+    assert!(!again.duplicate && again.id != id, "{again:?}");
     f.stop().await;
+}
+
+/// Publishes at `node` with an idempotency key.
+async fn publish_keyed(
+    f: &LocalFederation,
+    node: &str,
+    n: &serde_json::Value,
+    key: &str,
+) -> pb::PublishReply {
+    pb::publisher_client::PublisherClient::new(f.conn(node).connect().await.expect("connect"))
+        .publish(pb::PublishRequest {
+            notification_json: n.to_string(),
+            idempotency_key: key.into(),
+        })
+        .await
+        .expect("publish")
+        .into_inner()
 }
 
 /// Whether `node`'s expiry index lists a copy of notification `id` (hex).
