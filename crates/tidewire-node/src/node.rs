@@ -297,6 +297,25 @@ fn put_copy(
     ));
 }
 
+/// Hands every entry of `space` to `f`, in key order, `page` entries at a time: a whole space
+/// read in bounded memory.
+fn each_page(
+    store: &dyn Store,
+    space: Space,
+    page: usize,
+    mut f: impl FnMut(Vec<tidewire_store::Entry>) -> Result<(), NodeError>,
+) -> Result<(), NodeError> {
+    let mut from = Vec::new();
+    loop {
+        let batch = store.scan(space, b"", &from, page)?;
+        let Some((last, _)) = batch.last() else {
+            return Ok(());
+        };
+        from = [last.as_slice(), &[0]].concat();
+        f(batch)?;
+    }
+}
+
 /// Builds the expiry index for `retention_ms`, unless it was built for it: once for a store
 /// written before the index existed, and again whenever `limits.retention_hours` changes. The
 /// idempotency keys of `me`'s publishes go with `me`'s copies (at once, if the copy is gone).
@@ -336,15 +355,9 @@ fn index_expiry(store: &dyn Store, me: &NodeId, retention_ms: i64) -> Result<(),
             .collect();
         store.apply(&ops)?;
     }
-    let mut from = Vec::new();
     let mut indexed = 0u64;
     let mut pages = 0u64;
-    loop {
-        let batch = store.scan(Space::Notifications, b"", &from, 1024)?;
-        let Some((last, _)) = batch.last() else {
-            break;
-        };
-        from = [last.as_slice(), &[0]].concat();
+    each_page(store, Space::Notifications, 1024, |batch| {
         let dues: Vec<Due> = batch
             .iter()
             .filter_map(|(k, v)| Some(Due::of(k, &decode_stored(v)?.0, retention_ms)))
@@ -360,14 +373,9 @@ fn index_expiry(store: &dyn Store, me: &NodeId, retention_ms: i64) -> Result<(),
                 "building the expiry index"
             );
         }
-    }
-    let mut from = Vec::new();
-    loop {
-        let batch = store.scan(Space::Idempotency, b"", &from, 1024)?;
-        let Some((last, _)) = batch.last() else {
-            break;
-        };
-        from = [last.as_slice(), &[0]].concat();
+        Ok(())
+    })?;
+    each_page(store, Space::Idempotency, 1024, |batch| {
         let mut dues = Vec::with_capacity(batch.len());
         for (key, v) in &batch {
             let Some(id) = v.get(..16) else { continue };
@@ -385,7 +393,8 @@ fn index_expiry(store: &dyn Store, me: &NodeId, retention_ms: i64) -> Result<(),
         }
         indexed += dues.len() as u64;
         store.apply(&expiry_entry(&dues).into_iter().collect::<Vec<_>>())?;
-    }
+        Ok(())
+    })?;
     store.apply(&[Op::put(Space::Meta, DONE.to_vec(), mark.to_vec())])?;
     store.sync()?;
     if indexed > 0 {
@@ -1372,17 +1381,12 @@ impl Node {
         // time, give the outbox index, and its greatest number the one to continue from.
         let mut outbox_index: HashMap<NodeId, BTreeSet<u64>> = HashMap::new();
         let indexing = Instant::now();
-        let mut from = Vec::new();
-        loop {
-            let page = store.scan(Space::Outbox, b"", &from, 4096)?;
-            let Some((last, _)) = page.last() else {
-                break;
-            };
-            from = [last.as_slice(), &[0]].concat();
+        each_page(store.as_ref(), Space::Outbox, 4096, |page| {
             for (dest, seq) in page.iter().filter_map(|(k, _)| parse_outbox_key(k)) {
                 outbox_index.entry(dest).or_default().insert(seq);
             }
-        }
+            Ok(())
+        })?;
         let outbox_seq = outbox_index
             .values()
             .filter_map(|q| q.last().copied())
