@@ -119,7 +119,12 @@ fn io_at(what: &str, path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Io(format!("{what} {}: {e}", path.display()))
 }
 
-/// Appends one record for `key` and `value` to `buf`.
+/// A record header's checksum, key length (or [`BATCH_MARK`]) and value length.
+fn header_fields(h: &[u8]) -> (u32, u32, u32) {
+    let field = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    (field(0), field(4), field(8))
+}
+
 /// Appends a batch record: the number of value records that follow, then `body`.
 fn encode_batch(buf: &mut Vec<u8>, values: u32, body: &[u8]) {
     let start = buf.len();
@@ -132,6 +137,7 @@ fn encode_batch(buf: &mut Vec<u8>, values: u32, body: &[u8]) {
     buf[start..start + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Appends one record for `key` and `value` to `buf`.
 fn encode_record(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     let start = buf.len();
     buf.extend_from_slice(&[0; 4]);
@@ -247,12 +253,10 @@ impl BlobLog {
                 );
             }
         }
-        // The active segment is the highest one, unless it is full or pointers lead beyond its
-        // end or into a later (missing) segment: then a fresh one, so that no new record can
-        // take an old pointer's place.
-        // Every open starts a new segment: whatever the last one ends with (a record torn by a
-        // crash, say) stays behind the checkpoint that the open writes, and replay, which stops
-        // at the first incomplete record of a segment, never has to look past it.
+        // Every open starts a new segment, past every pointer (even one into a missing
+        // segment) so that no new record takes an old pointer's place. Whatever the last one
+        // ends with (a record torn by a crash, say) stays behind the checkpoint the open writes,
+        // and replay, which stops at a segment's first incomplete record, never looks past it.
         let last_file = segments.last().copied().unwrap_or(0);
         let last_ref = usage.keys().max().copied().unwrap_or(0);
         let (active, len) = (last_file.max(last_ref) + 1, 0);
@@ -347,19 +351,20 @@ impl BlobLog {
     /// Makes every write so far durable (`fdatasync` of the active segment; a segment is
     /// synced before it stops being active).
     pub(crate) fn sync(&self) -> Result<(), StoreError> {
-        let mut st = self.lock()?;
+        self.sync_active(&mut *self.lock()?)
+    }
+
+    /// `fdatasync`s the active segment if it holds unsynced writes; a failure gives it up.
+    fn sync_active(&self, st: &mut State) -> Result<(), StoreError> {
         if !st.unsynced {
             return Ok(());
         }
-        let path = self.path(st.active);
-        let synced = match &st.file {
-            Some(f) => f.sync_data(),
-            None => Ok(()),
-        };
-        if let Err(e) = synced {
+        if let Some(f) = &st.file
+            && let Err(e) = f.sync_data()
+        {
             st.broken = true;
             st.file = None;
-            return Err(io_at("cannot sync blob segment", &path, e));
+            return Err(io_at("cannot sync blob segment", &self.path(st.active), e));
         }
         st.unsynced = false;
         Ok(())
@@ -393,6 +398,7 @@ impl BlobLog {
         }
         let result = self.write_out_inner(st, sync);
         if result.is_err() {
+            // The state of the file is unknown after a failed write or fdatasync: leave it.
             st.broken = true;
             st.file = None;
         }
@@ -410,6 +416,7 @@ impl BlobLog {
                 .open(&path)
                 .map_err(|e| io_at("cannot open blob segment", &path, e))?;
             if !existed {
+                // The new file's name must be durable before any pointer into it.
                 File::open(&self.dir)
                     .and_then(|d| d.sync_all())
                     .map_err(|e| io_at("cannot sync directory", &self.dir, e))?;
@@ -434,13 +441,7 @@ impl BlobLog {
 
     /// Starts the next segment (created on first write), syncing the one it leaves.
     fn rotate(&self, st: &mut State) -> Result<(), StoreError> {
-        if st.unsynced
-            && let Some(f) = &st.file
-        {
-            let path = self.path(st.active);
-            f.sync_data()
-                .map_err(|e| io_at("cannot sync blob segment", &path, e))?;
-        }
+        self.sync_active(st)?;
         st.retired.push(st.active);
         st.active += 1;
         st.file = None;
@@ -626,8 +627,8 @@ impl BlobLog {
             }
             return Err(io_at("cannot read blob segment", &self.path(r.segment), e));
         }
-        let field = |i: usize| u32::from_be_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
-        let (crc, klen, vlen) = (field(0), field(4) as usize, field(8));
+        let (crc, klen, vlen) = header_fields(&buf);
+        let klen = klen as usize;
         if klen != key.len() || vlen != r.len {
             return Err(self.corrupt(
                 r.segment,
@@ -753,7 +754,10 @@ pub(crate) fn replay(
         // A segment shorter than the checkpoint says (cut by damage) is read from its end.
         let start = reader.offset;
         loop {
-            match reader.next_batch(segment)? {
+            let next = reader
+                .next_batch(segment)
+                .map_err(|e| io_at("cannot read blob segment", &path, e))?;
+            match next {
                 Next::Batch(body, refs) => {
                     apply(&body, &refs)?;
                     done.batches += 1;
@@ -811,44 +815,43 @@ impl SegmentReader {
     }
 
     /// Reads one record: its key length (or [`BATCH_MARK`]) and everything after its header;
-    /// `None` if the bytes left do not hold a whole record with a matching checksum.
-    fn record(&mut self) -> Option<(u32, Vec<u8>)> {
+    /// `None` if the bytes left do not hold a whole record with a matching checksum. Reading
+    /// within the file's size, a failed read is a disk error, not a torn tail.
+    fn record(&mut self) -> std::io::Result<Option<(u32, Vec<u8>)>> {
         use std::io::Read;
         let mut header = [0u8; HEADER];
         if self.size - self.offset < HEADER as u64 {
-            return None;
+            return Ok(None);
         }
-        self.reader.read_exact(&mut header).ok()?;
-        let field =
-            |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-        let (crc, klen, vlen) = (field(0), field(4), field(8));
+        self.reader.read_exact(&mut header)?;
+        let (crc, klen, vlen) = header_fields(&header);
         let len = if klen == BATCH_MARK {
             u64::from(vlen)
         } else {
             u64::from(klen) + u64::from(vlen)
         };
         if self.size - self.offset - (HEADER as u64) < len {
-            return None;
+            return Ok(None);
         }
         let mut rest = vec![0u8; len as usize];
-        self.reader.read_exact(&mut rest).ok()?;
+        self.reader.read_exact(&mut rest)?;
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&header[4..]);
         hasher.update(&rest);
         if hasher.finalize() != crc {
-            return None;
+            return Ok(None);
         }
         self.offset += HEADER as u64 + len;
-        Some((klen, rest))
+        Ok(Some((klen, rest)))
     }
 
-    fn next_batch(&mut self, segment: u32) -> Result<Next, StoreError> {
+    fn next_batch(&mut self, segment: u32) -> std::io::Result<Next> {
         loop {
             if self.offset == self.size {
                 return Ok(Next::End);
             }
             let at = self.offset;
-            let Some((klen, rest)) = self.record() else {
+            let Some((klen, rest)) = self.record()? else {
                 return Ok(Next::Torn(at));
             };
             if klen != BATCH_MARK {
@@ -863,7 +866,7 @@ impl SegmentReader {
             let mut refs = Vec::with_capacity(count as usize);
             for _ in 0..count {
                 let offset = self.offset;
-                match self.record() {
+                match self.record()? {
                     Some((klen, value)) if klen != BATCH_MARK => refs.push(BlobRef {
                         segment,
                         offset,

@@ -372,12 +372,6 @@ impl SledStore {
         Ok(store)
     }
 
-    /// How many batches the open replayed from the log into sled: those the process that
-    /// last had the store acknowledged (or began) but sled had not yet written.
-    pub fn replayed_at_open(&self) -> u64 {
-        self.replayed.batches
-    }
-
     /// Opens the handles that a checkpoint fsyncs.
     fn refresh_files(&self) -> Result<(), StoreError> {
         // sled creates its `db` file on open; the directory handle covers new snapshot files.
