@@ -46,14 +46,14 @@ pub fn render(node: &Node) -> String {
         node.uptime_s()
     ));
     let store = node.store.stats();
-    for (name, kind, v) in [
-        ("store_writable", "gauge", u64::from(node.store_writable())),
-        ("store_log_bytes", "gauge", store.log_bytes),
-        ("store_log_segments", "gauge", u64::from(store.log_segments)),
-        ("store_replayed_at_start", "gauge", store.replayed_at_open),
+    for (name, v) in [
+        ("store_writable", u64::from(node.store_writable())),
+        ("store_log_bytes", store.log_bytes),
+        ("store_log_segments", u64::from(store.log_segments)),
+        ("store_replayed_at_start", store.replayed_at_open),
     ] {
         out.push_str(&format!(
-            "# TYPE tidewire_{name} {kind}\ntidewire_{name}{{node=\"{id}\"}} {v}\n"
+            "# TYPE tidewire_{name} gauge\ntidewire_{name}{{node=\"{id}\"}} {v}\n"
         ));
     }
     out

@@ -182,7 +182,6 @@ pub struct PublishArgs {
     idempotency_key: Option<String>,
 }
 
-/// Reads the notifications to publish.
 /// A notification to publish: where it was read (`FILE`, `FILE:LINE`, `stdin:N`), its JSON, and
 /// the idempotency key a stream of several gives it.
 struct Item {
@@ -205,6 +204,7 @@ fn derived_key(source: &str, place: usize, text: &str) -> String {
     format!("cli:{}", hex::encode(&h.finalize()[..16]))
 }
 
+/// Reads the notifications to publish.
 fn read_notifications(files: &[PathBuf]) -> Result<Vec<Item>> {
     let mut out = Vec::new();
     for f in files {
