@@ -1,5 +1,5 @@
 //! The sled implementation. All spaces live in one sled tree, keyed `space byte ‖ key`, so that
-//! one `apply_batch` is atomic across spaces.
+//! a batch is one record of the store's log, atomic across spaces.
 //!
 //! **The store's log comes first.** Every batch is appended to the store's own log
 //! (`DIR/blob-log/*.seg`, see `blob.rs`) before sled applies it, and a durable batch is
@@ -74,10 +74,14 @@ fn encode_op(body: &mut Vec<u8>, kind: u8, key: &[u8], value: Option<&[u8]>) {
     }
 }
 
-/// A batch record's body as a sled batch, with the pointers it puts (space byte, pointer), the
-/// values' pointers taken in order from `refs`. `None` if the body is malformed or does not put
-/// exactly `refs.len()` large values.
-fn decode_batch(body: &[u8], refs: &[BlobRef]) -> Option<(sled::Batch, Vec<(u8, BlobRef)>)> {
+/// A batch's writes to sled, in key order: a key and its new sled value, or `None` to remove it.
+type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// A batch record's body as the writes it makes to sled, in key order (the last operation on a
+/// key wins), with the pointers it puts (space byte, pointer), the values' pointers taken in
+/// order from `refs`. `None` if the body is malformed or does not put exactly `refs.len()`
+/// large values.
+fn decode_batch(body: &[u8], refs: &[BlobRef]) -> Option<(Writes, Vec<(u8, BlobRef)>)> {
     fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         if b.len() < n {
             return None;
@@ -91,7 +95,7 @@ fn decode_batch(body: &[u8], refs: &[BlobRef]) -> Option<(sled::Batch, Vec<(u8, 
     }
     let mut b = body;
     let mut refs = refs.iter();
-    let mut batch = sled::Batch::default();
+    let mut batch: Writes = Vec::new();
     let mut added = Vec::new();
     while let Some(&kind) = b.first() {
         b = &b[1..];
@@ -99,14 +103,14 @@ fn decode_batch(body: &[u8], refs: &[BlobRef]) -> Option<(sled::Batch, Vec<(u8, 
         let key = take(&mut b, klen)?;
         let space = *key.first()?;
         match kind {
-            OP_DELETE => batch.remove(key),
+            OP_DELETE => batch.push((key.to_vec(), None)),
             OP_INLINE => {
                 let vlen = len(&mut b)?;
                 let value = take(&mut b, vlen)?;
                 let mut v = Vec::with_capacity(1 + vlen);
                 v.push(TAG_INLINE);
                 v.extend_from_slice(value);
-                batch.insert(key, v);
+                batch.push((key.to_vec(), Some(v)));
             }
             OP_BLOB => {
                 let r = *refs.next()?;
@@ -114,12 +118,48 @@ fn decode_batch(body: &[u8], refs: &[BlobRef]) -> Option<(sled::Batch, Vec<(u8, 
                 v.push(TAG_BLOB);
                 r.encode_into(&mut v);
                 added.push((space, r));
-                batch.insert(key, v);
+                batch.push((key.to_vec(), Some(v)));
             }
             _ => return None,
         }
     }
-    refs.next().is_none().then_some((batch, added))
+    if refs.next().is_some() {
+        return None;
+    }
+    // Stable: of a key's operations, the last stays last, and only it is kept.
+    batch.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut writes: Writes = Vec::with_capacity(batch.len());
+    for w in batch {
+        match writes.last_mut() {
+            Some(last) if last.0 == w.0 => *last = w,
+            _ => writes.push(w),
+        }
+    }
+    Some((writes, added))
+}
+
+/// Applies a batch's writes to sled one by one, in key order.
+///
+/// Not as a `sled::Batch`: `apply_batch` switches on a lock global to the process, which from
+/// then on every read of every tree takes, and holds it exclusively while the batch is applied.
+/// A group commit's batch takes milliseconds to apply, and every read on every thread (a
+/// tokio worker checking the seen-set, a feed scan) waited for it. The store needs no more
+/// from sled than each write's own atomicity:
+/// - a crash: the log is the record. sled's files hold everything up to the checkpoint, and
+///   an open applies every batch after it again, in order, whatever part of it sled had kept;
+/// - readers: keys appear in key order. A space's new keys are numbered upwards in the order
+///   their batches are submitted, so a cursor that has seen a key has seen the ones before it;
+///   and across spaces the lower space byte goes first, so a stored copy (space 1) is there
+///   before the seen mark, outbox item, feed entry or idempotency key that leads to it.
+fn apply_writes(tree: &sled::Tree, writes: Writes) -> Result<(), StoreError> {
+    for (k, v) in writes {
+        match v {
+            Some(v) => tree.insert(k, v).map(drop),
+            None => tree.remove(k).map(drop),
+        }
+        .map_err(io)?;
+    }
+    Ok(())
 }
 
 /// Tunables of a [`SledStore`]. [`Default`] is what a node uses.
@@ -303,7 +343,7 @@ impl SledStore {
                               checksum matches"
                         .into(),
                 })?;
-                tree.apply_batch(batch).map_err(io)
+                apply_writes(&tree, batch)
             })?
         } else {
             blob::Replayed::default()
@@ -606,7 +646,7 @@ impl SledStore {
         // If sled fails here, the batch is in the log but not in sled: the caller gets the
         // error, and the replay of a restart applies it. A failed commit's outcome is unknown
         // to its caller either way (its log write may or may not have reached the disk).
-        self.tree.apply_batch(batch).map_err(io)?;
+        apply_writes(&self.tree, batch)?;
 
         for (space, _) in &added {
             per_space[usize::from(*space)] += 1;
@@ -717,6 +757,37 @@ mod tests {
     fn in_log(s: &SledStore, space: Space, k: &[u8]) -> bool {
         let v = s.tree.get(full_key(space, k)).unwrap().unwrap();
         matches!(decode(&v), Some(Stored::Blob(_)))
+    }
+
+    #[test]
+    fn a_batch_reaches_sled_in_key_order_with_the_last_operation_on_a_key_winning() {
+        let mut body = Vec::new();
+        // Out of key order, a key written twice, a delete, and a large value's put.
+        encode_op(&mut body, OP_INLINE, &[4, 9], Some(b"feed"));
+        encode_op(&mut body, OP_INLINE, &[2, 7], Some(b"first"));
+        encode_op(&mut body, OP_BLOB, &[1, 5], None);
+        encode_op(&mut body, OP_DELETE, &[3, 1], None);
+        encode_op(&mut body, OP_INLINE, &[2, 7], Some(b"second"));
+        let r = BlobRef {
+            segment: 1,
+            offset: 40,
+            len: 9,
+        };
+        let (writes, added) = decode_batch(&body, &[r]).unwrap();
+        let keys: Vec<&[u8]> = writes.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(
+            keys,
+            [&[1u8, 5][..], &[2, 7], &[3, 1], &[4, 9]],
+            "lower space bytes first, each key once"
+        );
+        assert_eq!(writes[1].1.as_deref(), Some(&b"\x01second"[..]));
+        assert_eq!(writes[2].1, None, "a delete removes");
+        assert!(matches!(decode(writes[0].1.as_deref().unwrap()), Some(Stored::Blob(p)) if p == r));
+        assert_eq!(added, vec![(1, r)]);
+        assert!(
+            decode_batch(&body, &[]).is_none(),
+            "a large value without its record"
+        );
     }
 
     #[test]
