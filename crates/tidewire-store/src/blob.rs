@@ -490,6 +490,12 @@ impl BlobLog {
         Ok(())
     }
 
+    /// Live pointers counted, over all segments.
+    #[cfg(test)]
+    pub(crate) fn live_pointers(&self) -> u64 {
+        self.lock().map_or(0, |st| st.live.values().sum())
+    }
+
     /// The dead segments, taken before a sync: [`BlobLog::remove`] them once it has succeeded,
     /// or give them back with [`BlobLog::restore`] if it failed.
     pub(crate) fn take_dead(&self) -> Result<Vec<u32>, StoreError> {

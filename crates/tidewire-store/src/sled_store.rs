@@ -78,10 +78,9 @@ fn encode_op(body: &mut Vec<u8>, kind: u8, key: &[u8], value: Option<&[u8]>) {
 type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
 /// A batch record's body as the writes it makes to sled, in key order (the last operation on a
-/// key wins), with the pointers it puts (space byte, pointer), the values' pointers taken in
-/// order from `refs`. `None` if the body is malformed or does not put exactly `refs.len()`
-/// large values.
-fn decode_batch(body: &[u8], refs: &[BlobRef]) -> Option<(Writes, Vec<(u8, BlobRef)>)> {
+/// key wins), the large values' pointers taken in order from `refs`. `None` if the body is
+/// malformed or does not put exactly `refs.len()` large values.
+fn decode_batch(body: &[u8], refs: &[BlobRef]) -> Option<Writes> {
     fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         if b.len() < n {
             return None;
@@ -96,12 +95,10 @@ fn decode_batch(body: &[u8], refs: &[BlobRef]) -> Option<(Writes, Vec<(u8, BlobR
     let mut b = body;
     let mut refs = refs.iter();
     let mut batch: Writes = Vec::new();
-    let mut added = Vec::new();
     while let Some(&kind) = b.first() {
         b = &b[1..];
         let klen = len(&mut b)?;
         let key = take(&mut b, klen)?;
-        let space = *key.first()?;
         match kind {
             OP_DELETE => batch.push((key.to_vec(), None)),
             OP_INLINE => {
@@ -117,7 +114,6 @@ fn decode_batch(body: &[u8], refs: &[BlobRef]) -> Option<(Writes, Vec<(u8, BlobR
                 let mut v = Vec::with_capacity(1 + REF_LEN);
                 v.push(TAG_BLOB);
                 r.encode_into(&mut v);
-                added.push((space, r));
                 batch.push((key.to_vec(), Some(v)));
             }
             _ => return None,
@@ -135,7 +131,16 @@ fn decode_batch(body: &[u8], refs: &[BlobRef]) -> Option<(Writes, Vec<(u8, BlobR
             _ => writes.push(w),
         }
     }
-    Some((writes, added))
+    Some(writes)
+}
+
+/// What applying writes changed in the pointers into the log.
+#[derive(Debug, Default)]
+struct PointerChange {
+    /// Pointers put.
+    added: Vec<BlobRef>,
+    /// Pointers overwritten or removed.
+    removed: Vec<BlobRef>,
 }
 
 /// Applies a batch's writes to sled one by one, in key order.
@@ -151,13 +156,30 @@ fn decode_batch(body: &[u8], refs: &[BlobRef]) -> Option<(Writes, Vec<(u8, BlobR
 ///   their batches are submitted, so a cursor that has seen a key has seen the ones before it;
 ///   and across spaces the lower space byte goes first, so a stored copy (space 1) is there
 ///   before the seen mark, outbox item, feed entry or idempotency key that leads to it.
-fn apply_writes(tree: &sled::Tree, writes: Writes) -> Result<(), StoreError> {
+///
+/// Notes in `change` the pointers that the writes applied put and replace (sled hands back each
+/// key's old value), also when a write fails part of the way.
+fn apply_writes(
+    tree: &sled::Tree,
+    writes: Writes,
+    change: &mut PointerChange,
+) -> Result<(), StoreError> {
     for (k, v) in writes {
-        match v {
-            Some(v) => tree.insert(k, v).map(drop),
-            None => tree.remove(k).map(drop),
+        let put = v.as_deref().and_then(decode).and_then(|s| match s {
+            Stored::Blob(r) => Some(r),
+            Stored::Inline(_) => None,
+        });
+        let old = match v {
+            Some(v) => tree.insert(k, v),
+            None => tree.remove(k),
         }
         .map_err(io)?;
+        change.added.extend(put);
+        if let Some(old) = old
+            && let Some(Stored::Blob(r)) = decode(&old)
+        {
+            change.removed.push(r);
+        }
     }
     Ok(())
 }
@@ -216,9 +238,9 @@ pub struct SledStore {
     dir: PathBuf,
     blobs: BlobLog,
     opts: SledOptions,
-    /// Serializes [`Store::apply`] (it reads old values, then writes) and counts, per space
-    /// byte, the values that are blob pointers: a space without any needs no read of old values.
-    writer: Mutex<[u64; 256]>,
+    /// Serializes [`Store::apply`]: batches reach the log and sled in the same order, and the
+    /// pointer counts follow the values sled hands back.
+    writer: Mutex<()>,
     /// Where the last checkpoint put the start of replay, and when (`None` before the first).
     checkpointed: Mutex<Option<(Position, Instant)>>,
     /// What the open replayed from the log.
@@ -336,14 +358,15 @@ impl SledStore {
         let checkpoint = blob::read_checkpoint(&log_dir).map_err(open_err)?;
         let replayed = if format == FORMAT {
             blob::replay(&log_dir, checkpoint.unwrap_or_default(), |body, refs| {
-                let (batch, _) = decode_batch(body, refs).ok_or_else(|| StoreError::Corrupt {
+                let batch = decode_batch(body, refs).ok_or_else(|| StoreError::Corrupt {
                     segment: log_dir.display().to_string(),
                     offset: refs.first().map_or(0, |r| r.offset),
                     problem: "a batch record's operations cannot be decoded though its \
                               checksum matches"
                         .into(),
                 })?;
-                apply_writes(&tree, batch)
+                // Pointer counts are taken from sled's values once the replay is done.
+                apply_writes(&tree, batch, &mut PointerChange::default())
             })?
         } else {
             blob::Replayed::default()
@@ -359,7 +382,6 @@ impl SledStore {
         }
 
         let mut usage: HashMap<u32, Usage> = HashMap::new();
-        let mut per_space = [0u64; 256];
         let (mut entries, mut pointers, mut bad) = (0u64, 0u64, 0u64);
         for item in tree.iter() {
             let (k, v) = item.map_err(|e| open_err(e.to_string()))?;
@@ -368,7 +390,6 @@ impl SledStore {
                 Some(Stored::Blob(r)) => {
                     pointers += 1;
                     usage.entry(r.segment).or_default().add(r, &k);
-                    per_space[usize::from(k.first().copied().unwrap_or(0))] += 1;
                 }
                 Some(Stored::Inline(_)) => {}
                 None => bad += 1,
@@ -397,7 +418,7 @@ impl SledStore {
             dir: dir.to_owned(),
             blobs,
             opts,
-            writer: Mutex::new(per_space),
+            writer: Mutex::new(()),
             checkpointed: Mutex::new(None),
             replayed,
         };
@@ -426,7 +447,7 @@ impl SledStore {
         Ok(())
     }
 
-    fn writer(&self) -> Result<MutexGuard<'_, [u64; 256]>, StoreError> {
+    fn writer(&self) -> Result<MutexGuard<'_, ()>, StoreError> {
         self.writer
             .lock()
             .map_err(|_| StoreError::Io("store writer lock poisoned".into()))
@@ -586,7 +607,7 @@ impl SledStore {
         if ops.is_empty() {
             return Ok(());
         }
-        let mut per_space = self.writer()?;
+        let _writer = self.writer()?;
         let keys: Vec<Vec<u8>> = ops
             .iter()
             .map(|op| match op {
@@ -604,22 +625,6 @@ impl SledStore {
         };
         effective.reverse();
         let threshold = self.opts.blob_threshold;
-
-        // Pointers that this batch overwrites or deletes. The writer lock keeps them current
-        // until the batch is applied.
-        let mut removed: Vec<(u8, BlobRef)> = Vec::new();
-        for &i in &effective {
-            let k = &keys[i];
-            let space = k[0];
-            if per_space[usize::from(space)] == 0 {
-                continue;
-            }
-            if let Some(old) = self.tree.get(k).map_err(io)?
-                && let Some(Stored::Blob(r)) = decode(&old)
-            {
-                removed.push((space, r));
-            }
-        }
 
         // The log first (synced if the batch must be durable or puts large values), then
         // sled: the same operations, the large values as pointers into the log.
@@ -640,24 +645,18 @@ impl SledStore {
             .blobs
             .append(&body, &values, durable || !values.is_empty())?;
         drop(values);
-        let (batch, added) = decode_batch(&body, &refs).ok_or_else(|| {
+        let batch = decode_batch(&body, &refs).ok_or_else(|| {
             StoreError::Io("a batch record does not decode to its own operations".into())
         })?;
-        // If sled fails here, the batch is in the log but not in sled: the caller gets the
-        // error, and the replay of a restart applies it. A failed commit's outcome is unknown
-        // to its caller either way (its log write may or may not have reached the disk).
-        apply_writes(&self.tree, batch)?;
-
-        for (space, _) in &added {
-            per_space[usize::from(*space)] += 1;
-        }
-        for (space, _) in &removed {
-            let n = &mut per_space[usize::from(*space)];
-            *n = n.saturating_sub(1);
-        }
-        let added: Vec<BlobRef> = added.into_iter().map(|(_, r)| r).collect();
-        let removed: Vec<BlobRef> = removed.into_iter().map(|(_, r)| r).collect();
-        self.blobs.commit(&added, &removed)
+        // If sled fails here, the batch is in the log but not (wholly) in sled: the caller gets
+        // the error, and the replay of a restart applies it. A failed commit's outcome is
+        // unknown to its caller either way (its log write may or may not have reached the
+        // disk). What was applied is counted either way, so that no segment a live pointer
+        // leads into is ever taken for dead.
+        let mut change = PointerChange::default();
+        let applied = apply_writes(&self.tree, batch, &mut change);
+        let counted = self.blobs.commit(&change.added, &change.removed);
+        applied.and(counted)
     }
 }
 
@@ -773,7 +772,7 @@ mod tests {
             offset: 40,
             len: 9,
         };
-        let (writes, added) = decode_batch(&body, &[r]).unwrap();
+        let writes = decode_batch(&body, &[r]).unwrap();
         let keys: Vec<&[u8]> = writes.iter().map(|(k, _)| k.as_slice()).collect();
         assert_eq!(
             keys,
@@ -783,7 +782,6 @@ mod tests {
         assert_eq!(writes[1].1.as_deref(), Some(&b"\x01second"[..]));
         assert_eq!(writes[2].1, None, "a delete removes");
         assert!(matches!(decode(writes[0].1.as_deref().unwrap()), Some(Stored::Blob(p)) if p == r));
-        assert_eq!(added, vec![(1, r)]);
         assert!(
             decode_batch(&body, &[]).is_none(),
             "a large value without its record"
@@ -954,10 +952,12 @@ mod tests {
         assert!(s.contains(Space::Notifications, &key(2)).unwrap());
         assert!(!s.contains(Space::Notifications, &key(1)).unwrap());
         assert!(!s.contains(Space::Feed, &key(2)).unwrap());
-        // The counts of live pointers followed: deleting the last one leaves nothing live.
+        // The counts of live pointers followed the values sled handed back: one live, and
+        // deleting it leaves nothing live.
+        assert_eq!(s.blobs.live_pointers(), 1);
         s.apply(&[Op::delete(Space::Notifications, key(2))])
             .unwrap();
-        assert_eq!(s.writer().unwrap()[Space::Notifications as usize], 0);
+        assert_eq!(s.blobs.live_pointers(), 0);
     }
 
     #[test]
