@@ -92,8 +92,10 @@ fn key(seq: u64) -> [u8; 8] {
 }
 
 /// At most this many entries share one stored record: a batch that appends more (a purge, a
-/// large send round) is stored as several.
-pub const GROUP_MAX: usize = 64;
+/// large send round) is stored as several. Records stay in sled (the ledger is never trimmed,
+/// so they must not hold a segment of the store's log), and sled copies a leaf's values on
+/// every insert: 16 entries keep a record to about 6 KiB.
+pub const GROUP_MAX: usize = 16;
 
 /// The entries of one stored record, in order.
 fn decode_group(value: &[u8]) -> Result<Vec<LedgerEntry>, String> {

@@ -15,7 +15,7 @@ mod sled_store;
 
 pub use commit::{Committer, Receipt};
 pub use mem::MemStore;
-pub use sled_store::{BLOB_THRESHOLD, SEGMENT_BYTES, SledOptions, SledStore};
+pub use sled_store::{BLOB_THRESHOLD, SEGMENT_BYTES, SledOptions, SledStore, TRANSIENT_SPACES};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]

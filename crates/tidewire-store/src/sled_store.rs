@@ -184,12 +184,31 @@ fn apply_writes(
     Ok(())
 }
 
+/// The spaces whose large values a node keeps in the log rather than in sled: those whose every
+/// value is deleted in the end. Stored copies go at their expiry, with the retention or by
+/// recall; expiry entries with the copies they list; outbox items when acknowledged or dropped;
+/// feed entries with the retention.
+///
+/// Only these: a log segment is reclaimed once no live pointer leads into it, and a value that
+/// is never deleted (a record of the ledger, which is kept whole) would hold its 64 MiB segment,
+/// and so all the content written around it, for ever. The other spaces keep even their large
+/// values in sled.
+pub const TRANSIENT_SPACES: &[Space] = &[
+    Space::Notifications,
+    Space::Outbox,
+    Space::Feed,
+    Space::Expiry,
+];
+
 /// Tunables of a [`SledStore`]. [`Default`] is what a node uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SledOptions {
-    /// Values of at least this many bytes are kept in the blob log, smaller ones in sled. Only
-    /// writes look at it: a store reads values of either kind whatever the threshold.
+    /// Values of at least this many bytes, in the spaces of `blob_spaces`, are kept in the log,
+    /// others in sled. Only writes look at it: a store reads values of either kind whatever the
+    /// threshold.
     pub blob_threshold: usize,
+    /// The spaces whose large values go to the log ([`TRANSIENT_SPACES`] by default).
+    pub blob_spaces: &'static [Space],
     /// The active blob segment is closed once the next record would take it past this size.
     pub segment_bytes: u64,
 }
@@ -198,6 +217,7 @@ impl Default for SledOptions {
     fn default() -> SledOptions {
         SledOptions {
             blob_threshold: BLOB_THRESHOLD,
+            blob_spaces: TRANSIENT_SPACES,
             segment_bytes: SEGMENT_BYTES,
         }
     }
@@ -633,7 +653,9 @@ impl SledStore {
         for &i in &effective {
             let key = keys[i].as_slice();
             match &ops[i] {
-                Op::Put { value, .. } if value.len() >= threshold => {
+                Op::Put { space, value, .. }
+                    if value.len() >= threshold && self.opts.blob_spaces.contains(space) =>
+                {
                     encode_op(&mut body, OP_BLOB, key, None);
                     values.push((key, value));
                 }
@@ -676,8 +698,34 @@ mod tests {
     /// Small segments, so that a few 3 KB values rotate them.
     const SMALL: SledOptions = SledOptions {
         blob_threshold: BLOB_THRESHOLD,
+        blob_spaces: ALL_SPACES,
         segment_bytes: 16 * 1024,
     };
+
+    /// Every space, so that the tests of the log can put their large values in any.
+    const ALL_SPACES: &[Space] = &[
+        Space::Notifications,
+        Space::Seen,
+        Space::Outbox,
+        Space::Feed,
+        Space::Ledger,
+        Space::Meta,
+        Space::Idempotency,
+        Space::Consent,
+        Space::Users,
+        Space::Cursors,
+        Space::Held,
+        Space::Grants,
+        Space::Expiry,
+    ];
+
+    /// The node's options, but with large values of every space in the log.
+    fn any_space() -> SledOptions {
+        SledOptions {
+            blob_spaces: ALL_SPACES,
+            ..SledOptions::default()
+        }
+    }
 
     /// Opens the store, retrying (bounded) while a store dropped just before still holds
     /// sled's file lock: sled releases it from a background thread shortly after the drop.
@@ -791,7 +839,7 @@ mod tests {
     #[test]
     fn floor_finds_the_greatest_key_at_or_before_within_its_prefix_in_both_stores() {
         let dir = tempfile::tempdir().unwrap();
-        let sled = open_retrying(dir.path(), SledOptions::default());
+        let sled = open_retrying(dir.path(), any_space());
         let mem = crate::MemStore::default();
         for s in [&sled as &dyn Store, &mem] {
             s.apply(&[
@@ -830,7 +878,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let parent = tempfile::tempdir().unwrap();
         let dir = parent.path().join("data").join("store");
-        drop(open_retrying(&dir, SledOptions::default()));
+        drop(open_retrying(&dir, any_space()));
         for d in [dir.parent().unwrap(), &dir] {
             let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o700, "{}", d.display());
@@ -840,7 +888,7 @@ mod tests {
     #[test]
     fn small_and_large_values_round_trip_through_get_scan_and_last() {
         let dir = tempfile::tempdir().unwrap();
-        let s = open_retrying(dir.path(), SledOptions::default());
+        let s = open_retrying(dir.path(), any_space());
         let sizes = [0usize, 10, BLOB_THRESHOLD - 1, BLOB_THRESHOLD, 3600, 70_000];
         let ops: Vec<Op> = sizes
             .iter()
@@ -910,7 +958,7 @@ mod tests {
     #[test]
     fn overwrite_and_delete_of_large_values() {
         let dir = tempfile::tempdir().unwrap();
-        let s = open_retrying(dir.path(), SledOptions::default());
+        let s = open_retrying(dir.path(), any_space());
         s.apply(&[
             Op::put(Space::Notifications, key(1), val(3600, 1)),
             Op::put(Space::Notifications, key(2), val(3600, 2)),
@@ -963,7 +1011,7 @@ mod tests {
     #[test]
     fn repeated_key_in_one_batch_keeps_the_last_operation_and_writes_no_dead_blob() {
         let dir = tempfile::tempdir().unwrap();
-        let s = open_retrying(dir.path(), SledOptions::default());
+        let s = open_retrying(dir.path(), any_space());
         s.apply(&[
             Op::put(Space::Notifications, key(1), val(3600, 1)),
             Op::put(Space::Notifications, key(1), val(3600, 2)),
@@ -999,7 +1047,7 @@ mod tests {
             .map(|i| (key(i), val(if i % 2 == 0 { 3600 } else { 30 }, i as u8)))
             .collect();
         {
-            let s = open_retrying(dir.path(), SledOptions::default());
+            let s = open_retrying(dir.path(), any_space());
             let ops: Vec<Op> = expected
                 .iter()
                 .map(|(k, v)| Op::put(Space::Outbox, k.clone(), v.clone()))
@@ -1008,7 +1056,7 @@ mod tests {
             s.sync().unwrap();
         }
         {
-            let s = open_retrying(dir.path(), SledOptions::default());
+            let s = open_retrying(dir.path(), any_space());
             assert_eq!(s.scan(Space::Outbox, b"", b"", 100).unwrap(), expected);
             assert_eq!(s.get(Space::Outbox, &key(4)).unwrap(), Some(val(3600, 4)));
             assert_eq!(
@@ -1019,7 +1067,7 @@ mod tests {
             s.apply(&[Op::put(Space::Outbox, key(100), val(3600, 100))])
                 .unwrap();
         }
-        let s = open_retrying(dir.path(), SledOptions::default());
+        let s = open_retrying(dir.path(), any_space());
         assert_eq!(s.count(Space::Outbox, b"").unwrap(), 41);
         assert_eq!(
             s.get(Space::Outbox, &key(100)).unwrap(),
@@ -1033,7 +1081,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let expected: Vec<Entry> = (0..20u32).map(|i| (key(i), val(3600, i as u8))).collect();
         {
-            let s = open_retrying(dir.path(), SledOptions::default());
+            let s = open_retrying(dir.path(), any_space());
             let ops: Vec<Op> = expected
                 .iter()
                 .map(|(k, v)| Op::put(Space::Notifications, k.clone(), v.clone()))
@@ -1047,7 +1095,7 @@ mod tests {
         std::fs::rename(&new, &old).unwrap();
         assert!(old.join("00000001.seg").is_file());
 
-        let s = open_retrying(dir.path(), SledOptions::default());
+        let s = open_retrying(dir.path(), any_space());
         assert_eq!(
             s.scan(Space::Notifications, b"", b"", 100).unwrap(),
             expected
@@ -1068,7 +1116,7 @@ mod tests {
             .unwrap();
         s.sync().unwrap();
         drop(s);
-        let s = open_retrying(dir.path(), SledOptions::default());
+        let s = open_retrying(dir.path(), any_space());
         assert_eq!(s.count(Space::Notifications, b"").unwrap(), 21);
         assert_eq!(
             s.get(Space::Notifications, &key(99)).unwrap(),
@@ -1191,10 +1239,61 @@ mod tests {
     }
 
     #[test]
+    fn a_ledger_record_stays_in_sled_and_never_keeps_a_segment_from_being_reclaimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SledOptions {
+            segment_bytes: 16 * 1024,
+            ..SledOptions::default()
+        };
+        let s = open_retrying(dir.path(), opts);
+        // Content and a large ledger record in the same batches, as a node writes them.
+        for b in 0..3u32 {
+            let mut ops: Vec<Op> = (0..5)
+                .map(|i| Op::put(Space::Notifications, key(b * 5 + i), val(3000, b as u8)))
+                .collect();
+            ops.push(Op::put(Space::Ledger, key(b), val(3000, 0xee)));
+            s.apply_durable(&ops).unwrap();
+        }
+        assert!(
+            in_log(&s, Space::Notifications, &key(0)),
+            "content goes to the log"
+        );
+        assert!(
+            !in_log(&s, Space::Ledger, &key(0)),
+            "a ledger record stays in sled"
+        );
+        let written = segments(dir.path());
+        assert!(written.len() >= 3, "{written:?}");
+        // The content goes (the retention); the ledger stays whole.
+        let ops: Vec<Op> = (0..15)
+            .map(|i| Op::delete(Space::Notifications, key(i)))
+            .collect();
+        s.apply_durable(&ops).unwrap();
+        s.checkpoint().unwrap();
+        let left = segments(dir.path());
+        assert!(
+            left.len() == 1 && left[0] >= written[written.len() - 1],
+            "only the active segment is left: {left:?} of {written:?}"
+        );
+        for b in 0..3u32 {
+            assert_eq!(
+                s.get(Space::Ledger, &key(b)).unwrap(),
+                Some(val(3000, 0xee))
+            );
+        }
+        drop(s);
+        let s = open_retrying(dir.path(), opts);
+        assert_eq!(
+            s.get(Space::Ledger, &key(2)).unwrap(),
+            Some(val(3000, 0xee))
+        );
+    }
+
+    #[test]
     fn corrupted_blob_gives_an_error_naming_segment_and_offset() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = open_retrying(dir.path(), SledOptions::default());
+            let s = open_retrying(dir.path(), any_space());
             s.apply(&[
                 Op::put(Space::Notifications, key(1), val(3600, 1)),
                 Op::put(Space::Notifications, key(2), val(3600, 2)),
@@ -1208,7 +1307,7 @@ mod tests {
         bytes[100] ^= 0x40;
         std::fs::write(&seg, &bytes).unwrap();
 
-        let s = open_retrying(dir.path(), SledOptions::default());
+        let s = open_retrying(dir.path(), any_space());
         // The first value's record follows its batch's.
         let first = batch(2 * OP);
         let is_corrupt_first = |e: &StoreError| {
@@ -1237,7 +1336,7 @@ mod tests {
         // A cut-off segment: the pointer runs past its end.
         drop(s);
         std::fs::write(&seg, &bytes[..bytes.len() - 10]).unwrap();
-        let s = open_retrying(dir.path(), SledOptions::default());
+        let s = open_retrying(dir.path(), any_space());
         let err = s.last(Space::Notifications, b"").unwrap_err();
         assert!(
             matches!(&err, StoreError::Corrupt { offset, problem, .. }
@@ -1259,7 +1358,7 @@ mod tests {
     fn torn_tail_after_the_last_record_does_not_disturb_reopen_or_appends() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = open_retrying(dir.path(), SledOptions::default());
+            let s = open_retrying(dir.path(), any_space());
             s.apply(&[
                 Op::put(Space::Notifications, key(1), val(3600, 1)),
                 Op::put(Space::Notifications, key(2), val(20, 2)),
@@ -1276,7 +1375,7 @@ mod tests {
             .unwrap();
         drop(f);
         {
-            let s = open_retrying(dir.path(), SledOptions::default());
+            let s = open_retrying(dir.path(), any_space());
             assert_eq!(
                 s.get(Space::Notifications, &key(1)).unwrap(),
                 Some(val(3600, 1))
@@ -1293,7 +1392,7 @@ mod tests {
         // checkpoint, never replayed again.
         assert_eq!(segments(dir.path()), ["00000001.seg", "00000002.seg"]);
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), before + 15);
-        let s = open_retrying(dir.path(), SledOptions::default());
+        let s = open_retrying(dir.path(), any_space());
         assert_eq!(
             s.scan(Space::Notifications, b"", b"", 10).unwrap(),
             vec![
@@ -1310,7 +1409,7 @@ mod tests {
         let cp = dir.path().join(BLOB_DIR).join("CHECKPOINT");
         let segment = dir.path().join(BLOB_DIR).join("00000001.seg");
         {
-            let s = open_retrying(dir.path(), SledOptions::default());
+            let s = open_retrying(dir.path(), any_space());
             s.apply_durable(&[Op::put(Space::Feed, key(1), val(20, 1))])
                 .unwrap();
             s.checkpoint().unwrap();
@@ -1326,7 +1425,7 @@ mod tests {
             .unwrap()
             .set_len(len - 5)
             .unwrap();
-        let s = open_retrying(dir.path(), SledOptions::default());
+        let s = open_retrying(dir.path(), any_space());
         assert_eq!(s.replayed, blob::Replayed::default());
         assert_eq!(s.get(Space::Feed, &key(1)).unwrap(), Some(val(20, 1)));
     }
@@ -1334,7 +1433,7 @@ mod tests {
     #[test]
     fn stats_show_the_log_and_whether_the_checkpoint_covers_it() {
         let dir = tempfile::tempdir().unwrap();
-        let s = open_retrying(dir.path(), SledOptions::default());
+        let s = open_retrying(dir.path(), any_space());
         let fresh = s.stats();
         assert_eq!(
             fresh.since_checkpoint, None,
@@ -1387,7 +1486,7 @@ mod tests {
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(6), "the child aborts: {status}");
 
-        let s = open_retrying(dir.path(), SledOptions::default());
+        let s = open_retrying(dir.path(), any_space());
         assert_eq!(
             s.replayed.batches, 51,
             "every batch after the open's checkpoint"
@@ -1403,7 +1502,7 @@ mod tests {
         assert_eq!(s.get(Space::Feed, &key(7)).unwrap(), None);
         // The replay is folded into sled's files at once: the next open has nothing to do.
         drop(s);
-        let s = open_retrying(dir.path(), SledOptions::default());
+        let s = open_retrying(dir.path(), any_space());
         assert_eq!(s.replayed, blob::Replayed::default());
         assert_eq!(s.count(Space::Notifications, b"").unwrap(), 50);
     }
@@ -1442,7 +1541,7 @@ mod tests {
             let mut model = std::collections::BTreeMap::new();
             let mut ends = Vec::new();
             {
-                let s = open_retrying(dir.path(), SledOptions::default());
+                let s = open_retrying(dir.path(), any_space());
                 let start = std::fs::read(&cp).unwrap();
                 for (round, (ops, durable)) in batches.iter().enumerate() {
                     let ops: Vec<Op> = ops
@@ -1480,7 +1579,7 @@ mod tests {
                 // Bytes of a batch left behind the last whole one.
                 torn = at > whole.checked_sub(1).map_or(0, |i| ends[i]);
             }
-            let s = open_retrying(dir.path(), SledOptions::default());
+            let s = open_retrying(dir.path(), any_space());
             proptest::prop_assert_eq!(s.replayed.batches, whole as u64);
             proptest::prop_assert_eq!(s.replayed.torn, u32::from(torn));
             if cut.is_some() {
@@ -1498,7 +1597,7 @@ mod tests {
     fn a_store_of_the_format_before_the_write_ahead_log_is_taken_over_without_replay() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = open_retrying(dir.path(), SledOptions::default());
+            let s = open_retrying(dir.path(), any_space());
             s.apply_durable(&[
                 Op::put(Space::Notifications, key(1), val(3600, 1)),
                 Op::put(Space::Feed, key(1), val(3, 1)),
@@ -1512,7 +1611,7 @@ mod tests {
             db.flush().unwrap();
         }
         std::fs::remove_file(dir.path().join(BLOB_DIR).join("CHECKPOINT")).unwrap();
-        let s = open_retrying(dir.path(), SledOptions::default());
+        let s = open_retrying(dir.path(), any_space());
         assert_eq!(
             s.replayed.batches, 0,
             "sled was synced at every commit then"
@@ -1528,7 +1627,7 @@ mod tests {
     #[test]
     fn a_damaged_checkpoint_is_refused_at_open_naming_the_file_and_the_fix() {
         let dir = tempfile::tempdir().unwrap();
-        drop(open_retrying(dir.path(), SledOptions::default()));
+        drop(open_retrying(dir.path(), any_space()));
         let cp = dir.path().join(BLOB_DIR).join("CHECKPOINT");
         let mut bytes = std::fs::read(&cp).unwrap();
         bytes[9] ^= 1;
@@ -1551,7 +1650,7 @@ mod tests {
         );
         // Following the advice opens the store.
         std::fs::remove_file(&cp).unwrap();
-        drop(open_retrying(dir.path(), SledOptions::default()));
+        drop(open_retrying(dir.path(), any_space()));
     }
 
     #[test]
@@ -1575,7 +1674,7 @@ mod tests {
     fn malformed_value_is_an_error_on_read_not_at_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = open_retrying(dir.path(), SledOptions::default());
+            let s = open_retrying(dir.path(), any_space());
             s.apply(&[Op::put(Space::Feed, key(1), val(5, 1))]).unwrap();
             s.sync().unwrap();
         }
@@ -1586,7 +1685,7 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let s = open_retrying(dir.path(), SledOptions::default());
+        let s = open_retrying(dir.path(), any_space());
         assert_eq!(s.get(Space::Feed, &key(1)).unwrap(), Some(val(5, 1)));
         let err = s.get(Space::Feed, &key(2)).unwrap_err();
         assert!(
