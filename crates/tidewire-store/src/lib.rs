@@ -98,6 +98,30 @@ pub enum Space {
     Expiry = 13,
 }
 
+impl Space {
+    /// Every space, in the order of its byte.
+    pub const ALL: [Space; 13] = [
+        Space::Notifications,
+        Space::Seen,
+        Space::Outbox,
+        Space::Feed,
+        Space::Ledger,
+        Space::Meta,
+        Space::Idempotency,
+        Space::Consent,
+        Space::Users,
+        Space::Cursors,
+        Space::Held,
+        Space::Grants,
+        Space::Expiry,
+    ];
+
+    /// The space whose byte is `b`.
+    pub fn from_byte(b: u8) -> Option<Space> {
+        Space::ALL.into_iter().find(|s| *s as u8 == b)
+    }
+}
+
 /// One write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {

@@ -403,6 +403,9 @@ impl SledStore {
 
         let mut usage: HashMap<u32, Usage> = HashMap::new();
         let (mut entries, mut pointers, mut bad) = (0u64, 0u64, 0u64);
+        // Values in the log that belong in sled (see TRANSIENT_SPACES): ledger records written
+        // by earlier versions, which would hold their segments for ever.
+        let mut misplaced: Vec<(Space, Vec<u8>)> = Vec::new();
         for item in tree.iter() {
             let (k, v) = item.map_err(|e| open_err(e.to_string()))?;
             entries += 1;
@@ -410,6 +413,11 @@ impl SledStore {
                 Some(Stored::Blob(r)) => {
                     pointers += 1;
                     usage.entry(r.segment).or_default().add(r, &k);
+                    if let Some(space) = k.first().copied().and_then(Space::from_byte)
+                        && !opts.blob_spaces.contains(&space)
+                    {
+                        misplaced.push((space, k[1..].to_vec()));
+                    }
                 }
                 Some(Stored::Inline(_)) => {}
                 None => bad += 1,
@@ -443,7 +451,8 @@ impl SledStore {
             replayed,
         };
         store.refresh_files()?;
-        // Everything replayed is now in sled's files, and the log starts afresh.
+        store.move_into_sled(misplaced)?;
+        // Everything replayed (or moved) is now in sled's files, and the log starts afresh.
         store.checkpoint()?;
         if format != FORMAT {
             store.db.insert(FORMAT_KEY, &[FORMAT]).map_err(io)?;
@@ -451,6 +460,32 @@ impl SledStore {
             tracing::info!(dir = %dir.display(), from = format, to = FORMAT, "store format upgraded");
         }
         Ok(store)
+    }
+
+    /// Writes the values of `keys` again, which puts those of spaces outside
+    /// [`SledOptions::blob_spaces`] into sled, and lets the log segments that held them go.
+    fn move_into_sled(&self, keys: Vec<(Space, Vec<u8>)>) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let moved = keys.len();
+        for chunk in keys.chunks(256) {
+            let mut ops = Vec::with_capacity(chunk.len());
+            for (space, key) in chunk {
+                if let Some(value) = self.get(*space, key)? {
+                    ops.push(Op::put(*space, key.clone(), value));
+                }
+            }
+            self.write(&ops, false)?;
+        }
+        tracing::info!(
+            dir = %self.dir.display(),
+            values = moved,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "values that are never deleted moved from the log into sled"
+        );
+        Ok(())
     }
 
     /// Opens the handles that a checkpoint fsyncs.
@@ -703,21 +738,7 @@ mod tests {
     };
 
     /// Every space, so that the tests of the log can put their large values in any.
-    const ALL_SPACES: &[Space] = &[
-        Space::Notifications,
-        Space::Seen,
-        Space::Outbox,
-        Space::Feed,
-        Space::Ledger,
-        Space::Meta,
-        Space::Idempotency,
-        Space::Consent,
-        Space::Users,
-        Space::Cursors,
-        Space::Held,
-        Space::Grants,
-        Space::Expiry,
-    ];
+    const ALL_SPACES: &[Space] = &Space::ALL;
 
     /// The node's options, but with large values of every space in the log.
     fn any_space() -> SledOptions {
@@ -1285,6 +1306,56 @@ mod tests {
         let s = open_retrying(dir.path(), opts);
         assert_eq!(
             s.get(Space::Ledger, &key(2)).unwrap(),
+            Some(val(3000, 0xee))
+        );
+    }
+
+    #[test]
+    fn ledger_records_an_earlier_version_put_in_the_log_move_into_sled_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let earlier = SledOptions {
+            segment_bytes: 16 * 1024,
+            ..any_space()
+        };
+        let s = open_retrying(dir.path(), earlier);
+        for b in 0..3u32 {
+            let mut ops: Vec<Op> = (0..5)
+                .map(|i| Op::put(Space::Notifications, key(b * 5 + i), val(3000, b as u8)))
+                .collect();
+            ops.push(Op::put(Space::Ledger, key(b), val(3000, 0xee)));
+            s.apply_durable(&ops).unwrap();
+        }
+        assert!(in_log(&s, Space::Ledger, &key(0)));
+        drop(s);
+
+        let now = SledOptions {
+            segment_bytes: 16 * 1024,
+            ..SledOptions::default()
+        };
+        let s = open_retrying(dir.path(), now);
+        for b in 0..3u32 {
+            assert!(!in_log(&s, Space::Ledger, &key(b)), "record {b} is in sled");
+            assert_eq!(
+                s.get(Space::Ledger, &key(b)).unwrap(),
+                Some(val(3000, 0xee))
+            );
+        }
+        assert!(in_log(&s, Space::Notifications, &key(0)), "content stays");
+        let before = segments(dir.path());
+        let ops: Vec<Op> = (0..15)
+            .map(|i| Op::delete(Space::Notifications, key(i)))
+            .collect();
+        s.apply_durable(&ops).unwrap();
+        s.checkpoint().unwrap();
+        let left = segments(dir.path());
+        assert!(
+            left.len() == 1 && left[0] >= before[before.len() - 1],
+            "nothing holds the old segments: {left:?} of {before:?}"
+        );
+        drop(s);
+        let s = open_retrying(dir.path(), now);
+        assert_eq!(
+            s.get(Space::Ledger, &key(1)).unwrap(),
             Some(val(3000, 0xee))
         );
     }
