@@ -169,8 +169,9 @@ pub struct StoreStats {
     pub log_segments: u32,
     /// Their bytes on disk.
     pub log_bytes: u64,
-    /// How long since the last checkpoint, if writes came after it (`None` when sled's files
-    /// hold everything: nothing would be replayed).
+    /// How long since sled's files last held the whole log (the last checkpoint, or the last
+    /// one that found nothing to do), if writes came after (`None` when they hold everything:
+    /// nothing would be replayed). Under a second while checkpoints run.
     pub since_checkpoint: Option<std::time::Duration>,
     /// Batches replayed from the log into sled when the store was opened.
     pub replayed_at_open: u64,
