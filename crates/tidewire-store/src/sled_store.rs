@@ -1261,15 +1261,16 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_ledger_record_stays_in_sled_and_never_keeps_a_segment_from_being_reclaimed() {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = SledOptions {
-            segment_bytes: 16 * 1024,
-            ..SledOptions::default()
-        };
-        let s = open_retrying(dir.path(), opts);
-        // Content and a large ledger record in the same batches, as a node writes them.
+    /// Small segments, and large values only for the spaces a node puts in the log.
+    const NODE_SMALL: SledOptions = SledOptions {
+        blob_threshold: BLOB_THRESHOLD,
+        blob_spaces: TRANSIENT_SPACES,
+        segment_bytes: 16 * 1024,
+    };
+
+    /// Three batches as a node writes them: five copies (keys 0..15) and a large ledger
+    /// record (keys 0..3) each.
+    fn content_and_ledger(s: &SledStore) {
         for b in 0..3u32 {
             let mut ops: Vec<Op> = (0..5)
                 .map(|i| Op::put(Space::Notifications, key(b * 5 + i), val(3000, b as u8)))
@@ -1277,23 +1278,18 @@ mod tests {
             ops.push(Op::put(Space::Ledger, key(b), val(3000, 0xee)));
             s.apply_durable(&ops).unwrap();
         }
-        assert!(
-            in_log(&s, Space::Notifications, &key(0)),
-            "content goes to the log"
-        );
-        assert!(
-            !in_log(&s, Space::Ledger, &key(0)),
-            "a ledger record stays in sled"
-        );
-        let written = segments(dir.path());
-        assert!(written.len() >= 3, "{written:?}");
-        // The content goes (the retention); the ledger stays whole.
+    }
+
+    /// Deletes the copies of [`content_and_ledger`] (the retention; the ledger stays whole) and
+    /// checks that the checkpoint then leaves only the active segment, and every ledger record.
+    fn content_goes_and_only_the_active_segment_stays(s: &SledStore, dir: &Path) {
+        let written = segments(dir);
         let ops: Vec<Op> = (0..15)
             .map(|i| Op::delete(Space::Notifications, key(i)))
             .collect();
         s.apply_durable(&ops).unwrap();
         s.checkpoint().unwrap();
-        let left = segments(dir.path());
+        let left = segments(dir);
         assert!(
             left.len() == 1 && left[0] >= written[written.len() - 1],
             "only the active segment is left: {left:?} of {written:?}"
@@ -1304,58 +1300,40 @@ mod tests {
                 Some(val(3000, 0xee))
             );
         }
-        drop(s);
-        let s = open_retrying(dir.path(), opts);
-        assert_eq!(
-            s.get(Space::Ledger, &key(2)).unwrap(),
-            Some(val(3000, 0xee))
+    }
+
+    #[test]
+    fn a_ledger_record_stays_in_sled_and_never_keeps_a_segment_from_being_reclaimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open_retrying(dir.path(), NODE_SMALL);
+        content_and_ledger(&s);
+        assert!(
+            in_log(&s, Space::Notifications, &key(0)),
+            "content goes to the log"
         );
+        assert!(
+            !in_log(&s, Space::Ledger, &key(0)),
+            "a ledger record stays in sled"
+        );
+        content_goes_and_only_the_active_segment_stays(&s, dir.path());
     }
 
     #[test]
     fn ledger_records_an_earlier_version_put_in_the_log_move_into_sled_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let earlier = SledOptions {
-            segment_bytes: 16 * 1024,
-            ..any_space()
-        };
-        let s = open_retrying(dir.path(), earlier);
-        for b in 0..3u32 {
-            let mut ops: Vec<Op> = (0..5)
-                .map(|i| Op::put(Space::Notifications, key(b * 5 + i), val(3000, b as u8)))
-                .collect();
-            ops.push(Op::put(Space::Ledger, key(b), val(3000, 0xee)));
-            s.apply_durable(&ops).unwrap();
-        }
+        let s = open_retrying(dir.path(), SMALL);
+        content_and_ledger(&s);
         assert!(in_log(&s, Space::Ledger, &key(0)));
         drop(s);
 
-        let now = SledOptions {
-            segment_bytes: 16 * 1024,
-            ..SledOptions::default()
-        };
-        let s = open_retrying(dir.path(), now);
+        let s = open_retrying(dir.path(), NODE_SMALL);
         for b in 0..3u32 {
             assert!(!in_log(&s, Space::Ledger, &key(b)), "record {b} is in sled");
-            assert_eq!(
-                s.get(Space::Ledger, &key(b)).unwrap(),
-                Some(val(3000, 0xee))
-            );
         }
         assert!(in_log(&s, Space::Notifications, &key(0)), "content stays");
-        let before = segments(dir.path());
-        let ops: Vec<Op> = (0..15)
-            .map(|i| Op::delete(Space::Notifications, key(i)))
-            .collect();
-        s.apply_durable(&ops).unwrap();
-        s.checkpoint().unwrap();
-        let left = segments(dir.path());
-        assert!(
-            left.len() == 1 && left[0] >= before[before.len() - 1],
-            "nothing holds the old segments: {left:?} of {before:?}"
-        );
+        content_goes_and_only_the_active_segment_stays(&s, dir.path());
         drop(s);
-        let s = open_retrying(dir.path(), now);
+        let s = open_retrying(dir.path(), NODE_SMALL);
         assert_eq!(
             s.get(Space::Ledger, &key(1)).unwrap(),
             Some(val(3000, 0xee))
