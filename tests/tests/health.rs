@@ -118,6 +118,25 @@ async fn metrics_are_prometheus_text_on_their_own_port() -> anyhow::Result<()> {
         log_bytes.is_some_and(|b| b > 0),
         "the store's log holds the publish:\n{body}"
     );
+    let commits = body
+        .lines()
+        .find_map(|l| l.strip_prefix("tidewire_store_commits_total{node=\"a\"} "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        commits.is_some_and(|n| n >= 1),
+        "the publish was a synced commit:\n{body}"
+    );
+    for name in [
+        "tidewire_store_slow_commits_total",
+        "tidewire_store_commit_seconds_total",
+        "tidewire_store_longest_commit_seconds",
+    ] {
+        assert!(
+            body.lines()
+                .any(|l| l.starts_with(&format!("{name}{{node=\"a\"}} "))),
+            "no `{name}` in:\n{body}"
+        );
+    }
     // The backlog drains to 0 once b acknowledges.
     tidewire_testkit::eventually(
         Duration::from_secs(20),

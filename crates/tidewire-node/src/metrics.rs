@@ -45,6 +45,20 @@ pub fn render(node: &Node) -> String {
         "# TYPE tidewire_uptime_seconds gauge\ntidewire_uptime_seconds{{node=\"{id}\"}} {}\n",
         node.uptime_s()
     ));
+    let commits = node.commit_stats();
+    for (name, v) in [
+        ("store_commits_total", commits.synced as f64),
+        ("store_slow_commits_total", commits.slow as f64),
+        ("store_commit_seconds_total", commits.total_us as f64 / 1e6),
+    ] {
+        out.push_str(&format!(
+            "# TYPE tidewire_{name} counter\ntidewire_{name}{{node=\"{id}\"}} {v}\n"
+        ));
+    }
+    out.push_str(&format!(
+        "# TYPE tidewire_store_longest_commit_seconds gauge\ntidewire_store_longest_commit_seconds{{node=\"{id}\"}} {}\n",
+        commits.longest_us as f64 / 1e6
+    ));
     let store = node.store.stats();
     for (name, v) in [
         ("store_writable", u64::from(node.store_writable())),

@@ -1505,6 +1505,11 @@ impl Node {
         self.committer.healthy()
     }
 
+    /// How long the store's group commits have taken to sync since the node started.
+    pub fn commit_stats(&self) -> tidewire_store::CommitStats {
+        self.committer.stats()
+    }
+
     /// Seconds since start.
     pub fn uptime_s(&self) -> u64 {
         self.started.elapsed().as_secs()

@@ -290,6 +290,7 @@ impl pb::admin_server::Admin for AdminService {
             roster_sha256: n.roster_sha256(),
             store: Some({
                 let s = n.store.stats();
+                let c = n.commit_stats();
                 pb::StoreStatus {
                     writable: n.store_writable(),
                     log_segments: s.log_segments,
@@ -298,6 +299,9 @@ impl pb::admin_server::Admin for AdminService {
                         .since_checkpoint
                         .map_or(0, |d| (d.as_millis() as u64).max(1)),
                     replayed_at_start: s.replayed_at_open,
+                    commits: c.synced,
+                    slow_commits: c.slow,
+                    longest_commit_ms: c.longest_us.div_ceil(1000),
                 }
             }),
             routes: table

@@ -5,8 +5,9 @@
 //! covers dozens of batches; alone, a batch waits only for its own fsync.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -25,11 +26,56 @@ type Job = (
 #[derive(Debug)]
 pub struct Receipt(oneshot::Receiver<Result<(), String>>);
 
+/// A group commit that syncs for this long or longer is counted and logged as slow: every
+/// publish and acknowledgement in it waited that long for the disk.
+pub const SLOW_COMMIT: Duration = Duration::from_millis(100);
+
+/// How long slow commits keep quiet after one is logged (they are still counted).
+const SLOW_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What the commit thread has seen of the disk since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Group commits that synced.
+    pub synced: u64,
+    /// Of those, the ones that took [`SLOW_COMMIT`] or longer.
+    pub slow: u64,
+    /// The longest, in microseconds.
+    pub longest_us: u64,
+    /// All of them together, in microseconds.
+    pub total_us: u64,
+}
+
+/// [`CommitStats`], kept by the commit thread.
+#[derive(Debug, Default)]
+struct Tally {
+    synced: AtomicU64,
+    slow: AtomicU64,
+    longest_us: AtomicU64,
+    total_us: AtomicU64,
+}
+
+impl Tally {
+    /// Counts a synced group that took `took`; whether it was slow.
+    fn synced(&self, took: Duration) -> bool {
+        let us = took.as_micros() as u64;
+        self.synced.fetch_add(1, Ordering::Relaxed);
+        self.total_us.fetch_add(us, Ordering::Relaxed);
+        self.longest_us.fetch_max(us, Ordering::Relaxed);
+        let slow = took >= SLOW_COMMIT;
+        if slow {
+            self.slow.fetch_add(1, Ordering::Relaxed);
+        }
+        slow
+    }
+}
+
 /// The group-commit writer of one store.
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Job>,
     healthy: Arc<AtomicBool>,
+    tally: Arc<Tally>,
 }
 
 impl std::fmt::Debug for Committer {
@@ -50,6 +96,8 @@ impl Committer {
         let (tx, rx) = mpsc::channel::<Job>();
         let healthy = Arc::new(AtomicBool::new(true));
         let health = healthy.clone();
+        let tally = Arc::new(Tally::default());
+        let tallied = tally.clone();
         // Dropped when the commit thread ends, which ends the checkpoint thread.
         let (stop, stopped) = mpsc::channel::<()>();
         let span = tracing::info_span!("store");
@@ -73,6 +121,9 @@ impl Committer {
             .spawn(move || {
                 let _span = span.enter();
                 let _stop = stop;
+                // When a slow commit was last logged, and how many have gone unlogged since.
+                let mut slow_logged: Option<Instant> = None;
+                let mut unlogged = 0u64;
                 while let Ok(first) = rx.recv() {
                     let mut jobs: Vec<Job> = vec![first];
                     while jobs.len() < MAX_GROUP {
@@ -81,8 +132,8 @@ impl Committer {
                             Err(_) => break,
                         }
                     }
-                    // One atomic batch for the whole group: each job's atomicity is preserved
-                    // (a group is all-or-nothing), and sled pays its per-batch cost once.
+                    // One batch for the whole group (one record of the store's log): each job's
+                    // atomicity is preserved, since a group is all-or-nothing.
                     let ops: Vec<Op> = jobs
                         .iter_mut()
                         .flat_map(|(ops, ..)| std::mem::take(ops))
@@ -91,12 +142,28 @@ impl Committer {
                     // (any durable batch's, or the final one at shutdown) covers it, since the
                     // store persists in application order.
                     let durable = jobs.iter().any(|(_, d, ..)| *d);
+                    let started = Instant::now();
                     let synced = if durable {
                         store.apply_durable(&ops)
                     } else {
                         store.apply(&ops)
                     }
                     .map_err(|e| e.to_string());
+                    let took = started.elapsed();
+                    if durable && synced.is_ok() && tallied.synced(took) {
+                        if slow_logged.is_none_or(|at| at.elapsed() >= SLOW_LOG_EVERY) {
+                            tracing::warn!(
+                                elapsed_ms = took.as_millis() as u64,
+                                batches = jobs.len(),
+                                not_logged_since = unlogged,
+                                "store commit was slow: the disk took that long to sync, and every publish and acknowledgement in it waited"
+                            );
+                            slow_logged = Some(Instant::now());
+                            unlogged = 0;
+                        } else {
+                            unlogged += 1;
+                        }
+                    }
                     health.store(synced.is_ok(), Ordering::Relaxed);
                     tracing::trace!(batches = jobs.len(), durable, "group commit");
                     for (_, _, reply, flag) in jobs {
@@ -108,12 +175,22 @@ impl Committer {
                 }
             })
             .expect("spawn commit thread");
-        Committer { tx, healthy }
+        Committer { tx, healthy, tally }
     }
 
     /// Whether the last group was applied (and, if durable, synced) without error.
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// How long group commits have taken to sync, since the committer started.
+    pub fn stats(&self) -> CommitStats {
+        CommitStats {
+            synced: self.tally.synced.load(Ordering::Relaxed),
+            slow: self.tally.slow.load(Ordering::Relaxed),
+            longest_us: self.tally.longest_us.load(Ordering::Relaxed),
+            total_us: self.tally.total_us.load(Ordering::Relaxed),
+        }
     }
 
     /// Applies `ops` atomically and returns once they are durable.
@@ -189,11 +266,13 @@ mod tests {
         assert_eq!(store.count(Space::Feed, b"").unwrap(), 200);
     }
 
-    /// A store that counts syncs, to see which groups pay for one.
+    /// A store that counts syncs, to see which groups pay for one, and whose next sync can be
+    /// made to stall like a disk that holds a flush up.
     #[derive(Default)]
     struct CountingStore {
         inner: crate::MemStore,
         syncs: std::sync::atomic::AtomicU64,
+        stall_next_sync: AtomicBool,
     }
 
     impl Store for CountingStore {
@@ -228,8 +307,33 @@ mod tests {
         }
         fn sync(&self) -> Result<(), StoreError> {
             self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.stall_next_sync.swap(false, Ordering::SeqCst) {
+                std::thread::sleep(SLOW_COMMIT + Duration::from_millis(20));
+            }
             self.inner.sync()
         }
+    }
+
+    #[tokio::test]
+    async fn a_commit_the_disk_holds_up_is_counted_slow_and_the_longest_is_kept() {
+        let store = Arc::new(CountingStore::default());
+        let c = Committer::start(store.clone());
+        let put = |k: &str| vec![Op::put(Space::Feed, k.as_bytes().to_vec(), b"v".to_vec())];
+        c.commit(put("1")).await.unwrap();
+        let quick = c.stats();
+        assert_eq!((quick.synced, quick.slow), (1, 0));
+        assert!(quick.longest_us < SLOW_COMMIT.as_micros() as u64);
+
+        store.stall_next_sync.store(true, Ordering::SeqCst);
+        c.commit(put("2")).await.unwrap();
+        let stalled = c.stats();
+        assert_eq!((stalled.synced, stalled.slow), (2, 1));
+        assert!(stalled.longest_us >= SLOW_COMMIT.as_micros() as u64);
+        assert!(stalled.total_us >= stalled.longest_us + quick.total_us);
+
+        // A lazy group syncs nothing of its own, and is not counted.
+        Committer::wait(c.submit_lazy(put("3"))).await.unwrap();
+        assert_eq!(c.stats().synced, 2);
     }
 
     #[tokio::test]

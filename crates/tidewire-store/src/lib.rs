@@ -13,7 +13,7 @@ mod commit;
 mod mem;
 mod sled_store;
 
-pub use commit::{Committer, Receipt};
+pub use commit::{CommitStats, Committer, Receipt, SLOW_COMMIT};
 pub use mem::MemStore;
 pub use sled_store::{BLOB_THRESHOLD, SEGMENT_BYTES, SledOptions, SledStore, TRANSIENT_SPACES};
 

@@ -786,7 +786,7 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
                 "links": s.links.iter().map(|l| serde_json::json!({"peer": l.peer, "up": l.up, "backlog": l.backlog, "last_error": l.last_error, "url": l.address})).collect::<Vec<_>>(),
                 "counters": counters, "refused": refused,
                 "routes": s.routes.iter().map(|r| serde_json::json!({"node": r.node, "next_hop": r.next_hop, "distance": r.distance})).collect::<Vec<_>>(),
-                "store": s.store.as_ref().map(|st| serde_json::json!({"writable": st.writable, "log_segments": st.log_segments, "log_bytes": st.log_bytes, "since_checkpoint_ms": st.since_checkpoint_ms, "replayed_at_start": st.replayed_at_start})),
+                "store": s.store.as_ref().map(|st| serde_json::json!({"writable": st.writable, "log_segments": st.log_segments, "log_bytes": st.log_bytes, "since_checkpoint_ms": st.since_checkpoint_ms, "replayed_at_start": st.replayed_at_start, "commits": st.commits, "slow_commits": st.slow_commits, "longest_commit_ms": st.longest_commit_ms})),
             }))?
         );
         return Ok(());
@@ -813,7 +813,7 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
     }
     if let Some(st) = &s.store {
         println!(
-            "store {}   log {} in {} segment{}   checkpoint {}   replayed {} batch{} at start",
+            "store {}   log {} in {} segment{}   checkpoint {}   replayed {} batch{} at start   commits {} ({} slow, longest {} ms)",
             if st.writable {
                 "writable"
             } else {
@@ -822,13 +822,16 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
             human_bytes(st.log_bytes),
             st.log_segments,
             if st.log_segments == 1 { "" } else { "s" },
-            if st.since_checkpoint_ms == 0 {
-                "current".to_owned()
-            } else {
-                format!("{:.1} s ago", st.since_checkpoint_ms as f64 / 1000.0)
+            match st.since_checkpoint_ms {
+                0 => "current".to_owned(),
+                ms @ 1..1000 => format!("{ms} ms ago"),
+                ms => format!("{:.1} s ago", ms as f64 / 1000.0),
             },
             st.replayed_at_start,
             if st.replayed_at_start == 1 { "" } else { "es" },
+            st.commits,
+            st.slow_commits,
+            st.longest_commit_ms,
         );
     }
     println!("links");

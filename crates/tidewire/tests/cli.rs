@@ -302,7 +302,8 @@ async fn status_shows_links_routes_and_counters_as_a_table_and_as_json() {
     assert!(out.contains("routes") && out.contains("counters"), "{out}");
     assert!(
         out.lines().any(|l| l.starts_with("store writable   log ")
-            && l.ends_with("replayed 0 batches at start")),
+            && l.contains("replayed 0 batches at start   commits ")
+            && l.contains(" slow, longest ")),
         "the store's state, a fresh start: {out}"
     );
     let row = |name: &str| {
@@ -354,6 +355,12 @@ async fn status_shows_links_routes_and_counters_as_a_table_and_as_json() {
     let store = &s["store"];
     assert_eq!(store["writable"], true, "{s}");
     assert_eq!(store["replayed_at_start"], 0, "{s}");
+    assert!(
+        store["commits"].as_u64().is_some_and(|n| n >= 1)
+            && store["slow_commits"].as_u64().is_some()
+            && store["longest_commit_ms"].as_u64().is_some(),
+        "dakar's commits (it stored what it received): {s}"
+    );
     assert!(
         store["log_segments"].as_u64().is_some_and(|n| n >= 1)
             && store["log_bytes"].as_u64().is_some_and(|n| n > 0),
