@@ -451,7 +451,7 @@ impl BlobLog {
         Ok(())
     }
 
-    /// Records the outcome of a sled batch that was applied: `added` pointers became live,
+    /// Records the outcome of a batch that sled applied: `added` pointers became live,
     /// `removed` ones died. Segments left without live pointers become dead.
     pub(crate) fn commit(&self, added: &[BlobRef], removed: &[BlobRef]) -> Result<(), StoreError> {
         let mut st = self.lock()?;

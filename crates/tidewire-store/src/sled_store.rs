@@ -12,10 +12,12 @@
 //! in order: what sled had not yet written when the process died (or the power went) comes back
 //! from the log.
 //!
-//! Large values do not go into sled: sled copies whole leaf nodes, large values included, on
-//! every insert. A value of at least [`SledOptions::blob_threshold`] bytes is written once, as a
-//! value record right behind its batch in the log, and sled stores a 17-byte pointer to it
-//! instead. The log has a directory of its own: `DIR/blobs` belongs to sled, which at every
+//! Large values of the spaces whose values all go in the end ([`TRANSIENT_SPACES`]) do not go
+//! into sled: sled copies whole leaf nodes, large values included, on every insert. A value of
+//! at least [`SledOptions::blob_threshold`] bytes is written once, as a value record right behind
+//! its batch in the log, and sled stores a 17-byte pointer to it instead. Values that are never
+//! deleted (ledger records) stay in sled whatever their size, so that no pointer holds a segment
+//! for ever. The log has a directory of its own: `DIR/blobs` belongs to sled, which at every
 //! start removes the files there whose names parse as numbers above its stable log position
 //! (and warns about every other one). Stores written when the log lived there are moved at open.
 //! Every sled value starts with a tag byte: `1` = the value follows inline, `2` = a pointer
@@ -671,7 +673,7 @@ impl SledStore {
                 Op::Put { space, key, .. } | Op::Delete { space, key } => full_key(*space, key),
             })
             .collect();
-        // Only the last operation on a key counts (as in a sled batch): earlier ones neither
+        // Only the last operation on a key counts: earlier ones neither
         // write blobs nor move pointer counts.
         let mut effective: Vec<usize> = {
             let mut seen = HashSet::with_capacity(keys.len());
