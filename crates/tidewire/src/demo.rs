@@ -724,7 +724,33 @@ impl BenchNodes {
             },
         }
         .fill(out);
+        out["longest_commit_ms_per_node"] = serde_json::json!(self.longest_commits().await);
         self.stop().await;
+    }
+
+    /// Each node's longest group commit so far, in ms, from its `status`. A run's tail follows
+    /// them: every notification in a commit that the disk holds up waits with it.
+    async fn longest_commits(&self) -> BTreeMap<String, u64> {
+        let ids: Vec<String> = match self {
+            BenchNodes::InProcess(f) => f.nodes.keys().cloned().collect(),
+            BenchNodes::Processes { children, .. } => {
+                children.iter().map(|(id, _)| id.clone()).collect()
+            }
+        };
+        let mut out = BTreeMap::new();
+        for id in ids {
+            let Ok(ch) = self.conn(&id).connect().await else {
+                continue;
+            };
+            if let Ok(s) = pb::admin_client::AdminClient::new(ch)
+                .status(pb::StatusRequest {})
+                .await
+                && let Some(store) = s.into_inner().store
+            {
+                out.insert(id, store.longest_commit_ms);
+            }
+        }
+        out
     }
 
     /// Peak RSS per node process, in MiB (empty when the nodes run in this process).
@@ -1084,8 +1110,22 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
             println!("peak RSS per node: {}", list.join(", "));
         }
         print_cpu_per_node(&out);
+        print_longest_commits(&out);
     }
     Ok(())
+}
+
+/// Each node's longest group commit (the disk's worst sync is in every notification's latency
+/// that waited for it).
+fn print_longest_commits(out: &serde_json::Value) {
+    let Some(per) = out["longest_commit_ms_per_node"]
+        .as_object()
+        .filter(|m| !m.is_empty())
+    else {
+        return;
+    };
+    let list: Vec<String> = per.iter().map(|(n, ms)| format!("{n} {ms} ms")).collect();
+    println!("longest commit per node: {}", list.join(", "));
 }
 
 /// With a process per node: how the CPU per notification splits between the nodes and the
@@ -1210,6 +1250,7 @@ async fn bench_backlog(
             out["peak_rss_mib"]
         );
         print_cpu_per_node(&out);
+        print_longest_commits(&out);
     }
     Ok(())
 }

@@ -86,6 +86,15 @@ fn bench_relay_with_processes_reports_peak_rss_per_node() -> Result<()> {
         nodes > 0.0 && nodes <= r["cpu_us_per_notification"].as_f64().unwrap_or(0.0) + 2.0,
         "the nodes' shares add up to at most the whole: {r}"
     );
+    let commits = r["longest_commit_ms_per_node"]
+        .as_object()
+        .context("longest_commit_ms_per_node")?;
+    assert_eq!(
+        commits.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["a", "b"],
+        "each node's longest commit, from its status: {r}"
+    );
+    assert!(commits.values().all(serde_json::Value::is_u64), "{r}");
     Ok(())
 }
 
