@@ -1102,10 +1102,7 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
             out["peak_rss_mib"],
             out["cpu_us_per_notification"]
         );
-        if let Some(per) = out["peak_rss_mib_per_node"]
-            .as_object()
-            .filter(|m| !m.is_empty())
-        {
+        if let Some(per) = per_node(&out, "peak_rss_mib_per_node") {
             let list: Vec<String> = per.iter().map(|(n, m)| format!("{n} {m} MiB")).collect();
             println!("peak RSS per node: {}", list.join(", "));
         }
@@ -1115,13 +1112,18 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// The figure `key` of the output, per node, if there is one (a process per node).
+fn per_node<'a>(
+    out: &'a serde_json::Value,
+    key: &str,
+) -> Option<&'a serde_json::Map<String, serde_json::Value>> {
+    out[key].as_object().filter(|m| !m.is_empty())
+}
+
 /// Each node's longest group commit (the disk's worst sync is in every notification's latency
 /// that waited for it).
 fn print_longest_commits(out: &serde_json::Value) {
-    let Some(per) = out["longest_commit_ms_per_node"]
-        .as_object()
-        .filter(|m| !m.is_empty())
-    else {
+    let Some(per) = per_node(out, "longest_commit_ms_per_node") else {
         return;
     };
     let list: Vec<String> = per.iter().map(|(n, ms)| format!("{n} {ms} ms")).collect();
@@ -1131,10 +1133,7 @@ fn print_longest_commits(out: &serde_json::Value) {
 /// With a process per node: how the CPU per notification splits between the nodes and the
 /// bench's own publisher and subscriber.
 fn print_cpu_per_node(out: &serde_json::Value) {
-    let Some(per) = out["cpu_us_per_notification_per_node"]
-        .as_object()
-        .filter(|m| !m.is_empty())
-    else {
+    let Some(per) = per_node(out, "cpu_us_per_notification_per_node") else {
         return;
     };
     let us = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);

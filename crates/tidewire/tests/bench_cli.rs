@@ -24,6 +24,21 @@ fn bench(args: &[&str]) -> Result<serde_json::Value> {
     serde_json::from_str(line).with_context(|| format!("not one JSON object: {line}"))
 }
 
+/// The figure `key` per node, checked to name nodes a and b.
+fn per_node<'a>(
+    r: &'a serde_json::Value,
+    key: &str,
+) -> Result<&'a serde_json::Map<String, serde_json::Value>> {
+    let per = r[key]
+        .as_object()
+        .with_context(|| format!("{key} in {r}"))?;
+    ensure!(
+        per.keys().map(String::as_str).eq(["a", "b"]),
+        "{key} is per node a and b: {r}"
+    );
+    Ok(per)
+}
+
 fn assert_sane(r: &serde_json::Value, count: u64) {
     let n = |k: &str| {
         r[k].as_f64()
@@ -61,39 +76,19 @@ fn bench_relay_with_processes_reports_peak_rss_per_node() -> Result<()> {
     ])?;
     assert_sane(&r, 60);
     assert_eq!(r["fields"].as_u64(), Some(12), "--persons 0: {r}");
-    let per = r["peak_rss_mib_per_node"]
-        .as_object()
-        .context("peak_rss_mib_per_node")?;
-    assert_eq!(
-        per.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["a", "b"],
-        "{r}"
-    );
+    let per = per_node(&r, "peak_rss_mib_per_node")?;
     assert!(
         per.values().all(|v| v.as_f64().is_some_and(|m| m > 0.0)),
         "{r}"
     );
-    let cpu = r["cpu_us_per_notification_per_node"]
-        .as_object()
-        .context("cpu_us_per_notification_per_node")?;
-    assert_eq!(
-        cpu.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["a", "b"],
-        "{r}"
-    );
+    let cpu = per_node(&r, "cpu_us_per_notification_per_node")?;
     let nodes: f64 = cpu.values().filter_map(serde_json::Value::as_f64).sum();
     assert!(
         nodes > 0.0 && nodes <= r["cpu_us_per_notification"].as_f64().unwrap_or(0.0) + 2.0,
         "the nodes' shares add up to at most the whole: {r}"
     );
-    let commits = r["longest_commit_ms_per_node"]
-        .as_object()
-        .context("longest_commit_ms_per_node")?;
-    assert_eq!(
-        commits.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["a", "b"],
-        "each node's longest commit, from its status: {r}"
-    );
+    // Each node's longest commit, from its status.
+    let commits = per_node(&r, "longest_commit_ms_per_node")?;
     assert!(commits.values().all(serde_json::Value::is_u64), "{r}");
     Ok(())
 }
