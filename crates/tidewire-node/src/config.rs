@@ -104,6 +104,9 @@ pub struct Limits {
     /// interest removed, as by `tidewire unsubscribe`); fractions allowed. Absent: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub durable_idle_hours: Option<f64>,
+    /// MiB of memory for the store's page cache (sled's). More keeps more of a large store in
+    /// memory: fewer reads from disk, and a steadier tail latency.
+    pub store_cache_mib: u64,
 }
 
 impl Default for Limits {
@@ -116,6 +119,7 @@ impl Default for Limits {
             retention_hours: 24.0 * 30.0,
             redelivery_s: 30,
             durable_idle_hours: None,
+            store_cache_mib: 64,
         }
     }
 }
@@ -198,7 +202,7 @@ enum Kind {
 /// The keys an environment variable may override, each as `TIDEWIRE_` and its path in capitals
 /// with `_` for `.` ([`override_var`]: `TIDEWIRE_LIMITS_HOP_BUDGET` sets `limits.hop_budget`).
 /// `[[link]]` tables are set in the file only.
-const OVERRIDES: [(&str, Kind); 20] = [
+const OVERRIDES: [(&str, Kind); 21] = [
     ("id", Kind::Text),
     ("country", Kind::Text),
     ("org", Kind::Text),
@@ -219,6 +223,7 @@ const OVERRIDES: [(&str, Kind); 20] = [
     ("limits.retention_hours", Kind::Hours),
     ("limits.redelivery_s", Kind::Integer),
     ("limits.durable_idle_hours", Kind::Hours),
+    ("limits.store_cache_mib", Kind::Integer),
 ];
 
 /// The variable that overrides the key at `path`.
@@ -451,6 +456,13 @@ impl NodeConfig {
         if f.limits.link_window == 0 {
             return Err(bad("limits.link_window", "at least 1".into()));
         }
+        if !(8..=65_536).contains(&f.limits.store_cache_mib) {
+            return Err(bad(
+                "limits.store_cache_mib",
+                "between 8 and 65536 (MiB of memory for the store's page cache; 64 by default)"
+                    .into(),
+            ));
+        }
         let hours = |key: &str, h: f64| {
             if h.is_finite() && h > 0.0 && h <= MAX_RETENTION_HOURS {
                 Ok(())
@@ -584,6 +596,7 @@ key = "c.key"
                 ("TIDEWIRE_LIMITS_HOP_BUDGET", "8"),
                 ("TIDEWIRE_LIMITS_RETENTION_HOURS", "0.5"),
                 ("TIDEWIRE_LIMITS_DURABLE_IDLE_HOURS", "168"),
+                ("TIDEWIRE_LIMITS_STORE_CACHE_MIB", "256"),
                 ("TIDEWIRE_TLS_CERT", "other.pem"),
                 ("TIDEWIRE_ORG", "ofnac"),
                 ("TIDEWIRE_LOG", "debug"),
@@ -593,6 +606,7 @@ key = "c.key"
         assert_eq!(cfg.limits.hop_budget, 8);
         assert_eq!(cfg.retention_ms(), 1_800_000);
         assert_eq!(cfg.durable_idle_ms(), Some(168 * 3_600_000));
+        assert_eq!(cfg.limits.store_cache_mib, 256);
         assert_eq!(cfg.tls_cert, dir.path().join("other.pem"));
         assert_eq!(cfg.org, "ofnac");
         assert_eq!(cfg.limits.link_window, Limits::default().link_window);
@@ -610,6 +624,20 @@ key = "c.key"
         assert!(
             e.contains(
                 "key `limits.hop_budget` (set by TIDEWIRE_LIMITS_HOP_BUDGET): between 1 and 64"
+            ),
+            "{e}"
+        );
+        let e = NodeConfig::parse(
+            BASE,
+            &path,
+            &env(&[("TIDEWIRE_LIMITS_STORE_CACHE_MIB", "1")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(
+                "key `limits.store_cache_mib` (set by TIDEWIRE_LIMITS_STORE_CACHE_MIB): between 8 \
+                 and 65536"
             ),
             "{e}"
         );

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tidewire_proto::v1 as pb;
-use tidewire_store::{SledStore, Store};
+use tidewire_store::{SledOptions, SledStore, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
@@ -331,9 +331,16 @@ async fn start_inner(
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let store_dir = cfg.data_dir.join("store");
+    let cache_mib = cfg.limits.store_cache_mib;
     let node = Node::open(
         cfg,
-        || Ok(Arc::new(SledStore::open(&store_dir)?) as Arc<dyn Store>),
+        || {
+            let opts = SledOptions {
+                cache_bytes: cache_mib * 1024 * 1024,
+                ..SledOptions::default()
+            };
+            Ok(Arc::new(SledStore::open_with(&store_dir, opts)?) as Arc<dyn Store>)
+        },
         shutdown.clone(),
     )?;
     let max = node.cfg.limits.max_message_bytes;

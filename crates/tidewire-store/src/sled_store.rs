@@ -46,6 +46,9 @@ pub const BLOB_THRESHOLD: usize = 512;
 /// By default, a blob segment is closed once the next record would take it past this size.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
+/// sled's page cache by default (a node's `limits.store_cache_mib`).
+pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Tag byte of a sled value holding the value itself.
 const TAG_INLINE: u8 = 1;
 /// Tag byte of a sled value holding a [`BlobRef`].
@@ -213,6 +216,8 @@ pub struct SledOptions {
     pub blob_spaces: &'static [Space],
     /// The active blob segment is closed once the next record would take it past this size.
     pub segment_bytes: u64,
+    /// Bytes of memory for sled's page cache.
+    pub cache_bytes: u64,
 }
 
 impl Default for SledOptions {
@@ -221,6 +226,7 @@ impl Default for SledOptions {
             blob_threshold: BLOB_THRESHOLD,
             blob_spaces: TRANSIENT_SPACES,
             segment_bytes: SEGMENT_BYTES,
+            cache_bytes: CACHE_BYTES,
         }
     }
 }
@@ -365,7 +371,7 @@ impl SledStore {
         })?;
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(64 * 1024 * 1024)
+            .cache_capacity(opts.cache_bytes)
             .flush_every_ms(Some(1000))
             .mode(sled::Mode::HighThroughput)
             .open()
@@ -739,6 +745,7 @@ mod tests {
         blob_threshold: BLOB_THRESHOLD,
         blob_spaces: ALL_SPACES,
         segment_bytes: 16 * 1024,
+        cache_bytes: CACHE_BYTES,
     };
 
     /// Every space, so that the tests of the log can put their large values in any.
@@ -1268,6 +1275,7 @@ mod tests {
         blob_threshold: BLOB_THRESHOLD,
         blob_spaces: TRANSIENT_SPACES,
         segment_bytes: 16 * 1024,
+        cache_bytes: CACHE_BYTES,
     };
 
     /// Three batches as a node writes them: five copies (keys 0..15) and a large ledger
