@@ -127,24 +127,29 @@ fn header_fields(h: &[u8]) -> (u32, u32, u32) {
 
 /// Appends a batch record: the number of value records that follow, then `body`.
 fn encode_batch(buf: &mut Vec<u8>, values: u32, body: &[u8]) {
-    let start = buf.len();
-    buf.extend_from_slice(&[0; 4]);
-    buf.extend_from_slice(&BATCH_MARK.to_be_bytes());
-    buf.extend_from_slice(&((4 + body.len()) as u32).to_be_bytes());
-    buf.extend_from_slice(&values.to_be_bytes());
-    buf.extend_from_slice(body);
-    let crc = crc32fast::hash(&buf[start + 4..]);
-    buf[start..start + 4].copy_from_slice(&crc.to_be_bytes());
+    encode(
+        buf,
+        BATCH_MARK,
+        (4 + body.len()) as u32,
+        &[&values.to_be_bytes(), body],
+    );
 }
 
 /// Appends one record for `key` and `value` to `buf`.
 fn encode_record(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    encode(buf, key.len() as u32, value.len() as u32, &[key, value]);
+}
+
+/// Appends a record: its header (the CRC of everything after it, then the two length fields)
+/// and `parts`.
+fn encode(buf: &mut Vec<u8>, klen: u32, vlen: u32, parts: &[&[u8]]) {
     let start = buf.len();
     buf.extend_from_slice(&[0; 4]);
-    buf.extend_from_slice(&(key.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&(value.len() as u32).to_be_bytes());
-    buf.extend_from_slice(key);
-    buf.extend_from_slice(value);
+    buf.extend_from_slice(&klen.to_be_bytes());
+    buf.extend_from_slice(&vlen.to_be_bytes());
+    for p in parts {
+        buf.extend_from_slice(p);
+    }
     let crc = crc32fast::hash(&buf[start + 4..]);
     buf[start..start + 4].copy_from_slice(&crc.to_be_bytes());
 }

@@ -88,7 +88,7 @@ impl std::fmt::Debug for Committer {
 const MAX_GROUP: usize = 512;
 
 /// How often the store folds its log into its long-term form ([`Store::checkpoint`]).
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 impl Committer {
     /// Starts the writer thread for `store`. It stops when every `Committer` clone is dropped.

@@ -15,7 +15,9 @@ mod sled_store;
 
 pub use commit::{CommitStats, Committer, Receipt, SLOW_COMMIT};
 pub use mem::MemStore;
-pub use sled_store::{BLOB_THRESHOLD, SEGMENT_BYTES, SledOptions, SledStore, TRANSIENT_SPACES};
+pub use sled_store::{
+    BLOB_THRESHOLD, CACHE_BYTES, SEGMENT_BYTES, SledOptions, SledStore, TRANSIENT_SPACES,
+};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]

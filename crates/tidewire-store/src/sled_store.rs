@@ -127,16 +127,16 @@ fn decode_batch(body: &[u8], refs: &[BlobRef]) -> Option<Writes> {
     if refs.next().is_some() {
         return None;
     }
-    // Stable: of a key's operations, the last stays last, and only it is kept.
+    // Stable: of a key's operations the last stays last, and its write replaces the earlier
+    // ones' (`dedup_by` keeps the first of a run, so it takes the later one's value).
     batch.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut writes: Writes = Vec::with_capacity(batch.len());
-    for w in batch {
-        match writes.last_mut() {
-            Some(last) if last.0 == w.0 => *last = w,
-            _ => writes.push(w),
+    batch.dedup_by(|later, kept| {
+        later.0 == kept.0 && {
+            std::mem::swap(later, kept);
+            true
         }
-    }
-    Some(writes)
+    });
+    Some(batch)
 }
 
 /// What applying writes changed in the pointers into the log.
@@ -679,8 +679,8 @@ impl SledStore {
                 Op::Put { space, key, .. } | Op::Delete { space, key } => full_key(*space, key),
             })
             .collect();
-        // Only the last operation on a key counts: earlier ones neither
-        // write blobs nor move pointer counts.
+        // Only the last operation on a key counts: earlier ones neither write blobs nor move
+        // pointer counts.
         let mut effective: Vec<usize> = {
             let mut seen = HashSet::with_capacity(keys.len());
             (0..ops.len())
@@ -743,18 +743,15 @@ mod tests {
     /// Small segments, so that a few 3 KB values rotate them.
     const SMALL: SledOptions = SledOptions {
         blob_threshold: BLOB_THRESHOLD,
-        blob_spaces: ALL_SPACES,
+        blob_spaces: &Space::ALL,
         segment_bytes: 16 * 1024,
         cache_bytes: CACHE_BYTES,
     };
 
-    /// Every space, so that the tests of the log can put their large values in any.
-    const ALL_SPACES: &[Space] = &Space::ALL;
-
     /// The node's options, but with large values of every space in the log.
     fn any_space() -> SledOptions {
         SledOptions {
-            blob_spaces: ALL_SPACES,
+            blob_spaces: &Space::ALL,
             ..SledOptions::default()
         }
     }
