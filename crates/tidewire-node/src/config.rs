@@ -119,7 +119,7 @@ impl Default for Limits {
             retention_hours: 24.0 * 30.0,
             redelivery_s: 30,
             durable_idle_hours: None,
-            store_cache_mib: 64,
+            store_cache_mib: tidewire_store::CACHE_BYTES >> 20,
         }
     }
 }

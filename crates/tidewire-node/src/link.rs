@@ -883,25 +883,28 @@ pub async fn purge_expired(node: &Arc<Node>) -> Result<u64, crate::error::NodeEr
                 .partition(|d| d.at_ms <= now);
             ops.extend(expiry_entry(&later));
             for d in due {
-                if d.why == PurgeReason::Key {
-                    ops.push(Op::delete(Space::Idempotency, d.note));
-                    continue;
-                }
+                let retention = match d.why {
+                    PurgeReason::Key => {
+                        ops.push(Op::delete(Space::Idempotency, d.note));
+                        continue;
+                    }
+                    PurgeReason::Expired => false,
+                    PurgeReason::Retention => true,
+                };
                 let note = d.note.as_slice();
                 if node.store.contains(Space::Notifications, note)? {
                     ops.push(Op::delete(Space::Notifications, note.to_vec()));
                     let (id, holder) = note.split_at(16.min(note.len()));
-                    let mut e = match d.why {
-                        PurgeReason::Expired | PurgeReason::Key => LedgerEntry::new("expired"),
-                        PurgeReason::Retention => {
-                            let mut e = LedgerEntry::new("purged");
-                            e.detail = serde_json::json!({
-                                "reason": "retention",
-                                "retention_hours": node.cfg.limits.retention_hours,
-                                "held_for": String::from_utf8_lossy(holder),
-                            });
-                            e
-                        }
+                    let mut e = if retention {
+                        let mut e = LedgerEntry::new("purged");
+                        e.detail = serde_json::json!({
+                            "reason": "retention",
+                            "retention_hours": node.cfg.limits.retention_hours,
+                            "held_for": String::from_utf8_lossy(holder),
+                        });
+                        e
+                    } else {
+                        LedgerEntry::new("expired")
                     };
                     e.notification = hex::encode(id);
                     entries.push(e);

@@ -46,28 +46,35 @@ pub fn render(node: &Node) -> String {
         node.uptime_s()
     ));
     let commits = node.commit_stats();
-    for (name, v) in [
-        ("store_commits_total", commits.synced as f64),
-        ("store_slow_commits_total", commits.slow as f64),
-        ("store_commit_seconds_total", commits.total_us as f64 / 1e6),
-    ] {
-        out.push_str(&format!(
-            "# TYPE tidewire_{name} counter\ntidewire_{name}{{node=\"{id}\"}} {v}\n"
-        ));
-    }
-    out.push_str(&format!(
-        "# TYPE tidewire_store_longest_commit_seconds gauge\ntidewire_store_longest_commit_seconds{{node=\"{id}\"}} {}\n",
-        commits.longest_us as f64 / 1e6
-    ));
     let store = node.store.stats();
-    for (name, v) in [
-        ("store_writable", u64::from(node.store_writable())),
-        ("store_log_bytes", store.log_bytes),
-        ("store_log_segments", u64::from(store.log_segments)),
-        ("store_replayed_at_start", store.replayed_at_open),
+    for (name, kind, v) in [
+        (
+            "store_writable",
+            "gauge",
+            f64::from(u8::from(node.store_writable())),
+        ),
+        ("store_log_bytes", "gauge", store.log_bytes as f64),
+        ("store_log_segments", "gauge", f64::from(store.log_segments)),
+        (
+            "store_replayed_at_start",
+            "gauge",
+            store.replayed_at_open as f64,
+        ),
+        ("store_commits_total", "counter", commits.synced as f64),
+        ("store_slow_commits_total", "counter", commits.slow as f64),
+        (
+            "store_commit_seconds_total",
+            "counter",
+            commits.total_us as f64 / 1e6,
+        ),
+        (
+            "store_longest_commit_seconds",
+            "gauge",
+            commits.longest_us as f64 / 1e6,
+        ),
     ] {
         out.push_str(&format!(
-            "# TYPE tidewire_{name} gauge\ntidewire_{name}{{node=\"{id}\"}} {v}\n"
+            "# TYPE tidewire_{name} {kind}\ntidewire_{name}{{node=\"{id}\"}} {v}\n"
         ));
     }
     out

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{events, federation, publish, wait_for};
+use common::{events, federation, publish, publish_keyed_on, wait_for};
 use tidewire::demo::LocalFederation;
 use tidewire_proto::v1 as pb;
 
@@ -122,7 +122,13 @@ async fn expired_content_is_purged_everywhere_with_its_seen_set_entries() {
     let soon = tidewire_core::timefmt::format_ms(tidewire_core::timefmt::now_ms() + 3_000);
     let brief = alert("brief", Some(&soon));
     // Published with an idempotency key, which goes with the origin's copy.
-    let id = publish_keyed(&f, "maoc-n", &brief, "brief-1").await.id;
+    let id = publish_keyed_on(
+        f.conn("maoc-n").connect().await.expect("connect"),
+        &brief,
+        "brief-1",
+    )
+    .await
+    .id;
     let lasting = publish(&f, "maoc-n", &alert("for the file", None)).await;
     f.restart_node("dakar").await.expect("restart dakar");
     wait_for(Duration::from_secs(10), "dakar to hold both", || async {
@@ -158,26 +164,14 @@ async fn expired_content_is_purged_everywhere_with_its_seen_set_entries() {
         .contains(tidewire_store::Space::Idempotency, b"brief-1")
         .expect("read");
     assert!(!key_kept, "maoc-n kept the key of a purged publish");
-    let again = publish_keyed(&f, "maoc-n", &brief, "brief-1").await;
+    let again = publish_keyed_on(
+        f.conn("maoc-n").connect().await.expect("connect"),
+        &brief,
+        "brief-1",
+    )
+    .await;
     assert!(!again.duplicate && again.id != id, "{again:?}");
     f.stop().await;
-}
-
-/// Publishes at `node` with an idempotency key.
-async fn publish_keyed(
-    f: &LocalFederation,
-    node: &str,
-    n: &serde_json::Value,
-    key: &str,
-) -> pb::PublishReply {
-    pb::publisher_client::PublisherClient::new(f.conn(node).connect().await.expect("connect"))
-        .publish(pb::PublishRequest {
-            notification_json: n.to_string(),
-            idempotency_key: key.into(),
-        })
-        .await
-        .expect("publish")
-        .into_inner()
 }
 
 /// Whether `node`'s expiry index lists a copy of notification `id` (hex).

@@ -33,17 +33,22 @@ pub async fn admin(f: &LocalFederation, node: &str) -> pb::admin_client::AdminCl
     pb::admin_client::AdminClient::new(f.conn(node).connect().await.expect("connect"))
 }
 
-/// Publishes on an open channel and returns the id.
-pub async fn publish_on(ch: Channel, n: &serde_json::Value) -> String {
+/// Publishes on an open channel, with idempotency key `key` (none if empty), and returns the
+/// node's answer.
+pub async fn publish_keyed_on(ch: Channel, n: &serde_json::Value, key: &str) -> pb::PublishReply {
     pb::publisher_client::PublisherClient::new(ch)
         .publish(pb::PublishRequest {
             notification_json: n.to_string(),
-            idempotency_key: String::new(),
+            idempotency_key: key.to_owned(),
         })
         .await
         .expect("publish")
         .into_inner()
-        .id
+}
+
+/// Publishes on an open channel and returns the id.
+pub async fn publish_on(ch: Channel, n: &serde_json::Value) -> String {
+    publish_keyed_on(ch, n, "").await.id
 }
 
 /// Publishes at `node` and returns the id.
