@@ -8,6 +8,7 @@ fn main() {
     println!("cargo:rerun-if-changed={}", file.display());
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored_linux_x86_64::protoc_bin_path());
+    config.bytes(["."]);
     config
         .compile_protos(&[file], &[root])
         .expect("compile envelope.proto");

@@ -38,8 +38,10 @@ async fn tampered_envelope_is_refused_counted_and_not_forwarded() -> anyhow::Res
         .iter_mut()
         .find(|f| f.path == "vessel.name")
         .context("vessel.name is disclosed")?;
-    assert_eq!(field.value, b"\"MV Example\"");
-    field.value[1] ^= 0x01; // "MV Example" -> "LV Example": still valid JSON, no longer committed
+    assert_eq!(field.value, &b"\"MV Example\""[..]);
+    let mut value = field.value.to_vec();
+    value[1] ^= 0x01; // "MV Example" -> "LV Example": still valid JSON, no longer committed
+    field.value = value.into();
     let (good_id, good) = sealed_by_a(&key, "INTACT-1")?;
 
     let (tx, mut inbound) = kit.link_as("b", "a").await?;

@@ -11,6 +11,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use prost::Message;
+use prost::bytes::Bytes;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -85,15 +86,28 @@ pub fn encoded_len(env: &Envelope) -> usize {
     env.encoded_len()
 }
 
-/// Decodes envelope bytes, refusing oversized input.
+/// Decodes envelope bytes, refusing oversized input. The envelope's byte fields share one copy
+/// of `bytes`: one allocation for the envelope instead of one per field, digest and signature,
+/// and nothing keeps the buffer `bytes` came in (a whole receive frame) alive.
 pub fn decode(bytes: &[u8]) -> Result<Envelope, VerifyError> {
-    if bytes.len() > MAX_ENVELOPE_BYTES {
+    refuse_oversized(bytes.len())?;
+    decode_shared(Bytes::copy_from_slice(bytes))
+}
+
+/// [`decode`] without a copy: the envelope's byte fields are slices of `bytes`.
+pub fn decode_shared(bytes: Bytes) -> Result<Envelope, VerifyError> {
+    refuse_oversized(bytes.len())?;
+    Envelope::decode(bytes).map_err(|e| VerifyError::Malformed(e.to_string()))
+}
+
+fn refuse_oversized(size: usize) -> Result<(), VerifyError> {
+    if size > MAX_ENVELOPE_BYTES {
         return Err(VerifyError::TooLarge {
-            size: bytes.len(),
+            size,
             limit: MAX_ENVELOPE_BYTES,
         });
     }
-    Envelope::decode(bytes).map_err(|e| VerifyError::Malformed(e.to_string()))
+    Ok(())
 }
 
 /// The header fields, typed and validated.
@@ -267,17 +281,17 @@ fn seal_parts(
     for leaf in &n.fields {
         let salt: [u8; SALT_LEN] = rand::random();
         let path = leaf.path.to_string();
-        digests.push(digest(&salt, &path, &leaf.value).to_vec());
+        digests.push(Bytes::copy_from_slice(&digest(&salt, &path, &leaf.value)));
         fields.push(wire::DisclosedField {
             path,
-            value: leaf.value.clone(),
-            salt: salt.to_vec(),
+            value: Bytes::from(leaf.value.clone()),
+            salt: Bytes::copy_from_slice(&salt),
         });
     }
     digests.sort();
     let header = wire::SignedHeader {
         version: 1,
-        id: id.0.to_vec(),
+        id: Bytes::copy_from_slice(&id.0),
         origin: origin.to_string(),
         origin_seq,
         created_at_ms,
@@ -293,13 +307,16 @@ fn seal_parts(
         purposes: n.purposes.clone(),
         case_ref: n.case_ref.clone(),
         response_deadline_ms: n.response_deadline_ms.unwrap_or(0),
-        recalls: n.recalls.map(|r| r.0.to_vec()).unwrap_or_default(),
+        recalls: n
+            .recalls
+            .map(|r| Bytes::copy_from_slice(&r.0))
+            .unwrap_or_default(),
         key_id: key.key_id().to_owned(),
         field_digests: digests,
     };
     let env = Envelope {
-        signed_header: header.encode_to_vec(),
-        origin_signature: Vec::new(),
+        signed_header: header.encode_to_vec().into(),
+        origin_signature: Bytes::new(),
         origin_round: None,
         fields,
         custody: Vec::new(),
@@ -407,7 +424,7 @@ pub fn relay_unsigned(env: &Envelope, hop: Hop<'_>) -> Envelope {
         if let Some(pos) = out.fields.iter().position(|f| &f.path == path) {
             let f = out.fields.remove(pos);
             withheld.push(wire::Withholding {
-                digest: digest(&f.salt, &f.path, &f.value).to_vec(),
+                digest: Bytes::copy_from_slice(&digest(&f.salt, &f.path, &f.value)),
                 rule_id: rule.clone(),
             });
         }
@@ -418,12 +435,12 @@ pub fn relay_unsigned(env: &Envelope, hop: Hop<'_>) -> Envelope {
             let salt: [u8; SALT_LEN] = rand::random();
             let value = crate::fields::canonical(&sub.value);
             let new = digest(&salt, &f.path, &value);
-            f.value = value;
-            f.salt = salt.to_vec();
+            f.value = value.into();
+            f.salt = Bytes::copy_from_slice(&salt);
             transformations.push(wire::Transformation {
                 path: sub.path.clone(),
-                replaces: old.to_vec(),
-                new_digest: new.to_vec(),
+                replaces: Bytes::copy_from_slice(&old),
+                new_digest: Bytes::copy_from_slice(&new),
                 rule_id: sub.rule_id.clone(),
                 method: sub.method.clone(),
             });
@@ -434,15 +451,15 @@ pub fn relay_unsigned(env: &Envelope, hop: Hop<'_>) -> Envelope {
         key_id: hop.key.key_id().to_owned(),
         at_ms: hop.at_ms,
         policy_version: hop.policy_version.to_owned(),
-        chain_hash: chain_hash(&out, out.custody.len()).to_vec(),
+        chain_hash: Bytes::copy_from_slice(&chain_hash(&out, out.custody.len())),
         withheld,
         transformations,
         to: hop.to.to_string(),
     }
     .encode_to_vec();
     out.custody.push(wire::CustodyEntry {
-        body,
-        signature: Vec::new(),
+        body: body.into(),
+        signature: Bytes::new(),
         round: None,
     });
     out
@@ -453,12 +470,12 @@ pub fn relay_unsigned(env: &Envelope, hop: Hop<'_>) -> Envelope {
 pub fn sign_custody_round(key: &SigningKey, envs: &mut [Envelope]) {
     let bodies: Vec<&[u8]> = envs
         .iter()
-        .map(|e| e.custody.last().map_or(&[][..], |c| c.body.as_slice()))
+        .map(|e| e.custody.last().map_or(&[][..], |c| c.body.as_ref()))
         .collect();
     let signed = sign_rounds(key, CUSTODY_DOMAIN, &bodies);
     for (e, (signature, round)) in envs.iter_mut().zip(signed) {
         if let Some(c) = e.custody.last_mut() {
-            c.signature = signature.to_vec();
+            c.signature = Bytes::copy_from_slice(&signature);
             c.round = round;
         }
     }
@@ -467,10 +484,10 @@ pub fn sign_custody_round(key: &SigningKey, envs: &mut [Envelope]) {
 /// Signs the headers of envelopes sealed with [`seal_unsigned`] as their origin, in rounds
 /// ([`sign_rounds`]).
 pub fn sign_origin_round(key: &SigningKey, envs: &mut [Envelope]) {
-    let headers: Vec<&[u8]> = envs.iter().map(|e| e.signed_header.as_slice()).collect();
+    let headers: Vec<&[u8]> = envs.iter().map(|e| e.signed_header.as_ref()).collect();
     let signed = sign_rounds(key, HEADER_DOMAIN, &headers);
     for (e, (signature, round)) in envs.iter_mut().zip(signed) {
-        e.origin_signature = signature.to_vec();
+        e.origin_signature = Bytes::copy_from_slice(&signature);
         e.origin_round = round;
     }
 }
@@ -499,7 +516,10 @@ pub fn sign_rounds(
             let proof = wire::RoundProof {
                 index: i as u32,
                 size,
-                path: path.into_iter().map(|h| h.to_vec()).collect(),
+                path: path
+                    .into_iter()
+                    .map(|h| Bytes::copy_from_slice(&h))
+                    .collect(),
             };
             (signature, Some(proof))
         }));
@@ -536,7 +556,7 @@ fn signed_message(
     let mut path = Vec::with_capacity(r.path.len());
     for p in &r.path {
         path.push(
-            <merkle::Hash>::try_from(p.as_slice())
+            <merkle::Hash>::try_from(p.as_ref())
                 .map_err(|_| "a hash of its round proof is not 32 bytes".to_owned())?,
         );
     }
@@ -663,7 +683,7 @@ struct Parts {
 }
 
 fn decode_parts(env: &Envelope) -> Result<Parts, VerifyError> {
-    let h = wire::SignedHeader::decode(env.signed_header.as_slice())
+    let h = wire::SignedHeader::decode(env.signed_header.clone())
         .map_err(|e| VerifyError::Malformed(format!("signed header: {e}")))?;
     let header = Header::from_wire(&h)?;
     if env.origin_signature.len() != 64 {
@@ -679,7 +699,7 @@ fn decode_parts(env: &Envelope) -> Result<Parts, VerifyError> {
     let mut bodies = Vec::with_capacity(env.custody.len());
     for (i, entry) in env.custody.iter().enumerate() {
         let broken = |reason: String| VerifyError::BrokenCustodyChain { index: i, reason };
-        let body = wire::CustodyBody::decode(entry.body.as_slice())
+        let body = wire::CustodyBody::decode(entry.body.clone())
             .map_err(|e| broken(format!("body does not decode: {e}")))?;
         if entry.signature.len() != 64 {
             return Err(broken("signature is not 64 bytes".into()));
@@ -695,9 +715,9 @@ fn parse(env: &Envelope, parts: Parts) -> Result<VerifiedView, VerifyError> {
         DigestMap::with_capacity_and_hasher(h.field_digests.len(), Default::default());
     let mut prev: Option<&[u8]> = None;
     for d in &h.field_digests {
-        let d32 = <[u8; 32]>::try_from(d.as_slice())
+        let d32 = <[u8; 32]>::try_from(d.as_ref())
             .map_err(|_| VerifyError::Malformed("a field digest is not 32 bytes".into()))?;
-        if prev.is_some_and(|p| p >= d.as_slice()) {
+        if prev.is_some_and(|p| p >= d.as_ref()) {
             return Err(VerifyError::Malformed(
                 "field digests are not sorted and unique".into(),
             ));
@@ -711,7 +731,7 @@ fn parse(env: &Envelope, parts: Parts) -> Result<VerifiedView, VerifyError> {
     let mut transforms: DigestMap<(usize, String, String)> = DigestMap::default();
     for (i, body) in bodies.iter().enumerate() {
         let broken = |reason: String| VerifyError::BrokenCustodyChain { index: i, reason };
-        if body.chain_hash.as_slice() != chain_hash(env, i) {
+        if body.chain_hash.as_ref() != chain_hash(env, i) {
             return Err(broken(
                 "it does not sign the envelope that preceded it".into(),
             ));
@@ -725,7 +745,7 @@ fn parse(env: &Envelope, parts: Parts) -> Result<VerifiedView, VerifyError> {
             )));
         }
         for w in &body.withheld {
-            let d = <[u8; 32]>::try_from(w.digest.as_slice())
+            let d = <[u8; 32]>::try_from(w.digest.as_ref())
                 .map_err(|_| broken("a withheld digest is not 32 bytes".into()))?;
             match state.get(&d) {
                 Some(State::Open(_)) => {
@@ -745,9 +765,9 @@ fn parse(env: &Envelope, parts: Parts) -> Result<VerifiedView, VerifyError> {
                 path: t.path.clone(),
                 reason: reason.to_owned(),
             };
-            let old = <[u8; 32]>::try_from(t.replaces.as_slice())
+            let old = <[u8; 32]>::try_from(t.replaces.as_ref())
                 .map_err(|_| bad("names a malformed digest"))?;
-            let new = <[u8; 32]>::try_from(t.new_digest.as_slice())
+            let new = <[u8; 32]>::try_from(t.new_digest.as_ref())
                 .map_err(|_| bad("has a malformed digest"))?;
             match state.get(&old) {
                 Some(State::Open(_)) => {}
@@ -1069,5 +1089,6 @@ pub fn verify_bytes(
 pub fn read_file(path: &std::path::Path) -> Result<Envelope, CoreError> {
     let bytes = std::fs::read(path)
         .map_err(|e| CoreError::Decode(format!("cannot read {}: {e}", path.display())))?;
-    decode(&bytes).map_err(|e| CoreError::Decode(format!("{}: {e}", path.display())))
+    decode_shared(Bytes::from(bytes))
+        .map_err(|e| CoreError::Decode(format!("{}: {e}", path.display())))
 }

@@ -10,6 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{CREATED_AT_MS, ORIGIN, contains, hop, node, origin_key, path_nodes, relay_key};
 use prost::Message;
+use prost::bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tidewire_core::envelope::{self, Envelope, Substitution};
@@ -55,8 +56,8 @@ fn push_entry(env: &mut Envelope, body: wire::CustodyBody, key: &SigningKey) {
     let body = body.encode_to_vec();
     let signature = key.sign(envelope::CUSTODY_DOMAIN, &body).to_vec();
     env.custody.push(wire::CustodyEntry {
-        body,
-        signature,
+        body: body.into(),
+        signature: signature.into(),
         round: None,
     });
 }
@@ -104,7 +105,8 @@ fn a_signature_spliced_from_another_key_of_the_same_node_is_a_bad_origin_signatu
     envelope::verify(&env, &roster).expect("the genuine envelope verifies");
     env.origin_signature = second
         .sign(envelope::HEADER_DOMAIN, &env.signed_header)
-        .to_vec();
+        .to_vec()
+        .into();
     assert_ne!(first.key_id(), second.key_id());
     assert_refused(
         envelope::verify(&env, &roster),
@@ -224,7 +226,7 @@ fn a_changed_disclosed_value_is_a_tampered_field_naming_it() {
         .iter_mut()
         .find(|f| f.path == "vessel.imo")
         .expect("disclosed");
-    f.value = b"\"9999999\"".to_vec();
+    f.value = b"\"9999999\"".to_vec().into();
     assert_refused(
         verify(&env),
         VerifyError::TamperedField {
@@ -239,10 +241,10 @@ fn a_changed_field_digest_in_the_header_is_a_bad_origin_signature_not_a_tampered
     // Regression: commitments were interpreted before the origin signature was checked, so an
     // altered digest list blamed an intact field.
     let mut env = common::seal(&common::sample());
-    let mut header = wire::SignedHeader::decode(env.signed_header.as_slice()).expect("decodes");
+    let mut header = wire::SignedHeader::decode(env.signed_header.clone()).expect("decodes");
     let last = header.field_digests[0].len() - 1;
-    header.field_digests[0][last] ^= 1;
-    env.signed_header = header.encode_to_vec();
+    common::flip(&mut header.field_digests[0], last, 1);
+    env.signed_header = header.encode_to_vec().into();
     assert_refused(
         verify(&env),
         VerifyError::BadOriginSignature(ORIGIN.into()),
@@ -261,9 +263,9 @@ fn a_forged_custody_entry_is_a_bad_custody_signature_not_an_act_of_the_relay_it_
         key_id: relay_key(1).key_id().into(),
         at_ms: CREATED_AT_MS + 1,
         policy_version: String::new(),
-        chain_hash: common::chain_hash(&env, 0).to_vec(),
+        chain_hash: common::chain_hash(&env, 0).to_vec().into(),
         withheld: vec![wire::Withholding {
-            digest: envelope::digest(&f.salt, &f.path, &f.value).to_vec(),
+            digest: envelope::digest(&f.salt, &f.path, &f.value).to_vec().into(),
             rule_id: "forged".into(),
         }],
         transformations: Vec::new(),
@@ -345,12 +347,16 @@ fn a_transformation_of_a_value_withheld_upstream_is_invalid() {
         key_id: relay_key(1).key_id().into(),
         at_ms: CREATED_AT_MS + 2_000,
         policy_version: "policy-v1".into(),
-        chain_hash: common::chain_hash(&env, 1).to_vec(),
+        chain_hash: common::chain_hash(&env, 1).to_vec().into(),
         withheld: Vec::new(),
         transformations: vec![wire::Transformation {
             path: "persons[0].dob".into(),
-            replaces: envelope::digest(&old.salt, &old.path, &old.value).to_vec(),
-            new_digest: envelope::digest(&salt, "persons[0].dob", b"\"1979\"").to_vec(),
+            replaces: envelope::digest(&old.salt, &old.path, &old.value)
+                .to_vec()
+                .into(),
+            new_digest: envelope::digest(&salt, "persons[0].dob", b"\"1979\"")
+                .to_vec()
+                .into(),
             rule_id: "dob-year".into(),
             method: "year".into(),
         }],
@@ -359,8 +365,8 @@ fn a_transformation_of_a_value_withheld_upstream_is_invalid() {
     push_entry(&mut env, body, &relay_key(1));
     env.fields.push(wire::DisclosedField {
         path: "persons[0].dob".into(),
-        value: b"\"1979\"".to_vec(),
-        salt: salt.to_vec(),
+        value: b"\"1979\"".to_vec().into(),
+        salt: salt.to_vec().into(),
     });
     assert_refused(
         verify(&env),
@@ -421,7 +427,7 @@ fn every_truncation_of_an_envelope_is_refused_or_a_lawful_subset() {
     let original: Vec<(String, Vec<u8>)> = sealed
         .fields
         .iter()
-        .map(|f| (f.path.clone(), f.value.clone()))
+        .map(|f| (f.path.clone(), f.value.to_vec()))
         .collect();
     // Whole top-level messages (header, signature, each field, each entry) are the only places a
     // prefix can end and still decode; until the origin signature is complete, it is malformed.
@@ -504,7 +510,7 @@ fn an_oversized_input_is_too_large() {
 /// The canonical value and salt of `path` in a sealed envelope.
 fn secret(env: &Envelope, path: &str) -> (Vec<u8>, Vec<u8>) {
     let f = field(env, path);
-    (f.value.clone(), f.salt.clone())
+    (f.value.to_vec(), f.salt.to_vec())
 }
 
 /// Asserts that nothing of `path`'s value or salt is in `bytes`, but its commitment is.
@@ -600,9 +606,9 @@ fn verify_many_refuses_only_the_bad_envelopes_with_their_own_errors() {
         .map(|_| envelope::encode(&common::seal(&common::sample())))
         .collect();
     let mut tampered_value = common::seal(&common::sample());
-    tampered_value.fields[0].value.push(b' ');
+    tampered_value.fields[0].value = [&tampered_value.fields[0].value[..], b" "].concat().into();
     let mut bad_sig = common::seal(&common::sample());
-    bad_sig.origin_signature[3] ^= 1;
+    common::flip(&mut bad_sig.origin_signature, 3, 1);
     let inputs: Vec<Vec<u8>> = vec![
         good[0].clone(),
         envelope::encode(&tampered_value),
@@ -659,9 +665,9 @@ fn a_round_signed_batch_verifies_as_one_and_a_forged_member_is_refused_alone() {
     // A relay that signs a body it never put in the round: the round's signature with another
     // entry's proof does not make it valid.
     let mut forged = round[5].clone();
-    let mut body = wire::CustodyBody::decode(forged.custody[0].body.as_slice()).unwrap();
+    let mut body = wire::CustodyBody::decode(forged.custody[0].body.clone()).unwrap();
     body.policy_version = "policy-v2".into();
-    forged.custody[0].body = body.encode_to_vec();
+    forged.custody[0].body = body.encode_to_vec().into();
     round[5] = forged;
 
     let inputs: Vec<Vec<u8>> = round.iter().map(envelope::encode).collect();
@@ -682,4 +688,25 @@ fn a_round_signed_batch_verifies_as_one_and_a_forged_member_is_refused_alone() {
             assert_eq!(view.custody.len(), 1, "copy {i}");
         }
     }
+}
+
+#[test]
+fn decode_shared_slices_the_input_instead_of_copying_fields() {
+    let env = common::seal(&common::sample());
+    let input = Bytes::from(envelope::encode(&env));
+    let range = input.as_ptr_range();
+    let inside = |b: &Bytes| b.is_empty() || range.contains(&b.as_ptr());
+    let decoded = envelope::decode_shared(input.clone()).expect("decodes");
+    assert_eq!(decoded, env);
+    assert!(inside(&decoded.signed_header) && inside(&decoded.origin_signature));
+    assert!(
+        decoded
+            .fields
+            .iter()
+            .all(|f| inside(&f.value) && inside(&f.salt)),
+        "every disclosed value and salt is a slice of the received bytes"
+    );
+    let copied = envelope::decode(&input).expect("decodes");
+    assert_eq!(copied, env);
+    assert!(!inside(&copied.signed_header), "decode makes its own copy");
 }

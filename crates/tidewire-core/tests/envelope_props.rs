@@ -29,7 +29,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{path_nodes, relay_key, roster};
+use common::{flip, path_nodes, relay_key, roster};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use prost::Message;
@@ -397,7 +397,7 @@ fn damage(r: &mut wire::RoundProof, what: u8, at: Index, mask: u32) {
             let k = at.index(r.path.len());
             let path = &mut r.path[k];
             let i = at.index(path.len());
-            path[i] ^= mask as u8;
+            flip(path, i, mask as u8);
         }
     }
 }
@@ -474,7 +474,7 @@ proptest! {
         let out = run(&p, Force::Nothing);
         let mut bad = out.env.clone();
         let i = at.index(bad.signed_header.len());
-        bad.signed_header[i] ^= mask;
+        flip(&mut bad.signed_header, i, mask);
         let err = verify(&bad).expect_err("a changed header must not verify");
         let (origin_changed, key_changed) =
             header_names_changed(&out.env.signed_header, &bad.signed_header);
@@ -494,7 +494,7 @@ proptest! {
         let out = run(&p, Force::Nothing);
         let mut bad = out.env.clone();
         let i = at.index(bad.origin_signature.len());
-        bad.origin_signature[i] ^= mask;
+        flip(&mut bad.origin_signature, i, mask);
         let err = verify(&bad).expect_err("a changed origin signature must not verify");
         prop_assert_eq!(err, VerifyError::BadOriginSignature(common::ORIGIN.into()));
     }
@@ -521,7 +521,7 @@ proptest! {
         let mut bad = out.env.clone();
         let f = field.index(bad.fields.len());
         let i = at.index(bad.fields[f].value.len());
-        bad.fields[f].value[i] ^= mask;
+        flip(&mut bad.fields[f].value, i, mask);
         let err = verify(&bad).expect_err("a changed value must not verify");
         prop_assert_eq!(err, VerifyError::TamperedField { path: bad.fields[f].path.clone() });
     }
@@ -534,7 +534,7 @@ proptest! {
         let mut bad = out.env.clone();
         let f = field.index(bad.fields.len());
         let i = at.index(bad.fields[f].salt.len());
-        bad.fields[f].salt[i] ^= mask;
+        flip(&mut bad.fields[f].salt, i, mask);
         let err = verify(&bad).expect_err("a changed salt must not verify");
         prop_assert_eq!(err, VerifyError::TamperedField { path: bad.fields[f].path.clone() });
     }
@@ -548,7 +548,7 @@ proptest! {
         let f = bad.fields.iter().position(|f| f.path == "ref").expect("ref is disclosed");
         let bytes = if salt { &mut bad.fields[f].salt } else { &mut bad.fields[f].value };
         let i = at.index(bytes.len());
-        bytes[i] ^= mask;
+        flip(bytes, i, mask);
         let err = verify(&bad).expect_err("a changed generalised value must not verify");
         prop_assert_eq!(err, VerifyError::TamperedField { path: "ref".into() });
     }
@@ -565,7 +565,7 @@ proptest! {
             .iter()
             .enumerate()
             .flat_map(|(c, e)| {
-                let body = wire::CustodyBody::decode(e.body.as_slice()).expect("body decodes");
+                let body = wire::CustodyBody::decode(e.body.as_ref()).expect("body decodes");
                 body.transformations
                     .iter()
                     .map(|t| (c, t.encode_to_vec()))
@@ -578,7 +578,7 @@ proptest! {
             .expect("a transformation is encoded inside its custody body");
         let mut bad = out.env.clone();
         let i = start + at.index(t.len());
-        bad.custody[*c].body[i] ^= mask;
+        flip(&mut bad.custody[*c].body, i, mask);
         let err = verify(&bad).expect_err("a changed transformation must not verify");
         let names = custody_names_changed(&out.env.custody[*c].body, &bad.custody[*c].body);
         prop_assert!(
@@ -595,7 +595,7 @@ proptest! {
         let mut bad = out.env.clone();
         let c = entry.index(bad.custody.len());
         let i = at.index(bad.custody[c].body.len());
-        bad.custody[c].body[i] ^= mask;
+        flip(&mut bad.custody[c].body, i, mask);
         let err = verify(&bad).expect_err("a changed custody body must not verify");
         let names = custody_names_changed(&out.env.custody[c].body, &bad.custody[c].body);
         prop_assert!(
@@ -634,7 +634,7 @@ proptest! {
         let mut bad = out.env.clone();
         let c = entry.index(bad.custody.len());
         let i = at.index(bad.custody[c].signature.len());
-        bad.custody[c].signature[i] ^= mask;
+        flip(&mut bad.custody[c].signature, i, mask);
         let err = verify(&bad).expect_err("a changed custody signature must not verify");
         prop_assert_eq!(
             err,

@@ -125,6 +125,13 @@ pub fn path_nodes() -> [NodeId; 4] {
 }
 
 /// Whether `needle` occurs anywhere in `haystack` (an empty needle always does).
+/// Flips the bits `mask` of byte `i` (wire bytes are shared and immutable: this replaces them).
+pub fn flip(bytes: &mut prost::bytes::Bytes, i: usize, mask: u8) {
+    let mut v = bytes.to_vec();
+    v[i] ^= mask;
+    *bytes = v.into();
+}
+
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
