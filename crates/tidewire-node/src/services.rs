@@ -482,7 +482,15 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::CasesListRequest>,
     ) -> Result<Response<pb::CasesListReply>, Status> {
-        caller(&self.0, &req)?.require(&["admin", "auditor", "publisher"], "listing cases")?;
+        let who = caller(&self.0, &req)?;
+        let user = who.require(&["admin", "auditor", "publisher"], "listing cases")?;
+        // The node's administrators and auditors see every case it holds; a publishing client
+        // (an integration system) only those it could have published: every route within its
+        // routes, and handling within its clearance.
+        let scope = (user.role == "publisher").then(|| CaseScope {
+            routes: user.routes.clone(),
+            clearance: user.clearance,
+        });
         let q = req.into_inner();
         let limit = match q.limit {
             0 => 1000,
@@ -513,18 +521,22 @@ impl pb::admin_server::Admin for AdminService {
         let (items, next) = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
             let mut items = Vec::new();
             let mut last_key = Vec::new();
-            while items.len() < limit {
-                let page = node.store.scan(
-                    tidewire_store::Space::Notifications,
-                    &prefix,
-                    &from,
-                    (limit - items.len()).min(256),
-                )?;
-                let Some((last, _)) = page.last() else {
+            let mut scanned = 0usize;
+            while items.len() < limit && scanned < CASES_SCAN_BUDGET {
+                // Whole pages even near the limit: a scope or an odd prefix digit may pass
+                // over many entries.
+                let page =
+                    node.store
+                        .scan(tidewire_store::Space::Notifications, &prefix, &from, 256)?;
+                if page.is_empty() {
                     break;
-                };
-                from = [last.as_slice(), &[0]].concat();
+                }
                 for (k, v) in page {
+                    if items.len() >= limit {
+                        break;
+                    }
+                    scanned += 1;
+                    from = [k.as_slice(), &[0]].concat();
                     last_key.clone_from(&k);
                     let Ok(id) = NotificationId::from_slice(&k[..16.min(k.len())]) else {
                         continue;
@@ -534,9 +546,15 @@ impl pb::admin_server::Admin for AdminService {
                         continue;
                     }
                     let holder = String::from_utf8_lossy(&k[16.min(k.len())..]).into_owned();
-                    let Some((meta, _)) = crate::node::decode_stored(&v) else {
+                    let Some((meta, envelope)) = crate::node::decode_stored(&v) else {
                         continue;
                     };
+                    if scope
+                        .as_ref()
+                        .is_some_and(|s| !s.covers(&meta.routes, envelope))
+                    {
+                        continue;
+                    }
                     items.push(pb::CaseItem {
                         id,
                         origin: meta.origin,
@@ -552,8 +570,9 @@ impl pb::admin_server::Admin for AdminService {
                     });
                 }
             }
-            // A full page may have more after it; a short one ended the listing.
-            let next = if items.len() >= limit {
+            // A full page may have more after it, and so may a listing that stopped at its scan
+            // budget; a short one ended the listing.
+            let next = if items.len() >= limit || scanned >= CASES_SCAN_BUDGET {
                 hex::encode(&last_key)
             } else {
                 String::new()
@@ -563,5 +582,30 @@ impl pb::admin_server::Admin for AdminService {
         .await
         .map_err(|e| NodeError::Internal(format!("case listing task: {e}")))??;
         Ok(Response::new(pb::CasesListReply { items, next }))
+    }
+}
+
+/// How many stored copies one `CasesList` call reads at most, however few of them it returns (a
+/// publisher's scope, an id prefix): the reply's `next` goes on from there.
+const CASES_SCAN_BUDGET: usize = 20_000;
+
+/// What a publishing client may list of the cases a node holds.
+struct CaseScope {
+    routes: Vec<tidewire_core::model::RoutePattern>,
+    clearance: u8,
+}
+
+impl CaseScope {
+    /// Whether a stored copy with these routes and envelope is within the scope. A copy whose
+    /// routes or envelope do not parse is not.
+    fn covers(&self, routes: &[String], envelope: &[u8]) -> bool {
+        let routes_ok = routes.iter().all(|r| {
+            r.parse::<tidewire_core::model::Route>()
+                .is_ok_and(|r| self.routes.iter().any(|p| p.matches(&r)))
+        });
+        routes_ok
+            && tidewire_core::envelope::decode(envelope)
+                .and_then(|env| tidewire_core::envelope::inspect(&env))
+                .is_ok_and(|view| view.header.handling.level() <= self.clearance)
     }
 }

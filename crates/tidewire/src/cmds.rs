@@ -1492,7 +1492,8 @@ pub async fn cases(c: CasesCmd, json: bool) -> Result<()> {
                     .into_inner();
                 left = left.saturating_sub(r.items.len() as u32);
                 print_cases(&r.items, json);
-                if r.next.is_empty() || r.items.is_empty() {
+                // A reply may be empty and still go on (the node stopped at its scan budget).
+                if r.next.is_empty() {
                     break;
                 }
                 after = r.next;
