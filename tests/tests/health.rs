@@ -126,10 +126,27 @@ async fn metrics_are_prometheus_text_on_their_own_port() -> anyhow::Result<()> {
         commits.is_some_and(|n| n >= 1),
         "the publish was a synced commit:\n{body}"
     );
+    // The commit histogram: cumulative buckets ending at +Inf, which counts every commit.
+    let bucket = |le: &str| {
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "tidewire_store_commit_duration_seconds_bucket{{node=\"a\",le=\"{le}\"}} "
+                ))
+            })
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let (fast, slowest, all) = (bucket("0.0005"), bucket("5"), bucket("+Inf"));
+    assert!(
+        fast.is_some() && fast <= slowest && slowest <= all && all == commits,
+        "commit histogram buckets {fast:?} <= {slowest:?} <= {all:?} (+Inf, every commit):\n{body}"
+    );
     for name in [
         "tidewire_store_slow_commits_total",
         "tidewire_store_commit_seconds_total",
         "tidewire_store_longest_commit_seconds",
+        "tidewire_store_commit_duration_seconds_sum",
+        "tidewire_store_commit_duration_seconds_count",
     ] {
         assert!(
             body.lines()

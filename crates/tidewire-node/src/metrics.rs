@@ -77,6 +77,25 @@ pub fn render(node: &Node) -> String {
             "# TYPE tidewire_{name} {kind}\ntidewire_{name}{{node=\"{id}\"}} {v}\n"
         ));
     }
+    // How long synced commits took, as a histogram: every publish and acknowledgement waits
+    // for one, so its upper buckets are the disk's share of the tail latency.
+    out.push_str("# TYPE tidewire_store_commit_duration_seconds histogram\n");
+    let mut within = 0;
+    for (bound, n) in tidewire_store::COMMIT_BUCKETS_US.iter().zip(commits.within) {
+        within += n;
+        out.push_str(&format!(
+            "tidewire_store_commit_duration_seconds_bucket{{node=\"{id}\",le=\"{}\"}} {within}\n",
+            *bound as f64 / 1e6
+        ));
+    }
+    out.push_str(&format!(
+        "tidewire_store_commit_duration_seconds_bucket{{node=\"{id}\",le=\"+Inf\"}} {}\n\
+         tidewire_store_commit_duration_seconds_sum{{node=\"{id}\"}} {}\n\
+         tidewire_store_commit_duration_seconds_count{{node=\"{id}\"}} {}\n",
+        commits.synced,
+        commits.total_us as f64 / 1e6,
+        commits.synced
+    ));
     out
 }
 

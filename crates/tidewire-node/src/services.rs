@@ -302,6 +302,7 @@ impl pb::admin_server::Admin for AdminService {
                     commits: c.synced,
                     slow_commits: c.slow,
                     longest_commit_ms: c.longest_us.div_ceil(1000),
+                    commit_p99_ms: c.quantile_us(0.99).map_or(0, |us| us.div_ceil(1000)),
                 }
             }),
             routes: table

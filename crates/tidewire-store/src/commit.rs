@@ -33,6 +33,13 @@ pub const SLOW_COMMIT: Duration = Duration::from_millis(100);
 /// How long slow commits keep quiet after one is logged (they are still counted).
 const SLOW_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// The upper bounds, in microseconds, of the buckets that synced commits are counted in by how
+/// long they took ([`CommitStats::within`]); longer ones are in no bucket.
+pub const COMMIT_BUCKETS_US: [u64; 12] = [
+    500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000,
+    5_000_000,
+];
+
 /// What the commit thread has seen of the disk since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitStats {
@@ -44,6 +51,28 @@ pub struct CommitStats {
     pub longest_us: u64,
     /// All of them together, in microseconds.
     pub total_us: u64,
+    /// How many took at most each bound of [`COMMIT_BUCKETS_US`] and more than the one before.
+    pub within: [u64; COMMIT_BUCKETS_US.len()],
+}
+
+impl CommitStats {
+    /// The smallest bucket bound that at least `fraction` of the synced commits stayed within
+    /// (0.99: the 99th percentile, rounded up to a bucket), or the longest commit if that is
+    /// shorter or the fraction reaches past the last bucket. None before the first commit.
+    pub fn quantile_us(&self, fraction: f64) -> Option<u64> {
+        if self.synced == 0 {
+            return None;
+        }
+        let wanted = (fraction * self.synced as f64).ceil() as u64;
+        let mut seen = 0;
+        for (bound, n) in COMMIT_BUCKETS_US.iter().zip(self.within) {
+            seen += n;
+            if seen >= wanted {
+                return Some((*bound).min(self.longest_us));
+            }
+        }
+        Some(self.longest_us)
+    }
 }
 
 /// [`CommitStats`], kept by the commit thread.
@@ -53,6 +82,7 @@ struct Tally {
     slow: AtomicU64,
     longest_us: AtomicU64,
     total_us: AtomicU64,
+    within: [AtomicU64; COMMIT_BUCKETS_US.len()],
 }
 
 impl Tally {
@@ -62,6 +92,9 @@ impl Tally {
         self.synced.fetch_add(1, Ordering::Relaxed);
         self.total_us.fetch_add(us, Ordering::Relaxed);
         self.longest_us.fetch_max(us, Ordering::Relaxed);
+        if let Some(i) = COMMIT_BUCKETS_US.iter().position(|bound| us <= *bound) {
+            self.within[i].fetch_add(1, Ordering::Relaxed);
+        }
         let slow = took >= SLOW_COMMIT;
         if slow {
             self.slow.fetch_add(1, Ordering::Relaxed);
@@ -190,6 +223,7 @@ impl Committer {
             slow: self.tally.slow.load(Ordering::Relaxed),
             longest_us: self.tally.longest_us.load(Ordering::Relaxed),
             total_us: self.tally.total_us.load(Ordering::Relaxed),
+            within: std::array::from_fn(|i| self.tally.within[i].load(Ordering::Relaxed)),
         }
     }
 
@@ -331,9 +365,39 @@ mod tests {
         assert!(stalled.longest_us >= SLOW_COMMIT.as_micros() as u64);
         assert!(stalled.total_us >= stalled.longest_us + quick.total_us);
 
+        // Each is in the bucket of its duration: the stalled one at 100 ms or more.
+        assert_eq!(stalled.within.iter().sum::<u64>(), 2);
+        let slow_from = COMMIT_BUCKETS_US
+            .iter()
+            .position(|b| *b > SLOW_COMMIT.as_micros() as u64)
+            .unwrap();
+        assert_eq!(stalled.within[slow_from..].iter().sum::<u64>(), 1);
+        assert!(stalled.quantile_us(0.5).unwrap() < SLOW_COMMIT.as_micros() as u64);
+        assert_eq!(stalled.quantile_us(1.0), Some(stalled.longest_us));
+
         // A lazy group syncs nothing of its own, and is not counted.
         Committer::wait(c.submit_lazy(put("3"))).await.unwrap();
         assert_eq!(c.stats().synced, 2);
+    }
+
+    #[test]
+    fn the_commit_quantile_is_the_bucket_bound_the_fraction_reaches() {
+        let mut s = CommitStats::default();
+        assert_eq!(s.quantile_us(0.99), None, "nothing committed yet");
+        // 98 commits within 1 ms, one within 10 ms, one of 300 ms.
+        s.within[1] = 98;
+        s.within[4] = 1;
+        s.within[9] = 1;
+        s.synced = 100;
+        s.longest_us = 300_000;
+        assert_eq!(s.quantile_us(0.5), Some(1_000));
+        assert_eq!(s.quantile_us(0.98), Some(1_000));
+        assert_eq!(s.quantile_us(0.99), Some(10_000));
+        assert_eq!(s.quantile_us(1.0), Some(300_000), "never above the longest");
+        // One beyond the last bucket: the longest stands for it.
+        s.within[9] = 0;
+        s.longest_us = 9_000_000;
+        assert_eq!(s.quantile_us(1.0), Some(9_000_000));
     }
 
     #[tokio::test]

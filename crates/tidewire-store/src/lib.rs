@@ -13,7 +13,7 @@ mod commit;
 mod mem;
 mod sled_store;
 
-pub use commit::{CommitStats, Committer, Receipt, SLOW_COMMIT};
+pub use commit::{COMMIT_BUCKETS_US, CommitStats, Committer, Receipt, SLOW_COMMIT};
 pub use mem::MemStore;
 pub use sled_store::{
     BLOB_THRESHOLD, CACHE_BYTES, SEGMENT_BYTES, SledOptions, SledStore, TRANSIENT_SPACES,

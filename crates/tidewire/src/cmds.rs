@@ -786,7 +786,7 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
                 "links": s.links.iter().map(|l| serde_json::json!({"peer": l.peer, "up": l.up, "backlog": l.backlog, "last_error": l.last_error, "url": l.address})).collect::<Vec<_>>(),
                 "counters": counters, "refused": refused,
                 "routes": s.routes.iter().map(|r| serde_json::json!({"node": r.node, "next_hop": r.next_hop, "distance": r.distance})).collect::<Vec<_>>(),
-                "store": s.store.as_ref().map(|st| serde_json::json!({"writable": st.writable, "log_segments": st.log_segments, "log_bytes": st.log_bytes, "since_checkpoint_ms": st.since_checkpoint_ms, "replayed_at_start": st.replayed_at_start, "commits": st.commits, "slow_commits": st.slow_commits, "longest_commit_ms": st.longest_commit_ms})),
+                "store": s.store.as_ref().map(|st| serde_json::json!({"writable": st.writable, "log_segments": st.log_segments, "log_bytes": st.log_bytes, "since_checkpoint_ms": st.since_checkpoint_ms, "replayed_at_start": st.replayed_at_start, "commits": st.commits, "slow_commits": st.slow_commits, "longest_commit_ms": st.longest_commit_ms, "commit_p99_ms": st.commit_p99_ms})),
             }))?
         );
         return Ok(());
@@ -813,7 +813,7 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
     }
     if let Some(st) = &s.store {
         println!(
-            "store {}   log {} in {} segment{}   checkpoint {}   replayed {} batch{} at start   commits {} ({} slow, longest {} ms)",
+            "store {}   log {} in {} segment{}   checkpoint {}   replayed {} batch{} at start   commits {} ({} slow, 99% within {} ms, longest {} ms)",
             if st.writable {
                 "writable"
             } else {
@@ -831,6 +831,7 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
             if st.replayed_at_start == 1 { "" } else { "es" },
             st.commits,
             st.slow_commits,
+            st.commit_p99_ms,
             st.longest_commit_ms,
         );
     }

@@ -90,6 +90,14 @@ fn bench_relay_with_processes_reports_peak_rss_per_node() -> Result<()> {
     // Each node's longest commit, from its status.
     let commits = per_node(&r, "longest_commit_ms_per_node")?;
     assert!(commits.values().all(serde_json::Value::is_u64), "{r}");
+    // And the time 99 % of its commits stayed within: never more than the longest.
+    let p99 = per_node(&r, "commit_p99_ms_per_node")?;
+    assert!(
+        p99.iter()
+            .all(|(n, ms)| ms.as_u64() <= commits.get(n).and_then(serde_json::Value::as_u64)),
+        "{r}"
+    );
+    assert_eq!(p99.len(), commits.len(), "{r}");
     Ok(())
 }
 

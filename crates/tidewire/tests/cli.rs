@@ -303,7 +303,8 @@ async fn status_shows_links_routes_and_counters_as_a_table_and_as_json() {
     assert!(
         out.lines().any(|l| l.starts_with("store writable   log ")
             && l.contains("replayed 0 batches at start   commits ")
-            && l.contains(" slow, longest ")),
+            && l.contains(" slow, 99% within ")
+            && l.contains(" ms, longest ")),
         "the store's state, a fresh start: {out}"
     );
     let row = |name: &str| {
@@ -358,7 +359,10 @@ async fn status_shows_links_routes_and_counters_as_a_table_and_as_json() {
     assert!(
         store["commits"].as_u64().is_some_and(|n| n >= 1)
             && store["slow_commits"].as_u64().is_some()
-            && store["longest_commit_ms"].as_u64().is_some(),
+            && store["longest_commit_ms"]
+                .as_u64()
+                .zip(store["commit_p99_ms"].as_u64())
+                .is_some_and(|(longest, p99)| p99 <= longest),
         "dakar's commits (it stored what it received): {s}"
     );
     assert!(
