@@ -518,70 +518,18 @@ impl pb::admin_server::Admin for AdminService {
             from = [after.as_slice(), &[0]].concat();
         }
         let node = self.0.clone();
-        // Read in pages, up to the limit: never every stored copy at once.
-        let (items, next) = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
-            let mut items = Vec::new();
-            let mut last_key = Vec::new();
-            let mut scanned = 0usize;
-            while items.len() < limit && scanned < CASES_SCAN_BUDGET {
-                // Whole pages even near the limit: a scope or an odd prefix digit may pass
-                // over many entries.
-                let page =
-                    node.store
-                        .scan(tidewire_store::Space::Notifications, &prefix, &from, 256)?;
-                if page.is_empty() {
-                    break;
-                }
-                for (k, v) in page {
-                    if items.len() >= limit {
-                        break;
-                    }
-                    scanned += 1;
-                    from = [k.as_slice(), &[0]].concat();
-                    last_key.clone_from(&k);
-                    let Ok(id) = NotificationId::from_slice(&k[..16.min(k.len())]) else {
-                        continue;
-                    };
-                    let id = id.to_string();
-                    if !id.starts_with(&wanted) {
-                        continue;
-                    }
-                    let holder = String::from_utf8_lossy(&k[16.min(k.len())..]).into_owned();
-                    let Some((meta, envelope)) = crate::node::decode_stored(&v) else {
-                        continue;
-                    };
-                    if scope
-                        .as_ref()
-                        .is_some_and(|s| !s.covers(&meta.routes, envelope))
-                    {
-                        continue;
-                    }
-                    items.push(pb::CaseItem {
-                        id,
-                        origin: meta.origin,
-                        kind: meta.kind,
-                        case_ref: meta.case_ref,
-                        routes: meta.routes,
-                        created_at_ms: meta.created_at_ms,
-                        state: if holder == node.id().as_str() {
-                            "held".into()
-                        } else {
-                            format!("in transit to {holder}")
-                        },
-                    });
-                }
-            }
-            // A full page may have more after it, and so may a listing that stopped at its scan
-            // budget; a short one ended the listing.
-            let next = if items.len() >= limit || scanned >= CASES_SCAN_BUDGET {
-                hex::encode(&last_key)
-            } else {
-                String::new()
-            };
-            Ok((items, next))
-        })
-        .await
-        .map_err(|e| NodeError::Internal(format!("case listing task: {e}")))??;
+        let listing = CaseListing {
+            prefix,
+            wanted,
+            from,
+            limit,
+            scope,
+            budget: CASES_SCAN_BUDGET,
+        };
+        let (items, next) =
+            tokio::task::spawn_blocking(move || listing.read(&*node.store, node.id().as_str()))
+                .await
+                .map_err(|e| NodeError::Internal(format!("case listing task: {e}")))??;
         Ok(Response::new(pb::CasesListReply { items, next }))
     }
 }
@@ -589,6 +537,94 @@ impl pb::admin_server::Admin for AdminService {
 /// How many stored copies one `CasesList` call reads at most, however few of them it returns (a
 /// publisher's scope, an id prefix): the reply's `next` goes on from there.
 const CASES_SCAN_BUDGET: usize = 20_000;
+
+/// One `CasesList` reply's worth of reading.
+struct CaseListing {
+    /// Whole bytes of the id prefix: the scan's prefix.
+    prefix: Vec<u8>,
+    /// The id prefix in lowercase hex, checked per entry (for an odd last digit).
+    wanted: String,
+    /// The key to read from.
+    from: Vec<u8>,
+    limit: usize,
+    scope: Option<CaseScope>,
+    /// How many stored copies to read at most.
+    budget: usize,
+}
+
+impl CaseListing {
+    /// Reads in pages, up to the limit or the budget (never every stored copy at once): the
+    /// items, and the cursor to go on from (empty once the listing is complete).
+    fn read(
+        mut self,
+        store: &dyn tidewire_store::Store,
+        me: &str,
+    ) -> Result<(Vec<pb::CaseItem>, String), NodeError> {
+        let mut items = Vec::new();
+        let mut last_key = Vec::new();
+        let mut scanned = 0usize;
+        'pages: while items.len() < self.limit {
+            // Whole pages even near the limit: a scope or an odd prefix digit may pass over
+            // many entries.
+            let page = store.scan(
+                tidewire_store::Space::Notifications,
+                &self.prefix,
+                &self.from,
+                256,
+            )?;
+            if page.is_empty() {
+                break;
+            }
+            for (k, v) in page {
+                if items.len() >= self.limit || scanned >= self.budget {
+                    break 'pages;
+                }
+                scanned += 1;
+                self.from = [k.as_slice(), &[0]].concat();
+                last_key.clone_from(&k);
+                let Ok(id) = NotificationId::from_slice(&k[..16.min(k.len())]) else {
+                    continue;
+                };
+                let id = id.to_string();
+                if !id.starts_with(&self.wanted) {
+                    continue;
+                }
+                let holder = String::from_utf8_lossy(&k[16.min(k.len())..]).into_owned();
+                let Some((meta, envelope)) = crate::node::decode_stored(&v) else {
+                    continue;
+                };
+                if self
+                    .scope
+                    .as_ref()
+                    .is_some_and(|s| !s.covers(&meta.routes, envelope))
+                {
+                    continue;
+                }
+                items.push(pb::CaseItem {
+                    id,
+                    origin: meta.origin,
+                    kind: meta.kind,
+                    case_ref: meta.case_ref,
+                    routes: meta.routes,
+                    created_at_ms: meta.created_at_ms,
+                    state: if holder == me {
+                        "held".into()
+                    } else {
+                        format!("in transit to {holder}")
+                    },
+                });
+            }
+        }
+        // A full reply may have more after it, and so may one that stopped at the budget; a
+        // short one ended the listing.
+        let next = if items.len() >= self.limit || scanned >= self.budget {
+            hex::encode(&last_key)
+        } else {
+            String::new()
+        };
+        Ok((items, next))
+    }
+}
 
 /// What a publishing client may list of the cases a node holds.
 struct CaseScope {
@@ -608,5 +644,92 @@ impl CaseScope {
             && tidewire_core::envelope::decode(envelope)
                 .and_then(|env| tidewire_core::envelope::inspect(&env))
                 .is_ok_and(|view| view.header.handling.level() <= self.clearance)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidewire_store::{MemStore, Op, Space, Store};
+
+    /// A store holding `n` copies with ids `[i, 0, 0, …]`, held here, in key order.
+    fn copies(n: u8) -> (MemStore, Vec<Vec<u8>>) {
+        let store = MemStore::default();
+        let meta = crate::node::StoredMeta {
+            origin: "maoc-n".into(),
+            kind: "alert".into(),
+            case_ref: "MAOC-2026-0001".into(),
+            routes: vec!["atlantic.west-africa".into()],
+            created_at_ms: 1,
+            expires_at_ms: 0,
+            from: String::new(),
+            received_at_ms: 1,
+        };
+        let keys: Vec<Vec<u8>> = (0..n)
+            .map(|i| {
+                let mut k = vec![i];
+                k.resize(16, 0);
+                k.extend_from_slice(b"maoc-n");
+                k
+            })
+            .collect();
+        let ops: Vec<Op> = keys
+            .iter()
+            .map(|k| {
+                Op::put(
+                    Space::Notifications,
+                    k.clone(),
+                    crate::node::encode_stored(&meta, b""),
+                )
+            })
+            .collect();
+        store.apply(&ops).unwrap();
+        (store, keys)
+    }
+
+    fn listing(wanted: &str, from: Vec<u8>, limit: usize, budget: usize) -> CaseListing {
+        CaseListing {
+            prefix: Vec::new(),
+            wanted: wanted.into(),
+            from,
+            limit,
+            scope: None,
+            budget,
+        }
+    }
+
+    #[test]
+    fn a_listing_stops_at_its_budget_and_goes_on_from_its_cursor() {
+        let (store, keys) = copies(10);
+        // An odd digit no id starts with: nothing to return, but only 4 copies read per reply,
+        // each reply saying where to go on, until the last says the listing is complete.
+        let mut from = Vec::new();
+        let mut replies = Vec::new();
+        loop {
+            let (items, next) = listing("f", from, 100, 4).read(&store, "maoc-n").unwrap();
+            assert!(items.is_empty());
+            replies.push(next.clone());
+            if next.is_empty() {
+                break;
+            }
+            from = [hex::decode(&next).unwrap(), vec![0]].concat();
+        }
+        assert_eq!(
+            replies,
+            [hex::encode(&keys[3]), hex::encode(&keys[7]), String::new()]
+        );
+
+        // Within the budget, a full reply's cursor is its last item.
+        let (items, next) = listing("", Vec::new(), 3, 4)
+            .read(&store, "maoc-n")
+            .unwrap();
+        assert_eq!(items.len(), 3);
+        assert!(items.iter().all(|c| c.state == "held"));
+        assert_eq!(next, hex::encode(&keys[2]));
+        // And a short one ends the listing.
+        let (items, next) = listing("", Vec::new(), 100, 1000)
+            .read(&store, "maoc-n")
+            .unwrap();
+        assert_eq!((items.len(), next.as_str()), (10, ""));
     }
 }
