@@ -682,10 +682,16 @@ struct Parts {
     bodies: Vec<wire::CustodyBody>,
 }
 
-fn decode_parts(env: &Envelope) -> Result<Parts, VerifyError> {
+/// The signed header, as sent and typed.
+fn decode_header(env: &Envelope) -> Result<(wire::SignedHeader, Header), VerifyError> {
     let h = wire::SignedHeader::decode(env.signed_header.clone())
         .map_err(|e| VerifyError::Malformed(format!("signed header: {e}")))?;
     let header = Header::from_wire(&h)?;
+    Ok((h, header))
+}
+
+fn decode_parts(env: &Envelope) -> Result<Parts, VerifyError> {
+    let (h, header) = decode_header(env)?;
     if env.origin_signature.len() != 64 {
         return Err(VerifyError::Malformed(
             "origin signature is not 64 bytes".into(),
@@ -865,6 +871,13 @@ fn parse(env: &Envelope, parts: Parts) -> Result<VerifiedView, VerifyError> {
 /// signature (for `tidewire envelope inspect`). Do not trust the result.
 pub fn inspect(env: &Envelope) -> Result<VerifiedView, VerifyError> {
     parse(env, decode_parts(env)?)
+}
+
+/// The envelope's header alone, decoded and validated but checked against no signature and no
+/// field: what a copy this node stored is about, without [`inspect`]ing every field. Do not
+/// trust it for anything received.
+pub fn header(env: &Envelope) -> Result<Header, VerifyError> {
+    decode_header(env).map(|(_, header)| header)
 }
 
 fn roster_key<'r>(

@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use tidewire_core::envelope;
 use tidewire_core::{Handling, NodeId, NotificationId, timefmt};
 use tidewire_policy::Party;
 use tidewire_proto::v1 as pb;
@@ -18,7 +17,7 @@ use tidewire_store::{Op, Space};
 
 use crate::error::NodeError;
 use crate::ledger::LedgerEntry;
-use crate::node::{ConsentRecord, Node, Numbered, OutboxItem, decode_stored, note_key};
+use crate::node::{ConsentRecord, Node, Numbered, OutboxItem, note_key, stored_header};
 
 /// How long a held consent request that reached the next hop waits before it is sent again.
 pub const CONSENT_RESEND: Duration = Duration::from_secs(30);
@@ -178,10 +177,8 @@ impl Node {
             .ok_or_else(|| {
                 NodeError::NotFound(format!("this node holds no notification `{nid}`"))
             })?;
-        let (_, bytes) = decode_stored(&stored)
+        let h = stored_header(&stored)
             .ok_or_else(|| NodeError::Internal("stored copy is corrupt".into()))?;
-        let env = envelope::decode(bytes)?;
-        let h = envelope::inspect(&env)?.header;
         if h.origin == *self.id()
             || self.audience_nodes(&h).contains(&dest)
             || (h.onward_transfer && h.handling != Handling::H2)
@@ -338,12 +335,7 @@ impl Node {
         let stored = self
             .store
             .get(Space::Notifications, &note_key(&nid, self.id()))?;
-        let header = stored
-            .as_deref()
-            .and_then(decode_stored)
-            .and_then(|(_, b)| envelope::decode(b).ok())
-            .and_then(|env| envelope::inspect(&env).ok())
-            .map(|v| v.header);
+        let header = stored.as_deref().and_then(stored_header);
         let Some(header) = header.filter(|h| h.origin == *self.id()) else {
             return Err(NodeError::NotFound(format!(
                 "consent asked for {nid}, which this node did not originate or no longer holds"

@@ -135,6 +135,13 @@ pub fn decode_stored(v: &[u8]) -> Option<(StoredMeta, &[u8])> {
     Some((meta, v.get(4 + len..)?))
 }
 
+/// The header of a stored notification (this node verified or sealed it when it stored it),
+/// without inspecting its fields. None when the stored value does not decode.
+pub fn stored_header(v: &[u8]) -> Option<Header> {
+    let (_, bytes) = decode_stored(v)?;
+    envelope::header(&envelope::decode(bytes).ok()?).ok()
+}
+
 /// Store key of a held envelope copy: the id and the node it is held for.
 pub fn note_key(id: &NotificationId, holder: &NodeId) -> Vec<u8> {
     let mut k = id.0.to_vec();
@@ -2579,7 +2586,10 @@ impl Node {
             Err(e) => return Err(NoCopy::Store(e)),
         };
         let (_, bytes) = decode_stored(&stored).ok_or(NoCopy::Corrupt)?;
-        let env = envelope::decode(bytes).map_err(|_| NoCopy::Corrupt)?;
+        // The envelope is the value's tail: its fields are slices of the value read, not a copy.
+        let at = stored.len() - bytes.len();
+        let env = envelope::decode_shared(prost::bytes::Bytes::from(stored).slice(at..))
+            .map_err(|_| NoCopy::Corrupt)?;
         let view = envelope::inspect(&env).map_err(|_| NoCopy::Corrupt)?;
         // Not cached: a delete queued meanwhile would leave a stale entry.
         Ok(Arc::new(Copy { env, view }))

@@ -556,20 +556,25 @@ impl CaseListing {
     /// Reads in pages, up to the limit or the budget (never every stored copy at once): the
     /// items, and the cursor to go on from (empty once the listing is complete).
     fn read(
-        mut self,
+        self,
         store: &dyn tidewire_store::Store,
         me: &str,
     ) -> Result<(Vec<pb::CaseItem>, String), NodeError> {
         let mut items = Vec::new();
-        let mut last_key = Vec::new();
+        // The last key read: the next page starts right after it, and so does the next reply.
+        let mut last_key: Option<Vec<u8>> = None;
         let mut scanned = 0usize;
         'pages: while items.len() < self.limit {
             // Whole pages even near the limit: a scope or an odd prefix digit may pass over
             // many entries.
+            let from = match &last_key {
+                Some(k) => [k.as_slice(), &[0]].concat(),
+                None => self.from.clone(),
+            };
             let page = store.scan(
                 tidewire_store::Space::Notifications,
                 &self.prefix,
-                &self.from,
+                &from,
                 256,
             )?;
             if page.is_empty() {
@@ -580,8 +585,7 @@ impl CaseListing {
                     break 'pages;
                 }
                 scanned += 1;
-                self.from = [k.as_slice(), &[0]].concat();
-                last_key.clone_from(&k);
+                last_key = Some(k.clone());
                 let Ok(id) = NotificationId::from_slice(&k[..16.min(k.len())]) else {
                     continue;
                 };
@@ -590,13 +594,13 @@ impl CaseListing {
                     continue;
                 }
                 let holder = String::from_utf8_lossy(&k[16.min(k.len())..]).into_owned();
-                let Some((meta, envelope)) = crate::node::decode_stored(&v) else {
+                let Some((meta, _)) = crate::node::decode_stored(&v) else {
                     continue;
                 };
                 if self
                     .scope
                     .as_ref()
-                    .is_some_and(|s| !s.covers(&meta.routes, envelope))
+                    .is_some_and(|s| !s.covers(&meta.routes, &v))
                 {
                     continue;
                 }
@@ -617,10 +621,9 @@ impl CaseListing {
         }
         // A full reply may have more after it, and so may one that stopped at the budget; a
         // short one ended the listing.
-        let next = if items.len() >= self.limit || scanned >= self.budget {
-            hex::encode(&last_key)
-        } else {
-            String::new()
+        let next = match last_key {
+            Some(k) if items.len() >= self.limit || scanned >= self.budget => hex::encode(k),
+            _ => String::new(),
         };
         Ok((items, next))
     }
@@ -633,17 +636,16 @@ struct CaseScope {
 }
 
 impl CaseScope {
-    /// Whether a stored copy with these routes and envelope is within the scope. A copy whose
-    /// routes or envelope do not parse is not.
-    fn covers(&self, routes: &[String], envelope: &[u8]) -> bool {
+    /// Whether a stored copy (`stored`, with these routes) is within the scope. A copy whose
+    /// routes or header do not parse is not.
+    fn covers(&self, routes: &[String], stored: &[u8]) -> bool {
         let routes_ok = routes.iter().all(|r| {
             r.parse::<tidewire_core::model::Route>()
                 .is_ok_and(|r| self.routes.iter().any(|p| p.matches(&r)))
         });
         routes_ok
-            && tidewire_core::envelope::decode(envelope)
-                .and_then(|env| tidewire_core::envelope::inspect(&env))
-                .is_ok_and(|view| view.header.handling.level() <= self.clearance)
+            && crate::node::stored_header(stored)
+                .is_some_and(|h| h.handling.level() <= self.clearance)
     }
 }
 
