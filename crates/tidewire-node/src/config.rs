@@ -459,8 +459,10 @@ impl NodeConfig {
         if !(8..=65_536).contains(&f.limits.store_cache_mib) {
             return Err(bad(
                 "limits.store_cache_mib",
-                "between 8 and 65536 (MiB of memory for the store's page cache; 64 by default)"
-                    .into(),
+                format!(
+                    "between 8 and 65536 (MiB of memory for the store's page cache; {} by default)",
+                    Limits::default().store_cache_mib
+                ),
             ));
         }
         let hours = |key: &str, h: f64| {

@@ -60,13 +60,7 @@ pub fn render(node: &Node) -> String {
             "gauge",
             store.replayed_at_open as f64,
         ),
-        ("store_commits_total", "counter", commits.synced as f64),
         ("store_slow_commits_total", "counter", commits.slow as f64),
-        (
-            "store_commit_seconds_total",
-            "counter",
-            commits.total_us as f64 / 1e6,
-        ),
         (
             "store_longest_commit_seconds",
             "gauge",
@@ -77,8 +71,9 @@ pub fn render(node: &Node) -> String {
             "# TYPE tidewire_{name} {kind}\ntidewire_{name}{{node=\"{id}\"}} {v}\n"
         ));
     }
-    // How long synced commits took, as a histogram: every publish and acknowledgement waits
-    // for one, so its upper buckets are the disk's share of the tail latency.
+    // How long synced commits took, as a histogram (its `_count` counts them, its `_sum` is
+    // their time together): every publish and acknowledgement waits for one, so its upper
+    // buckets are the disk's share of the tail latency.
     out.push_str("# TYPE tidewire_store_commit_duration_seconds histogram\n");
     let mut within = 0;
     for (bound, n) in tidewire_store::COMMIT_BUCKETS_US.iter().zip(commits.within) {
