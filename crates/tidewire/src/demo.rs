@@ -1127,14 +1127,14 @@ fn per_node<'a>(
 /// Each node's longest group commit (the disk's worst sync is in every notification's latency
 /// that waited for it), and the time 99 % of its commits stayed within.
 fn print_commit_times(out: &serde_json::Value) {
-    let Some(per) = per_node(out, "longest_commit_ms_per_node") else {
-        return;
-    };
-    let list: Vec<String> = per.iter().map(|(n, ms)| format!("{n} {ms} ms")).collect();
-    println!("longest commit per node: {}", list.join(", "));
-    if let Some(per) = per_node(out, "commit_p99_ms_per_node") {
-        let list: Vec<String> = per.iter().map(|(n, ms)| format!("{n} {ms} ms")).collect();
-        println!("99% of commits within, per node: {}", list.join(", "));
+    for (key, label) in [
+        ("longest_commit_ms_per_node", "longest commit per node"),
+        ("commit_p99_ms_per_node", "99% of commits within, per node"),
+    ] {
+        if let Some(per) = per_node(out, key) {
+            let list: Vec<String> = per.iter().map(|(n, ms)| format!("{n} {ms} ms")).collect();
+            println!("{label}: {}", list.join(", "));
+        }
     }
 }
 
