@@ -118,7 +118,7 @@ fn bench(c: &mut Criterion) {
                 let parsed: Vec<(tidewire_core::fields::FieldPath, serde_json::Value)> = view
                     .fields
                     .iter()
-                    .map(|f| (f.path.parse().unwrap(), f.value.clone()))
+                    .map(|f| (f.path.parse().unwrap(), f.value()))
                     .collect();
                 tidewire_core::fields::unflatten(parsed.iter().map(|(p, v)| (p, v.clone())))
                     .unwrap()
@@ -131,7 +131,7 @@ fn bench(c: &mut Criterion) {
             tidewire_core::fields::write_in_order(
                 black_box(&view.fields)
                     .iter()
-                    .map(|f| (f.path.as_str(), &f.value)),
+                    .map(|f| (f.path.as_str(), &f.json[..])),
             )
             .unwrap()
         })

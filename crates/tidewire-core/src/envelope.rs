@@ -240,22 +240,16 @@ pub fn seal_unsigned_viewed(
 ) -> Result<(Envelope, VerifiedView), VerifyError> {
     let (env, h) = seal_parts(n, origin, key, id, origin_seq, created_at_ms);
     let header = Header::from_wire(&h)?;
-    let fields = n
+    let fields = env
         .fields
         .iter()
-        .zip(&env.fields)
-        .map(|(leaf, f)| {
-            let value =
-                serde_json::from_slice(&leaf.value).map_err(|_| VerifyError::TamperedField {
-                    path: f.path.clone(),
-                })?;
-            Ok(VerifiedField {
-                path: f.path.clone(),
-                value,
-                transformed: None,
-            })
+        .map(|f| VerifiedField {
+            // The text is the leaf's canonical JSON (`fields::canonical`), one JSON value.
+            path: f.path.clone(),
+            json: f.value.clone(),
+            transformed: None,
         })
-        .collect::<Result<_, VerifyError>>()?;
+        .collect();
     let view = VerifiedView {
         header,
         fields,
@@ -570,10 +564,21 @@ fn signed_message(
 pub struct VerifiedField {
     /// Its path.
     pub path: String,
-    /// Its value.
-    pub value: Value,
+    /// Its value as the JSON text committed to, checked to be one JSON value that
+    /// [`VerifiedField::value`] parses. Kept as text (a slice of the envelope), not as a parsed
+    /// tree: most fields are only matched by path and passed on, and a feed writes the text as
+    /// it is.
+    pub json: Bytes,
     /// Set when a relay generalised it.
     pub transformed: Option<TransformInfo>,
+}
+
+impl VerifiedField {
+    /// Its value, parsed from [`VerifiedField::json`] (`null` for a field that did not come
+    /// from [`verify`], [`inspect`] or sealing and is not JSON).
+    pub fn value(&self) -> Value {
+        serde_json::from_slice(&self.json).unwrap_or(Value::Null)
+    }
 }
 
 /// Who generalised a value, how, under which rule.
@@ -647,7 +652,7 @@ impl VerifiedView {
         let parsed: Vec<(FieldPath, Value)> = self
             .fields
             .iter()
-            .filter_map(|f| f.path.parse().ok().map(|p| (p, f.value.clone())))
+            .filter_map(|f| f.path.parse().ok().map(|p| (p, f.value())))
             .collect();
         crate::fields::unflatten(parsed.iter().map(|(p, v)| (p, v.clone()))).unwrap_or(Value::Null)
     }
@@ -831,10 +836,12 @@ fn parse(env: &Envelope, parts: Parts) -> Result<VerifiedView, VerifyError> {
                 f.path
             )));
         }
-        let value: Value = serde_json::from_slice(&f.value).map_err(|_| tampered())?;
+        if !crate::fields::is_json_value(&f.value) {
+            return Err(tampered());
+        }
         fields.push(VerifiedField {
             path: f.path.clone(),
-            value,
+            json: f.value.clone(),
             transformed,
         });
     }

@@ -303,6 +303,56 @@ pub fn canonical(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+/// Whether `text` is exactly one JSON value that `serde_json::Value` parses (numbers in range,
+/// strings valid UTF-8 with valid escapes, nothing after it), checked without building the
+/// value: a receiver checks every field it is handed this way and parses only the few it reads.
+pub fn is_json_value(text: &[u8]) -> bool {
+    serde_json::from_slice::<JsonCheck>(text).is_ok()
+}
+
+/// Accepts what `serde_json::Value` accepts, keeping nothing.
+struct JsonCheck;
+
+impl<'de> serde::Deserialize<'de> for JsonCheck {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonCheck)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonCheck {
+    type Value = JsonCheck;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_unit<E>(self) -> Result<JsonCheck, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<JsonCheck, A::Error> {
+        while seq.next_element::<JsonCheck>()?.is_some() {}
+        Ok(JsonCheck)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonCheck, A::Error> {
+        while map.next_entry::<JsonCheck, JsonCheck>()?.is_some() {}
+        Ok(JsonCheck)
+    }
+}
+
 /// Flattens a body object into its scalar leaves, in document order. Errors name the path.
 pub fn flatten(body: &Map<String, Value>) -> Result<Vec<Leaf>, ParseError> {
     let mut out = Vec::new();
@@ -421,9 +471,10 @@ fn insert(node: &mut Value, path: &[Segment], value: Value) -> Result<(), &'stat
 /// relays keep them: each container's members together, array indices rising). `None` when they
 /// do not (a container revisited, an index going back, a path that is also a container, a path
 /// that does not parse): build the tree with [`unflatten`] then, which resolves those cases.
-pub fn write_in_order<'a>(
-    leaves: impl IntoIterator<Item = (&'a str, &'a Value)>,
-) -> Option<String> {
+///
+/// Each leaf's value is given as its JSON text (one JSON value, as [`is_json_value`] checks and
+/// `VerifiedField::json` holds), and written as it is.
+pub fn write_in_order<'a>(leaves: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Option<String> {
     /// An open container: its kind, the keys it has (objects) or the next index (arrays), and
     /// whether it has a member yet.
     struct Open<'a> {
@@ -513,9 +564,7 @@ pub fn write_in_order<'a>(
                     });
                     at.push(*step);
                 }
-                None => {
-                    serde_json::to_writer(&mut out, value).ok()?;
-                }
+                None => out.extend_from_slice(value),
             }
         }
     }
@@ -643,12 +692,12 @@ mod tests {
             swap in proptest::option::of((0usize..64, 0usize..64)),
         ) {
             let leaves = flatten(body.as_object().unwrap()).unwrap();
-            let values: Vec<(String, Value)> = leaves
+            let values: Vec<(String, Value, &[u8])> = leaves
                 .iter()
-                .map(|l| (l.path.to_string(), serde_json::from_slice(&l.value).unwrap()))
+                .map(|l| (l.path.to_string(), serde_json::from_slice(&l.value).unwrap(), &l.value[..]))
                 .collect();
             // Some withheld (array slots become nulls), and sometimes two out of order.
-            let mut kept: Vec<&(String, Value)> = values
+            let mut kept: Vec<&(String, Value, &[u8])> = values
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| keep[i % keep.len()])
@@ -660,10 +709,10 @@ mod tests {
             }
             let parsed: Vec<(FieldPath, Value)> = kept
                 .iter()
-                .map(|(p, v)| (p.parse().unwrap(), v.clone()))
+                .map(|(p, v, _)| (p.parse().unwrap(), v.clone()))
                 .collect();
             let tree = unflatten(parsed.iter().map(|(p, v)| (p, v.clone())));
-            let written = write_in_order(kept.iter().map(|(p, v)| (p.as_str(), v)));
+            let written = write_in_order(kept.iter().map(|(p, _, text)| (p.as_str(), *text)));
             if swap.is_none() {
                 proptest::prop_assert!(written.is_some(), "document order is written: {:?}", kept);
             }
@@ -674,9 +723,60 @@ mod tests {
     }
 
     #[test]
+    fn the_json_check_accepts_exactly_what_a_value_parses() {
+        for ok in [
+            &b"1"[..],
+            b"-0.5e3",
+            b"\"a\\u00e9\\n\"",
+            b"null",
+            b"true",
+            b" [1, {\"a\": [null]}] ",
+            b"\"\xc3\xa9\"",
+            b"{}",
+            b"[]",
+            b"18446744073709551615",
+            b"-9223372036854775808",
+        ] {
+            assert!(is_json_value(ok), "{}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b""[..],
+            b"1e400",
+            b"1 2",
+            b"\"a",
+            b"\"\xff\"",
+            b"\"\\ud800\"",
+            b"\"\\x\"",
+            b"{\"a\"}",
+            b"[1,]",
+            b"nul",
+            b"01",
+            b"{1:2}",
+        ] {
+            assert!(!is_json_value(bad), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_json_check_agrees_with_parsing_a_value(
+            text in proptest::collection::vec(proptest::sample::select(
+                b" \t\n{}[]:,\"\\/0123456789-+.eEtrufalsnbu\xc3\xa9\xff".to_vec()), 0..24),
+            body in body(),
+        ) {
+            proptest::prop_assert_eq!(
+                is_json_value(&text),
+                serde_json::from_slice::<Value>(&text).is_ok(),
+                "{}", String::from_utf8_lossy(&text)
+            );
+            let whole = serde_json::to_vec(&body).unwrap();
+            proptest::prop_assert!(is_json_value(&whole));
+        }
+    }
+
+    #[test]
     fn out_of_order_or_conflicting_leaves_are_left_to_unflatten() {
-        let v = json!(1);
-        let w = |paths: &[&'static str]| write_in_order(paths.iter().map(|p| (*p, &v)));
+        let w = |paths: &[&'static str]| write_in_order(paths.iter().map(|p| (*p, &b"1"[..])));
         assert_eq!(w(&["a.x", "b", "a.y"]), None, "a revisited");
         assert_eq!(w(&["a[1]", "a[0]"]), None, "an index going back");
         assert_eq!(w(&["a.b", "a"]), None, "a leaf that is also a container");

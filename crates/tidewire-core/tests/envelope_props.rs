@@ -346,7 +346,7 @@ fn view_fields(view: &envelope::VerifiedView) -> Vec<Expected> {
         .map(|f| {
             (
                 f.path.clone(),
-                f.value.clone(),
+                f.value(),
                 f.transformed.as_ref().map(|t| t.by.clone()),
             )
         })

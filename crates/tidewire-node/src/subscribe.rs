@@ -495,7 +495,8 @@ fn filter_for_role(
     let Decision::Allow { rule, fields } = policy.evaluate(h, &origin, &view.fields, &dest) else {
         return None;
     };
-    let mut clear: Vec<(&str, std::borrow::Cow<'_, serde_json::Value>)> = Vec::new();
+    // Each field in clear as JSON text: the text received, or a generalised value written out.
+    let mut clear: Vec<(&str, std::borrow::Cow<'_, [u8]>)> = Vec::new();
     let mut withheld: Vec<pb::WithheldInfo> = view
         .withheld
         .iter()
@@ -506,9 +507,11 @@ fn filter_for_role(
         })
         .collect();
     for (f, d) in view.fields.iter().zip(fields) {
-        let value = match d.action {
-            FieldAction::Clear => std::borrow::Cow::Borrowed(&f.value),
-            FieldAction::Generalise { value, .. } => std::borrow::Cow::Owned(value),
+        let text = match d.action {
+            FieldAction::Clear => std::borrow::Cow::Borrowed(&f.json[..]),
+            FieldAction::Generalise { value, .. } => {
+                std::borrow::Cow::Owned(tidewire_core::fields::canonical(&value))
+            }
             FieldAction::Redact => {
                 withheld.push(pb::WithheldInfo {
                     path_or_digest: f.path.clone(),
@@ -518,15 +521,15 @@ fn filter_for_role(
                 continue;
             }
         };
-        clear.push((&f.path, value));
+        clear.push((&f.path, text));
     }
     // Written straight from the fields when they are in document order (they are, unless the
     // origin wrote them otherwise); the tree is built only for the rest.
-    let fields_json = tidewire_core::fields::write_in_order(clear.iter().map(|(p, v)| (*p, &**v)))
+    let fields_json = tidewire_core::fields::write_in_order(clear.iter().map(|(p, t)| (*p, &**t)))
         .unwrap_or_else(|| {
             let mut parsed: Vec<(FieldPath, serde_json::Value)> = clear
                 .into_iter()
-                .filter_map(|(p, v)| Some((p.parse().ok()?, v.into_owned())))
+                .filter_map(|(p, t)| Some((p.parse().ok()?, serde_json::from_slice(&t).ok()?)))
                 .collect();
             tidewire_core::fields::unflatten(parsed.iter_mut().map(|(p, v)| (&*p, v.take())))
                 .unwrap_or_default()

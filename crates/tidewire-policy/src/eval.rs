@@ -149,7 +149,7 @@ fn decide_field(rule: &Rule, field: &VerifiedField) -> FieldDecision {
         Treatment::Generalise(g) => match field
             .path
             .parse::<FieldPath>()
-            .map(|path| g.apply(&path, best.depth, &field.value))
+            .map(|path| g.apply(&path, best.depth, &field.value()))
             .unwrap_or(Outcome::Refuse("not a valid field path".into()))
         {
             Outcome::Value(value) => decision(

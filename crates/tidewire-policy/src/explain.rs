@@ -82,7 +82,7 @@ pub fn explain(decision: &Decision, header: &Header, fields: &[VerifiedField]) -
                     continue;
                 };
                 let value = match &d.action {
-                    FieldAction::Clear => Some(f.value.clone()),
+                    FieldAction::Clear => Some(f.value()),
                     FieldAction::Generalise { value, .. } => Some(value.clone()),
                     FieldAction::Redact => None,
                 };

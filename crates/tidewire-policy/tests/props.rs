@@ -470,11 +470,11 @@ proptest! {
                     match &fd.action {
                         FieldAction::Redact => {
                             prop_assert!(at.is_none() || at == Some(&Value::Null), "{} leaked: {}", fd.path, rendered);
-                            if let Some(s) = f.value.as_str().filter(|s| s.starts_with('T')) {
+                            if let Some(s) = f.value().as_str().map(str::to_owned).filter(|s| s.starts_with('T')) {
                                 prop_assert!(!rendered.contains(&format!("\"{s}\"")), "{} leaked: {}", fd.path, rendered);
                             }
                         }
-                        FieldAction::Clear => prop_assert_eq!(at, Some(&f.value)),
+                        FieldAction::Clear => prop_assert_eq!(at, Some(&f.value())),
                         FieldAction::Generalise { value, .. } => prop_assert_eq!(at, Some(value)),
                     }
                 }

@@ -234,9 +234,13 @@ fn print_view(v: &VerifiedView, json: bool, state: &str) {
         match &f.transformed {
             Some(t) => println!(
                 "    {:<28} {}   [{} by {} under {}]",
-                f.path, f.value, t.method, t.by, t.rule_id
+                f.path,
+                f.value(),
+                t.method,
+                t.by,
+                t.rule_id
             ),
-            None => println!("    {:<28} {}", f.path, f.value),
+            None => println!("    {:<28} {}", f.path, f.value()),
         }
     }
     for w in &v.withheld {
