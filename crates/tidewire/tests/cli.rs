@@ -50,25 +50,11 @@ async fn tidewire_fed(f: &LocalFederation, args: &[&str], input: &str) -> Run {
     }
 }
 
-/// The README's example notification: for accra and Senegal (dakar).
+/// The README's example notification (`docs/examples/notification.json`): for accra and
+/// Senegal (dakar).
 fn readme_example() -> serde_json::Value {
-    serde_json::json!({
-        "kind": "vessel_of_interest",
-        "case_ref": "MAOC-2026-0142",
-        "routes": ["atlantic.south-america.west-africa", "vessel.imo.9387421"],
-        "handling": "H2",
-        "grading": { "source": "B", "information": "2" },
-        "audience": ["node:accra", "country:SN"],
-        "onward_transfer": false,
-        "purposes": ["interdiction", "investigation"],
-        "fields": {
-            "vessel": { "name": "MV Example", "imo": "9387421", "flag": "TG",
-                        "position": { "lat": 5.61, "lon": -0.19 } },
-            "persons": [ { "name": "J. Doe", "nationality": "CO", "dob": "1979-03-02",
-                           "role": "master" } ],
-            "narrative": "Mother ship suspected of transhipment off the Bijagos."
-        }
-    })
+    serde_json::from_str(include_str!("../../../docs/examples/notification.json"))
+        .expect("docs/examples/notification.json is JSON")
 }
 
 /// Publishes the README's example at maoc-n and waits until accra has received it.
@@ -85,6 +71,46 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("writing a test file");
     path.display().to_string()
+}
+
+/// The README's JSON-lines example goes as one stream, each line published and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_examples_file_of_json_lines_is_published_and_delivered() {
+    let (_tmp, f) = line().await;
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/examples/notifications.jsonl"
+    );
+    let run = tidewire(
+        &f,
+        &["--json", "publish", "--node", "maoc-n", "--file", file],
+    )
+    .await;
+    assert!(run.ok, "publish failed: {}", run.stderr);
+    let ids: Vec<String> = run
+        .stdout
+        .lines()
+        .map(|l| {
+            let reply: serde_json::Value = serde_json::from_str(l).expect("one object per line");
+            assert_eq!(
+                reply["destinations"],
+                serde_json::json!(["accra", "dakar"]),
+                "{l}"
+            );
+            reply["id"].as_str().expect("an id").to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 3, "one reply per line: {}", run.stdout);
+    for id in &ids {
+        wait_for(
+            Duration::from_secs(20),
+            "accra and dakar receive each line",
+            async || {
+                has(&f, "accra", id, "received").await && has(&f, "dakar", id, "received").await
+            },
+        )
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
