@@ -1127,16 +1127,21 @@ const COPY_CACHE: usize = 4096;
 
 impl CopyCache {
     fn insert(&self, key: Vec<u8>, copy: Arc<Copy>) {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, order) = &mut *g;
-        if map.insert(key.clone(), copy).is_none() {
-            order.push_back(key);
-        }
-        while order.len() > COPY_CACHE {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
+        let mut evicted = Vec::new();
+        {
+            let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let (map, order) = &mut *g;
+            if map.insert(key.clone(), copy).is_none() {
+                order.push_back(key);
+            }
+            while order.len() > COPY_CACHE {
+                if let Some(old) = order.pop_front() {
+                    evicted.extend(map.remove(&old));
+                }
             }
         }
+        // Freeing a decoded copy (a hundred allocations or so) is done without the lock held.
+        drop(evicted);
     }
 
     fn get(&self, key: &[u8]) -> Option<Arc<Copy>> {
@@ -1145,8 +1150,13 @@ impl CopyCache {
     }
 
     fn evict(&self, key: &[u8]) {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.0.remove(key);
+        let old = self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .remove(key);
+        drop(old);
     }
 }
 
