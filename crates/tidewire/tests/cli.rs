@@ -73,6 +73,33 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
+/// The replies of a `--json publish` of several notifications, one JSON line each, every one
+/// queued for accra and dakar.
+fn replies_queued_for_accra_and_dakar(run: &Run) -> Vec<serde_json::Value> {
+    run.stdout
+        .lines()
+        .map(|l| {
+            let reply: serde_json::Value = serde_json::from_str(l).expect("a JSON line each");
+            assert_eq!(
+                reply["destinations"],
+                serde_json::json!(["accra", "dakar"]),
+                "{reply}"
+            );
+            reply
+        })
+        .collect()
+}
+
+/// Waits until accra and dakar have both received notification `id`.
+async fn received_at_accra_and_dakar(f: &LocalFederation, id: &str) {
+    wait_for(
+        Duration::from_secs(20),
+        "accra and dakar to receive what maoc-n published",
+        async || has(f, "accra", id, "received").await && has(f, "dakar", id, "received").await,
+    )
+    .await;
+}
+
 /// The README's JSON-lines example goes as one stream, each line published and delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_examples_file_of_json_lines_is_published_and_delivered() {
@@ -87,29 +114,13 @@ async fn the_readme_examples_file_of_json_lines_is_published_and_delivered() {
     )
     .await;
     assert!(run.ok, "publish failed: {}", run.stderr);
-    let ids: Vec<String> = run
-        .stdout
-        .lines()
-        .map(|l| {
-            let reply: serde_json::Value = serde_json::from_str(l).expect("one object per line");
-            assert_eq!(
-                reply["destinations"],
-                serde_json::json!(["accra", "dakar"]),
-                "{l}"
-            );
-            reply["id"].as_str().expect("an id").to_owned()
-        })
+    let ids: Vec<String> = replies_queued_for_accra_and_dakar(&run)
+        .iter()
+        .map(|r| r["id"].as_str().expect("an id").to_owned())
         .collect();
     assert_eq!(ids.len(), 3, "one reply per line: {}", run.stdout);
     for id in &ids {
-        wait_for(
-            Duration::from_secs(20),
-            "accra and dakar receive each line",
-            async || {
-                has(&f, "accra", id, "received").await && has(&f, "dakar", id, "received").await
-            },
-        )
-        .await;
+        received_at_accra_and_dakar(&f, id).await;
     }
 }
 
@@ -155,14 +166,7 @@ async fn publish_prints_the_id_and_where_it_is_queued_and_json_on_request() {
     );
 
     for id in [&id, &second] {
-        wait_for(
-            Duration::from_secs(20),
-            "accra and dakar receive what maoc-n published",
-            async || {
-                has(&f, "accra", id, "received").await && has(&f, "dakar", id, "received").await
-            },
-        )
-        .await;
+        received_at_accra_and_dakar(&f, id).await;
     }
 }
 
@@ -250,18 +254,9 @@ async fn publish_reads_standard_input_one_notification_or_several() {
     )
     .await;
     assert!(run.ok, "{}", run.stderr);
-    let names: Vec<String> = run
-        .stdout
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line each");
-            assert_eq!(
-                v["destinations"],
-                serde_json::json!(["accra", "dakar"]),
-                "{v}"
-            );
-            v["file"].as_str().unwrap_or_default().to_owned()
-        })
+    let names: Vec<String> = replies_queued_for_accra_and_dakar(&run)
+        .iter()
+        .map(|r| r["file"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(
         names,
