@@ -64,6 +64,15 @@ async fn line_a_b_c_delivers_verified_with_custody_path() -> anyhow::Result<()> 
     assert_eq!(d.origin, "a");
     assert_eq!(d.case_ref, "LINE-1");
     assert_eq!(d.path, ["a", "b"]);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    assert!(
+        d.created_at_ms > 0 && d.created_at_ms <= d.received_at_ms && d.received_at_ms <= now_ms,
+        "c says when it received it, after a published it: created {}, received {}, now {now_ms}",
+        d.created_at_ms,
+        d.received_at_ms
+    );
     let fields: serde_json::Value = serde_json::from_str(&d.fields_json)?;
     assert_eq!(fields["vessel"]["imo"], "9387421", "{fields}");
     kit.stop().await;

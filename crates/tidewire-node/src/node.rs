@@ -1092,6 +1092,8 @@ pub struct Copy {
     pub env: envelope::Envelope,
     /// Its view (signatures were checked when it was received or sealed here).
     pub view: envelope::VerifiedView,
+    /// When this node received it from a peer (Unix ms), or published it.
+    pub received_at_ms: i64,
 }
 
 /// The copies this node stored most recently, decoded, keyed like [`Space::Notifications`].
@@ -2291,8 +2293,14 @@ impl Node {
             // The origin's own copy goes too.
             ops.extend(self.recall_ops(&target, self.id(), &mut entries)?);
         }
-        self.copies
-            .insert(note_key(&id, self.id()), Arc::new(Copy { env, view }));
+        self.copies.insert(
+            note_key(&id, self.id()),
+            Arc::new(Copy {
+                env,
+                view,
+                received_at_ms: now,
+            }),
+        );
         let receipt = self.submit_numbered(ops, numbered, entries);
         Ok(PendingPublish {
             receipt,
@@ -2418,7 +2426,11 @@ impl Node {
                 continue;
             }
             self.counters.verified.fetch_add(1, Ordering::Relaxed);
-            let copy = Arc::new(Copy { env, view });
+            let copy = Arc::new(Copy {
+                env,
+                view,
+                received_at_ms: now,
+            });
             let view = &copy.view;
             let h = &view.header;
             if h.expired(now) {
@@ -2595,14 +2607,18 @@ impl Node {
             }
             Err(e) => return Err(NoCopy::Store(e)),
         };
-        let (_, bytes) = decode_stored(&stored).ok_or(NoCopy::Corrupt)?;
+        let (meta, bytes) = decode_stored(&stored).ok_or(NoCopy::Corrupt)?;
         // The envelope is the value's tail: its fields are slices of the value read, not a copy.
         let at = stored.len() - bytes.len();
         let env = envelope::decode_shared(prost::bytes::Bytes::from(stored).slice(at..))
             .map_err(|_| NoCopy::Corrupt)?;
         let view = envelope::inspect(&env).map_err(|_| NoCopy::Corrupt)?;
         // Not cached: a delete queued meanwhile would leave a stale entry.
-        Ok(Arc::new(Copy { env, view }))
+        Ok(Arc::new(Copy {
+            env,
+            view,
+            received_at_ms: meta.received_at_ms,
+        }))
     }
 
     /// THE egress path towards peers: applies this node's policy for the next hop and, when the

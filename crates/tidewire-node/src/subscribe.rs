@@ -471,6 +471,7 @@ fn prepare_local(
             withheld: shown.withheld.clone(),
             path: shown.path.clone(),
             skipped: 0,
+            received_at_ms: copy.received_at_ms,
         },
         e,
     ))

@@ -549,6 +549,7 @@ fn delivery_json(d: &pb::Delivery) -> serde_json::Value {
         "cursor": d.cursor, "id": d.id, "origin": d.origin, "kind": d.kind, "routes": d.routes,
         "handling": d.handling, "handling_restriction": d.handling_restriction, "grading": d.grading,
         "purposes": d.purposes, "case_ref": d.case_ref, "created_at": timefmt::format_ms(d.created_at_ms),
+        "received_at": (d.received_at_ms != 0).then(|| timefmt::format_ms(d.received_at_ms)),
         "expires_at": (d.expires_at_ms != 0).then(|| timefmt::format_ms(d.expires_at_ms)),
         "fields": serde_json::from_str::<serde_json::Value>(&d.fields_json).unwrap_or_default(),
         "withheld": d.withheld.iter().map(|w| serde_json::json!({"field": w.path_or_digest, "by": w.by, "rule": w.rule})).collect::<Vec<_>>(),

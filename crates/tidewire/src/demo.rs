@@ -1059,6 +1059,9 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
         Ok::<(u64, f64), tonic::Status>((n, start.elapsed().as_secs_f64()))
     });
     let mut latencies = Vec::with_capacity(count as usize);
+    // The same, split where the last node received the notification: before (the origin's
+    // commit, the hops) and after (the last node's commit, delivery to the subscriber).
+    let (mut to_last, mut at_last) = (Vec::new(), Vec::new());
     let mut last_report = Instant::now();
     while (latencies.len() as u64) < count {
         let d = tokio::time::timeout(Duration::from_secs(60), sub.next())
@@ -1066,7 +1069,10 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
             .context("no delivery for 60 s: the relay stalled")?
             .context("subscription ended")?
             .map_err(status_error)?;
-        latencies.push((timefmt::now_ms() - d.created_at_ms).max(0) as f64);
+        let now = timefmt::now_ms();
+        latencies.push((now - d.created_at_ms).max(0) as f64);
+        to_last.push((d.received_at_ms - d.created_at_ms).max(0) as f64);
+        at_last.push((now - d.received_at_ms).max(0) as f64);
         if !json && last_report.elapsed() > Duration::from_secs(2) {
             eprintln!("  {} / {count} delivered", latencies.len());
             last_report = Instant::now();
@@ -1075,12 +1081,15 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = fedn.cpu().since(&cpu_before);
     let (_, publish_s) = publisher.await?.map_err(status_error)?;
-    latencies.sort_by(|x, y| x.total_cmp(y));
-    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    let pct = percentiles(&mut latencies);
+    let to = percentiles(&mut to_last);
+    let at = percentiles(&mut at_last);
     let mut out = serde_json::json!({
         "hops": a.hops, "count": count, "rate": rate,
         "publish_per_s": (count as f64 / publish_s).round(),
         "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1.0),
+        "to_last_node_p50_ms": to(0.50), "to_last_node_p99_ms": to(0.99),
+        "at_last_node_p50_ms": at(0.50), "at_last_node_p99_ms": at(0.99),
     });
     fedn.finish(&mut out, count, elapsed, cpu, (fields, json_bytes))
         .await;
@@ -1110,10 +1119,28 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
             let list: Vec<String> = per.iter().map(|(n, m)| format!("{n} {m} MiB")).collect();
             println!("peak RSS per node: {}", list.join(", "));
         }
+        println!(
+            "where the time goes (p50 / p99): {} / {} ms until the last node has it, {} / {} ms from there to the subscriber",
+            out["to_last_node_p50_ms"],
+            out["to_last_node_p99_ms"],
+            out["at_last_node_p50_ms"],
+            out["at_last_node_p99_ms"]
+        );
         print_cpu_per_node(&out);
         print_commit_times(&out);
     }
     Ok(())
+}
+
+/// Sorts `values` and gives their percentiles (`0.99`: the 99th; 0 when there are none).
+fn percentiles(values: &mut [f64]) -> impl Fn(f64) -> f64 + '_ {
+    values.sort_by(|x, y| x.total_cmp(y));
+    |p: f64| {
+        values
+            .get(((values.len().max(1) as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    }
 }
 
 /// The figure `key` of the output, per node, if there is one (a process per node).
@@ -1343,17 +1370,13 @@ pub async fn bench_fanout(a: FanoutArgs, json: bool) -> Result<()> {
         all.extend(lat);
     }
     let elapsed = start.elapsed().as_secs_f64();
-    all.sort_by(|x, y| x.total_cmp(y));
-    let pct = |p: f64| {
-        all.get(((all.len().max(1) as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let deliveries = all.len();
+    let pct = percentiles(&mut all);
     let out = serde_json::json!({
         "subscribers": a.subscribers, "stalled": a.stalled, "count": count,
         "complete_subscribers": complete,
         "notifications_per_s": (count as f64 / elapsed).round(),
-        "deliveries_per_s": (all.len() as f64 / elapsed).round(),
+        "deliveries_per_s": (deliveries as f64 / elapsed).round(),
         "p50_ms": pct(0.5), "p99_ms": pct(0.99),
         "peak_rss_mib": (peak_rss_mib() * 10.0).round() / 10.0,
     });

@@ -52,6 +52,15 @@ fn assert_sane(r: &serde_json::Value, count: u64) {
     );
     assert!(n("peak_rss_mib") > 0.0, "{r}");
     assert!(n("cpu_us_per_notification") > 0.0, "{r}");
+    // The latency split where the last node received each notification: both parts of every
+    // notification add up to its whole, so each part's percentiles are within the whole's.
+    for part in ["to_last_node", "at_last_node"] {
+        let (p50, p99) = (n(&format!("{part}_p50_ms")), n(&format!("{part}_p99_ms")));
+        assert!(
+            p50 <= p99 && p50 <= n("p50_ms") && p99 <= n("p99_ms"),
+            "{part}: {r}"
+        );
+    }
 }
 
 #[test]
