@@ -10,6 +10,7 @@
 
 mod blob;
 mod commit;
+mod filter;
 mod mem;
 mod sled_store;
 

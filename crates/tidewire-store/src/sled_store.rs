@@ -34,10 +34,11 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use crate::blob::{self, BlobLog, BlobRef, Position, REF_LEN, Usage};
+use crate::filter::KeyFilter;
 use crate::{Entry, Op, Space, Store, StoreError};
 
 /// Values of at least this many bytes go to the blob log by default; smaller ones stay in sled.
@@ -273,7 +274,15 @@ pub struct SledStore {
     checkpointed: Mutex<Option<(Position, Instant)>>,
     /// What the open replayed from the log.
     replayed: blob::Replayed,
+    /// Every key of [`FILTERED`] that sled holds (and some it no longer does), so that a
+    /// lookup of one it does not hold mostly skips sled. Built at open from what sled holds,
+    /// and given every put to that space before sled applies it.
+    filter: RwLock<KeyFilter>,
 }
+
+/// The space with a [`KeyFilter`] in front: the seen-set, which a node asks about every
+/// notification it receives, nearly all of them new.
+const FILTERED: Space = Space::Seen;
 
 impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -414,9 +423,14 @@ impl SledStore {
         // Values in the log that belong in sled (see TRANSIENT_SPACES): ledger records written
         // by earlier versions, which would hold their segments for ever.
         let mut misplaced: Vec<(Space, Vec<u8>)> = Vec::new();
+        let mut filtered: Vec<u64> = Vec::new();
+        let filter = KeyFilter::with_capacity(0);
         for item in tree.iter() {
             let (k, v) = item.map_err(|e| open_err(e.to_string()))?;
             entries += 1;
+            if k.first() == Some(&(FILTERED as u8)) {
+                filtered.push(filter.hash(&k));
+            }
             match decode(&v) {
                 Some(Stored::Blob(r)) => {
                     pointers += 1;
@@ -438,6 +452,11 @@ impl SledStore {
                 "store holds values without a valid format tag; reading them fails"
             );
         }
+        // Sized for twice the keys held now before it first grows.
+        let mut filter = filter.resized(2 * filtered.len() as u64);
+        for h in filtered {
+            filter.insert_hash(h);
+        }
         let blobs = BlobLog::open(&log_dir, opts.segment_bytes, usage)
             .map_err(|e| open_err(e.to_string()))?;
         tracing::info!(
@@ -457,6 +476,7 @@ impl SledStore {
             writer: Mutex::new(()),
             checkpointed: Mutex::new(None),
             replayed,
+            filter: RwLock::new(filter),
         };
         store.refresh_files()?;
         store.move_into_sled(misplaced)?;
@@ -542,6 +562,9 @@ impl SledStore {
 impl Store for SledStore {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let k = full_key(space, key);
+        if !self.may_hold(space, &k) {
+            return Ok(None);
+        }
         let _gate = self.blobs.read_gate()?;
         match self.tree.get(&k).map_err(io)? {
             Some(v) => Ok(Some(self.resolve(&k, &v)?)),
@@ -550,7 +573,11 @@ impl Store for SledStore {
     }
 
     fn contains(&self, space: Space, key: &[u8]) -> Result<bool, StoreError> {
-        self.tree.contains_key(full_key(space, key)).map_err(io)
+        let k = full_key(space, key);
+        if !self.may_hold(space, &k) {
+            return Ok(false);
+        }
+        self.tree.contains_key(k).map_err(io)
     }
 
     fn scan(
@@ -667,6 +694,11 @@ impl Store for SledStore {
 }
 
 impl SledStore {
+    /// False only if sled certainly does not hold `full` (a key of `space`, space byte first).
+    fn may_hold(&self, space: Space, full: &[u8]) -> bool {
+        space != FILTERED || self.filter.read().map_or(true, |f| f.may_contain(full))
+    }
+
     /// Appends `ops` to the log (synced if `durable`), then applies them to sled.
     fn write(&self, ops: &[Op], durable: bool) -> Result<(), StoreError> {
         if ops.is_empty() {
@@ -720,6 +752,24 @@ impl SledStore {
         // unknown to its caller either way (its log write may or may not have reached the
         // disk). What was applied is counted either way, so that no segment a live pointer
         // leads into is ever taken for dead.
+        // The filter learns every key of its space before sled holds it, so that it never
+        // answers "absent" for a key sled has.
+        if ops
+            .iter()
+            .any(|op| matches!(op, Op::Put { space, .. } if *space == FILTERED))
+        {
+            let mut filter = self
+                .filter
+                .write()
+                .map_err(|_| StoreError::Io("the key filter's lock is poisoned".into()))?;
+            for op in ops {
+                if let Op::Put { space, key, .. } = op
+                    && *space == FILTERED
+                {
+                    filter.insert(&full_key(*space, key));
+                }
+            }
+        }
         let mut change = PointerChange::default();
         let applied = apply_writes(&self.tree, batch, &mut change);
         let counted = self.blobs.commit(&change.added, &change.removed);
@@ -833,6 +883,63 @@ mod tests {
     fn in_log(s: &SledStore, space: Space, k: &[u8]) -> bool {
         let v = s.tree.get(full_key(space, k)).unwrap().unwrap();
         matches!(decode(&v), Some(Stored::Blob(_)))
+    }
+
+    /// The seen-set's filter answers for what sled holds: every key put is found, before and
+    /// after a reopen (which builds it again from sled, replayed log included), a key never put
+    /// is not, and a deleted one is not either (sled is asked).
+    #[test]
+    fn the_seen_sets_filter_never_hides_a_key_sled_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = |i: u32| i.to_be_bytes().to_vec();
+        let cp = dir.path().join(BLOB_DIR).join("CHECKPOINT");
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            let start = std::fs::read(&cp).unwrap();
+            let puts: Vec<Op> = (0..5_000)
+                .map(|i| Op::put(Space::Seen, key(i), Vec::new()))
+                .collect();
+            s.apply_durable(&puts).unwrap();
+            s.apply_durable(&[Op::delete(Space::Seen, key(7))]).unwrap();
+            assert!(
+                (0..5_000)
+                    .filter(|i| *i != 7)
+                    .all(|i| s.contains(Space::Seen, &key(i)).unwrap())
+            );
+            assert!(!s.contains(Space::Seen, &key(7)).unwrap(), "deleted");
+            assert_eq!(s.get(Space::Seen, &key(8)).unwrap(), Some(Vec::new()));
+            assert_eq!(s.get(Space::Seen, &key(9_999)).unwrap(), None);
+            s.apply_durable(&[Op::put(Space::Seen, key(10_000), Vec::new())])
+                .unwrap();
+            drop(s);
+            // Back to the checkpoint of the open: the reopen replays every batch from the log.
+            std::fs::write(&cp, start).unwrap();
+        }
+        let s = open_retrying(dir.path(), SledOptions::default());
+        assert_eq!(s.replayed.batches, 3, "the reopen replayed the log");
+        assert!(
+            (0..5_000)
+                .filter(|i| *i != 7)
+                .all(|i| s.contains(Space::Seen, &key(i)).unwrap())
+        );
+        assert!(s.contains(Space::Seen, &key(10_000)).unwrap(), "replayed");
+        assert!(!s.contains(Space::Seen, &key(7)).unwrap());
+        let absent = (20_000..30_000)
+            .filter(|i| {
+                s.filter
+                    .read()
+                    .unwrap()
+                    .may_contain(&full_key(Space::Seen, &key(*i)))
+            })
+            .count();
+        assert!(
+            absent < 500,
+            "{absent} of 10,000 keys never put pass the filter"
+        );
+        // Other spaces are not filtered.
+        s.apply_durable(&[Op::put(Space::Feed, key(1), b"x".to_vec())])
+            .unwrap();
+        assert!(s.contains(Space::Feed, &key(1)).unwrap());
     }
 
     #[test]
