@@ -2787,12 +2787,13 @@ impl Node {
         e.destination = format!("node:{dest}");
         e.policy_version = policy.content_hash().to_owned();
         e.rule = rule;
-        e.detail = serde_json::json!({
-            "via": peer.as_str(),
-            "origin": view.header.origin.as_str(),
-            "withheld": withheld_paths,
-            "generalised": generalised,
-        });
+        // Built by hand: `json!` would copy the two lists (it serialises every value it is given).
+        let mut detail = serde_json::Map::with_capacity(5);
+        detail.insert("via".into(), peer.as_str().into());
+        detail.insert("origin".into(), view.header.origin.as_str().into());
+        detail.insert("withheld".into(), serde_json::Value::Array(withheld_paths));
+        detail.insert("generalised".into(), serde_json::Value::Array(generalised));
+        e.detail = serde_json::Value::Object(detail);
         if !grant.is_empty() {
             e.detail["consent"] = serde_json::json!("granted by origin");
         }
