@@ -274,15 +274,16 @@ pub struct SledStore {
     checkpointed: Mutex<Option<(Position, Instant)>>,
     /// What the open replayed from the log.
     replayed: blob::Replayed,
-    /// Every key of [`FILTERED`] that sled holds (and some it no longer does), so that a
-    /// lookup of one it does not hold mostly skips sled. Built at open from what sled holds,
+    /// Every key of the [`FILTERED`] spaces that sled holds (and some it no longer does), so
+    /// that a lookup of one it does not hold mostly skips sled. Built at open from what sled holds,
     /// and given every put to that space before sled applies it.
     filter: RwLock<KeyFilter>,
 }
 
-/// The space with a [`KeyFilter`] in front: the seen-set, which a node asks about every
-/// notification it receives, nearly all of them new.
-const FILTERED: Space = Space::Seen;
+/// The spaces with a [`KeyFilter`] in front: the seen-set, which a node asks about every
+/// notification it receives, nearly all of them new, and publishers' idempotency keys, looked up
+/// at every publish that has one, nearly all of them new too.
+const FILTERED: &[Space] = &[Space::Seen, Space::Idempotency];
 
 impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -428,7 +429,10 @@ impl SledStore {
         for item in tree.iter() {
             let (k, v) = item.map_err(|e| open_err(e.to_string()))?;
             entries += 1;
-            if k.first() == Some(&(FILTERED as u8)) {
+            if k.first()
+                .and_then(|b| Space::from_byte(*b))
+                .is_some_and(|s| FILTERED.contains(&s))
+            {
                 filtered.push(filter.hash(&k));
             }
             match decode(&v) {
@@ -696,7 +700,7 @@ impl Store for SledStore {
 impl SledStore {
     /// False only if sled certainly does not hold `full` (a key of `space`, space byte first).
     fn may_hold(&self, space: Space, full: &[u8]) -> bool {
-        space != FILTERED || self.filter.read().map_or(true, |f| f.may_contain(full))
+        !FILTERED.contains(&space) || self.filter.read().map_or(true, |f| f.may_contain(full))
     }
 
     /// Appends `ops` to the log (synced if `durable`), then applies them to sled.
@@ -756,7 +760,7 @@ impl SledStore {
         // answers "absent" for a key sled has.
         if ops
             .iter()
-            .any(|op| matches!(op, Op::Put { space, .. } if *space == FILTERED))
+            .any(|op| matches!(op, Op::Put { space, .. } if FILTERED.contains(space)))
         {
             let mut filter = self
                 .filter
@@ -764,7 +768,7 @@ impl SledStore {
                 .map_err(|_| StoreError::Io("the key filter's lock is poisoned".into()))?;
             for op in ops {
                 if let Op::Put { space, key, .. } = op
-                    && *space == FILTERED
+                    && FILTERED.contains(space)
                 {
                     filter.insert(&full_key(*space, key));
                 }
@@ -885,11 +889,11 @@ mod tests {
         matches!(decode(&v), Some(Stored::Blob(_)))
     }
 
-    /// The seen-set's filter answers for what sled holds: every key put is found, before and
+    /// The filter answers for what sled holds: every key put is found, before and
     /// after a reopen (which builds it again from sled, replayed log included), a key never put
     /// is not, and a deleted one is not either (sled is asked).
     #[test]
-    fn the_seen_sets_filter_never_hides_a_key_sled_holds() {
+    fn the_filter_never_hides_a_seen_set_or_idempotency_key_sled_holds() {
         let dir = tempfile::tempdir().unwrap();
         let key = |i: u32| i.to_be_bytes().to_vec();
         let cp = dir.path().join(BLOB_DIR).join("CHECKPOINT");
@@ -909,8 +913,16 @@ mod tests {
             assert!(!s.contains(Space::Seen, &key(7)).unwrap(), "deleted");
             assert_eq!(s.get(Space::Seen, &key(8)).unwrap(), Some(Vec::new()));
             assert_eq!(s.get(Space::Seen, &key(9_999)).unwrap(), None);
-            s.apply_durable(&[Op::put(Space::Seen, key(10_000), Vec::new())])
-                .unwrap();
+            s.apply_durable(&[
+                Op::put(Space::Seen, key(10_000), Vec::new()),
+                Op::put(Space::Idempotency, b"cli:abc".to_vec(), b"id".to_vec()),
+            ])
+            .unwrap();
+            assert_eq!(
+                s.get(Space::Idempotency, b"cli:abc").unwrap(),
+                Some(b"id".to_vec())
+            );
+            assert_eq!(s.get(Space::Idempotency, b"cli:abd").unwrap(), None);
             drop(s);
             // Back to the checkpoint of the open: the reopen replays every batch from the log.
             std::fs::write(&cp, start).unwrap();
@@ -923,6 +935,10 @@ mod tests {
                 .all(|i| s.contains(Space::Seen, &key(i)).unwrap())
         );
         assert!(s.contains(Space::Seen, &key(10_000)).unwrap(), "replayed");
+        assert!(
+            s.contains(Space::Idempotency, b"cli:abc").unwrap(),
+            "replayed"
+        );
         assert!(!s.contains(Space::Seen, &key(7)).unwrap());
         let absent = (20_000..30_000)
             .filter(|i| {
