@@ -9,7 +9,7 @@
 //! deleted key costs one sled lookup until the store is next opened, when the filter is built
 //! again from what sled holds). It never answers "absent" for a key it was given.
 
-use std::hash::{BuildHasher, Hasher};
+use std::hash::Hasher;
 
 /// Bits per key a layer is sized for: with [`HASHES`] probes, about 1 % false positives.
 const BITS_PER_KEY: u64 = 10;
@@ -22,7 +22,14 @@ const MIN_CAPACITY: u64 = 1 << 16;
 #[derive(Debug)]
 pub(crate) struct KeyFilter {
     layers: Vec<Layer>,
-    hasher: std::collections::hash_map::RandomState,
+}
+
+/// The hash of `key` a filter uses. Fixed, not seeded per process: keys that collide on purpose
+/// only make their lookups go to sled, as they all did without the filter.
+pub(crate) fn hash(key: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write(key);
+    h.finish()
 }
 
 #[derive(Debug)]
@@ -68,32 +75,15 @@ impl KeyFilter {
     pub(crate) fn with_capacity(expected: u64) -> KeyFilter {
         KeyFilter {
             layers: vec![Layer::new(expected.max(MIN_CAPACITY))],
-            hasher: std::collections::hash_map::RandomState::new(),
         }
-    }
-
-    /// The same filter, empty, sized for `expected` keys at first (its hashes stay the same, so
-    /// that hashes taken from this one can be inserted into it).
-    pub(crate) fn resized(self, expected: u64) -> KeyFilter {
-        KeyFilter {
-            layers: vec![Layer::new(expected.max(MIN_CAPACITY))],
-            hasher: self.hasher,
-        }
-    }
-
-    /// The hash of `key` this filter uses ([`KeyFilter::insert_hash`]).
-    pub(crate) fn hash(&self, key: &[u8]) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        h.write(key);
-        h.finish()
     }
 
     /// Adds `key`.
     pub(crate) fn insert(&mut self, key: &[u8]) {
-        self.insert_hash(self.hash(key));
+        self.insert_hash(hash(key));
     }
 
-    /// Adds the key whose [`KeyFilter::hash`] is `hash`.
+    /// Adds the key whose [`hash`] is `hash`.
     pub(crate) fn insert_hash(&mut self, hash: u64) {
         let last = self.layers.last().expect("a filter has a layer");
         if last.count >= last.capacity {
@@ -108,7 +98,7 @@ impl KeyFilter {
 
     /// False only if `key` was never inserted.
     pub(crate) fn may_contain(&self, key: &[u8]) -> bool {
-        let hash = self.hash(key);
+        let hash = hash(key);
         self.layers.iter().any(|l| l.may_contain(hash))
     }
 

@@ -275,8 +275,8 @@ pub struct SledStore {
     /// What the open replayed from the log.
     replayed: blob::Replayed,
     /// Every key of the [`FILTERED`] spaces that sled holds (and some it no longer does), so
-    /// that a lookup of one it does not hold mostly skips sled. Built at open from what sled holds,
-    /// and given every put to that space before sled applies it.
+    /// that a lookup of one it does not hold mostly skips sled. Built at open from what sled
+    /// holds, and given every put to those spaces before sled applies it.
     filter: RwLock<KeyFilter>,
 }
 
@@ -424,8 +424,8 @@ impl SledStore {
         // Values in the log that belong in sled (see TRANSIENT_SPACES): ledger records written
         // by earlier versions, which would hold their segments for ever.
         let mut misplaced: Vec<(Space, Vec<u8>)> = Vec::new();
+        // The hashes of the filtered spaces' keys, for the filter built once they are counted.
         let mut filtered: Vec<u64> = Vec::new();
-        let filter = KeyFilter::with_capacity(0);
         for item in tree.iter() {
             let (k, v) = item.map_err(|e| open_err(e.to_string()))?;
             entries += 1;
@@ -433,7 +433,7 @@ impl SledStore {
                 .and_then(|b| Space::from_byte(*b))
                 .is_some_and(|s| FILTERED.contains(&s))
             {
-                filtered.push(filter.hash(&k));
+                filtered.push(crate::filter::hash(&k));
             }
             match decode(&v) {
                 Some(Stored::Blob(r)) => {
@@ -457,7 +457,7 @@ impl SledStore {
             );
         }
         // Sized for twice the keys held now before it first grows.
-        let mut filter = filter.resized(2 * filtered.len() as u64);
+        let mut filter = KeyFilter::with_capacity(2 * filtered.len() as u64);
         for h in filtered {
             filter.insert_hash(h);
         }
@@ -700,7 +700,12 @@ impl Store for SledStore {
 impl SledStore {
     /// False only if sled certainly does not hold `full` (a key of `space`, space byte first).
     fn may_hold(&self, space: Space, full: &[u8]) -> bool {
-        !FILTERED.contains(&space) || self.filter.read().map_or(true, |f| f.may_contain(full))
+        !FILTERED.contains(&space)
+            || self
+                .filter
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .may_contain(full)
     }
 
     /// Appends `ops` to the log (synced if `durable`), then applies them to sled.
@@ -751,21 +756,13 @@ impl SledStore {
         let batch = decode_batch(&body, &refs).ok_or_else(|| {
             StoreError::Io("a batch record does not decode to its own operations".into())
         })?;
-        // If sled fails here, the batch is in the log but not (wholly) in sled: the caller gets
-        // the error, and the replay of a restart applies it. A failed commit's outcome is
-        // unknown to its caller either way (its log write may or may not have reached the
-        // disk). What was applied is counted either way, so that no segment a live pointer
-        // leads into is ever taken for dead.
-        // The filter learns every key of its space before sled holds it, so that it never
-        // answers "absent" for a key sled has.
+        // The filter learns every key of its spaces before sled holds it, so that it never
+        // answers "absent" for a key sled has. (A poisoned lock still guards whole bits.)
         if ops
             .iter()
             .any(|op| matches!(op, Op::Put { space, .. } if FILTERED.contains(space)))
         {
-            let mut filter = self
-                .filter
-                .write()
-                .map_err(|_| StoreError::Io("the key filter's lock is poisoned".into()))?;
+            let mut filter = self.filter.write().unwrap_or_else(|p| p.into_inner());
             for op in ops {
                 if let Op::Put { space, key, .. } = op
                     && FILTERED.contains(space)
@@ -774,6 +771,11 @@ impl SledStore {
                 }
             }
         }
+        // If sled fails here, the batch is in the log but not (wholly) in sled: the caller gets
+        // the error, and the replay of a restart applies it. A failed commit's outcome is
+        // unknown to its caller either way (its log write may or may not have reached the
+        // disk). What was applied is counted either way, so that no segment a live pointer
+        // leads into is ever taken for dead.
         let mut change = PointerChange::default();
         let applied = apply_writes(&self.tree, batch, &mut change);
         let counted = self.blobs.commit(&change.added, &change.removed);
