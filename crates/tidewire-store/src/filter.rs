@@ -1,5 +1,6 @@
-//! A filter in front of a space that is asked mostly about keys it does not hold (the
-//! seen-set: every notification a node receives is looked up there, and nearly all are new).
+//! A filter in front of the spaces that are asked mostly about keys they do not hold (the
+//! seen-set: every notification a node receives is looked up there, and nearly all are new;
+//! publishers' idempotency keys, likewise at every publish that has one).
 //! A sled lookup walks the tree from its root, a few microseconds for a key that is not there;
 //! the filter answers "certainly not stored" for most such keys in a few tens of nanoseconds.
 //!
