@@ -429,17 +429,15 @@ impl SledStore {
         for item in tree.iter() {
             let (k, v) = item.map_err(|e| open_err(e.to_string()))?;
             entries += 1;
-            if k.first()
-                .and_then(|b| Space::from_byte(*b))
-                .is_some_and(|s| FILTERED.contains(&s))
-            {
+            let space = k.first().copied().and_then(Space::from_byte);
+            if space.is_some_and(|s| FILTERED.contains(&s)) {
                 filtered.push(crate::filter::hash(&k));
             }
             match decode(&v) {
                 Some(Stored::Blob(r)) => {
                     pointers += 1;
                     usage.entry(r.segment).or_default().add(r, &k);
-                    if let Some(space) = k.first().copied().and_then(Space::from_byte)
+                    if let Some(space) = space
                         && !opts.blob_spaces.contains(&space)
                     {
                         misplaced.push((space, k[1..].to_vec()));
@@ -758,19 +756,17 @@ impl SledStore {
         })?;
         // The filter learns every key of its spaces before sled holds it, so that it never
         // answers "absent" for a key sled has. (A poisoned lock still guards whole bits.)
-        if ops
-            .iter()
-            .any(|op| matches!(op, Op::Put { space, .. } if FILTERED.contains(space)))
-        {
-            let mut filter = self.filter.write().unwrap_or_else(|p| p.into_inner());
-            for op in ops {
-                if let Op::Put { space, key, .. } = op
-                    && FILTERED.contains(space)
-                {
-                    filter.insert(&full_key(*space, key));
-                }
+        let mut filter = None;
+        for (i, op) in ops.iter().enumerate() {
+            if let Op::Put { space, .. } = op
+                && FILTERED.contains(space)
+            {
+                filter
+                    .get_or_insert_with(|| self.filter.write().unwrap_or_else(|p| p.into_inner()))
+                    .insert(&keys[i]);
             }
         }
+        drop(filter);
         // If sled fails here, the batch is in the log but not (wholly) in sled: the caller gets
         // the error, and the replay of a restart applies it. A failed commit's outcome is
         // unknown to its caller either way (its log write may or may not have reached the
