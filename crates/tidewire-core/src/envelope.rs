@@ -661,12 +661,13 @@ impl VerifiedView {
 
     /// The body as a JSON tree (withheld array slots show as `null`).
     pub fn body(&self) -> Value {
-        let parsed: Vec<(FieldPath, Value)> = self
+        let mut parsed: Vec<(FieldPath, Value)> = self
             .fields
             .iter()
             .filter_map(|f| f.path.parse().ok().map(|p| (p, f.value())))
             .collect();
-        crate::fields::unflatten(parsed.iter().map(|(p, v)| (p, v.clone()))).unwrap_or(Value::Null)
+        crate::fields::unflatten(parsed.iter_mut().map(|(p, v)| (&*p, v.take())))
+            .unwrap_or(Value::Null)
     }
 
     /// The custody path: origin first, then every relay that handed it on.
