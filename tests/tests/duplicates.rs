@@ -49,7 +49,7 @@ async fn copies_arriving_at_once_over_two_links_are_delivered_once() -> anyhow::
             &n,
             &a,
             &ka,
-            NotificationId::random(),
+            NotificationId::generate(),
             i + 1,
             timefmt::now_ms(),
         );

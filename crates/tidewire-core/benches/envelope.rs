@@ -63,7 +63,7 @@ fn bench(c: &mut Criterion) {
         &n,
         &origin,
         &key,
-        NotificationId::random(),
+        NotificationId::generate(),
         1,
         1_800_000_000_000,
     );
@@ -91,7 +91,7 @@ fn bench(c: &mut Criterion) {
                 black_box(&n),
                 &origin,
                 &key,
-                NotificationId::random(),
+                NotificationId::generate(),
                 1,
                 1_800_000_000_000,
             )
@@ -154,7 +154,7 @@ fn bench(c: &mut Criterion) {
                 &n,
                 &origin,
                 &key,
-                NotificationId::random(),
+                NotificationId::generate(),
                 i,
                 1_800_000_000_000,
             ))
@@ -179,7 +179,7 @@ fn bench(c: &mut Criterion) {
                     n,
                     &origin,
                     &key,
-                    NotificationId::random(),
+                    NotificationId::generate(),
                     i,
                     1_800_000_000_000,
                 )

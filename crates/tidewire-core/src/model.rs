@@ -125,14 +125,30 @@ pub fn check_org(s: &str) -> Result<(), ParseError> {
     }
 }
 
-/// A notification id: 16 random bytes, shown as 32 hex digits.
+/// A notification id: 16 bytes, shown as 32 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NotificationId(pub [u8; 16]);
 
 impl NotificationId {
-    /// A fresh random id.
-    pub fn random() -> Self {
-        NotificationId(rand::random())
+    /// A fresh id: the time in milliseconds since the Unix epoch (48 bits, big-endian), then 80
+    /// random bits, as in a version 7 UUID. Ids made later sort later, so a store's index of
+    /// copies and seen marks takes new ones at its end instead of anywhere in it; and 80 random
+    /// bits keep ids made in the same millisecond apart (even a billion of them collide with a
+    /// chance of about 4 in 10 million). The time is the one the header carries anyway, so the
+    /// id tells no one anything more.
+    pub fn generate() -> Self {
+        Self::generate_at(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        )
+    }
+
+    /// [`NotificationId::generate`] at `unix_ms`.
+    pub fn generate_at(unix_ms: u64) -> Self {
+        let mut id: [u8; 16] = rand::random();
+        id[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
+        NotificationId(id)
     }
 
     /// Reads an id from its 16 bytes.
@@ -728,6 +744,26 @@ mod tests {
         assert!(p("a.b").is_covered_by(&p("a.*")));
         assert!(!p("atlantic.>").is_covered_by(&p("atlantic.*")));
         assert!(!p("a.*").is_covered_by(&p("a.b")));
+    }
+
+    #[test]
+    fn ids_made_later_sort_later_and_ids_of_one_millisecond_differ() {
+        let t = 1_795_000_000_000u64;
+        let (a, b) = (
+            NotificationId::generate_at(t),
+            NotificationId::generate_at(t),
+        );
+        assert_ne!(a, b);
+        assert_eq!(a.0[..6], t.to_be_bytes()[2..]);
+        for _ in 0..100 {
+            assert!(NotificationId::generate_at(t) < NotificationId::generate_at(t + 1));
+        }
+        let now = NotificationId::generate();
+        assert!(
+            NotificationId::generate_at(t) < now,
+            "the clock is past {t}"
+        );
+        assert_eq!(now.to_string().parse::<NotificationId>().unwrap(), now);
     }
 
     #[test]

@@ -69,7 +69,7 @@ fn a_header_signed_by_a_key_outside_the_roster_is_an_unknown_key() {
         &common::sample(),
         &node(ORIGIN),
         &stranger,
-        NotificationId::random(),
+        NotificationId::generate(),
         1,
         CREATED_AT_MS,
     );
@@ -163,7 +163,7 @@ fn an_origin_missing_from_the_roster_is_unknown_origin() {
         &common::sample(),
         &node("ameripol"),
         &SigningKey::from_seed([42; 32]),
-        NotificationId::random(),
+        NotificationId::generate(),
         1,
         CREATED_AT_MS,
     );

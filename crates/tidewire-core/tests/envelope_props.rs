@@ -220,7 +220,7 @@ fn run(plan: &Plan, force: Force) -> Outcome {
     let place = place % size;
     let mut sealed: Vec<Envelope> = (0..size)
         .map(|j| {
-            let id = NotificationId::random();
+            let id = NotificationId::generate();
             let seq = 7 + j as u64;
             let origin = common::node(common::ORIGIN);
             envelope::seal_unsigned(
@@ -448,7 +448,7 @@ proptest! {
                     &n,
                     &origin,
                     &common::origin_key(),
-                    NotificationId::random(),
+                    NotificationId::generate(),
                     7 + j as u64,
                     common::CREATED_AT_MS,
                 )

@@ -2173,7 +2173,7 @@ impl Node {
                 self.cfg.limits.publish_rate_per_s
             )));
         }
-        let id = NotificationId::random();
+        let id = NotificationId::generate();
         let seq = self.origin_seq.fetch_add(1, Ordering::SeqCst) + 1;
         let now = timefmt::now_ms();
         let (env, view) = envelope::seal_unsigned_viewed(&n, self.id(), &self.key, id, seq, now)

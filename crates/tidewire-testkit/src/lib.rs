@@ -112,7 +112,7 @@ pub fn relayed_by(
     use tidewire_core::envelope::{self, Hop};
     let (from, to): (tidewire_core::NodeId, tidewire_core::NodeId) = (from.parse()?, to.parse()?);
     let n = tidewire_core::Notification::from_value(n)?;
-    let id = tidewire_core::NotificationId::random();
+    let id = tidewire_core::NotificationId::generate();
     let now = tidewire_core::timefmt::now_ms();
     let sealed = envelope::seal(&n, &from, key, id, 1, now);
     let relayed = envelope::relay(

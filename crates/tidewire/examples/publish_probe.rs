@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
             &n,
             node.id(),
             key,
-            tidewire_core::NotificationId::random(),
+            tidewire_core::NotificationId::generate(),
             1,
             1,
         );

@@ -983,7 +983,7 @@ pub async fn policy(c: PolicyCmd, json: bool) -> Result<()> {
                 &n,
                 &origin_party.node,
                 &key,
-                tidewire_core::NotificationId::random(),
+                tidewire_core::NotificationId::generate(),
                 1,
                 timefmt::now_ms(),
             );

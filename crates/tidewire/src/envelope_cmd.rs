@@ -66,7 +66,7 @@ pub fn run(cmd: EnvelopeCmd, json: bool) -> Result<()> {
             let text = std::fs::read_to_string(&notification)
                 .with_context(|| format!("cannot read {}", notification.display()))?;
             let n = crate::cmds::parse_notification(&notification.display().to_string(), &text)?;
-            let id = NotificationId::random();
+            let id = NotificationId::generate();
             let env = envelope::seal(&n, &node, &key, id, 1, timefmt::now_ms());
             let bytes = envelope::encode(&env);
             std::fs::write(&out, &bytes)

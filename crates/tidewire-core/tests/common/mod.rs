@@ -59,7 +59,7 @@ pub fn seal(n: &Notification) -> Envelope {
         n,
         &node(ORIGIN),
         &origin_key(),
-        NotificationId::random(),
+        NotificationId::generate(),
         7,
         CREATED_AT_MS,
     )
