@@ -1407,15 +1407,11 @@ fn print_audit_entries(entries: &[pb::AuditEntry], json: bool) {
             println!("{}", audit_entry_json(e));
         } else {
             println!(
-                "{:>6} {} {:<16} {:<12} {:<18} rule {:<24} policy {}  {}",
+                "{:>6} {} {:<16} {:<16} {:<18} rule {:<24} policy {}  {}",
                 e.seq,
                 timefmt::format_ms(e.at_ms),
                 e.event,
-                if e.notification.len() > 12 {
-                    &e.notification[..12]
-                } else {
-                    &e.notification
-                },
+                short_id(&e.notification),
                 e.destination,
                 if e.rule.is_empty() { "-" } else { &e.rule },
                 if e.policy_version.is_empty() {
@@ -1433,6 +1429,14 @@ fn print_audit_entries(entries: &[pb::AuditEntry], json: bool) {
 const CASES_PAGE: u32 = 1000;
 
 /// Prints case items as JSON lines, or as a table.
+/// The first 16 hex digits of a notification id, as the readable output shows it: the 12 of its
+/// creation time (in milliseconds) and 4 random ones, so that notifications published in the
+/// same millisecond still look different. Any prefix finds an id (`cases show`, `ledger
+/// --notification`).
+pub(crate) fn short_id(id: &str) -> &str {
+    id.get(..16).unwrap_or(id)
+}
+
 fn print_cases(items: &[pb::CaseItem], json: bool) {
     for i in items {
         if json {
@@ -1663,7 +1667,23 @@ fn human_bytes(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{human_bytes, key_line, outcome_unknown};
+    use super::{human_bytes, key_line, outcome_unknown, short_id};
+
+    #[test]
+    fn short_ids_of_one_millisecond_differ_and_find_their_notification() {
+        let t = 1_795_000_000_000;
+        let ids: Vec<String> = (0..16)
+            .map(|_| tidewire_core::NotificationId::generate_at(t).to_string())
+            .collect();
+        let short: std::collections::HashSet<&str> = ids.iter().map(|i| short_id(i)).collect();
+        // 16 random bits each: 16 ids of one millisecond collide with a chance of about 0.2 %.
+        assert!(short.len() >= 15, "{short:?}");
+        assert!(
+            ids.iter()
+                .all(|i| i.starts_with(short_id(i)) && short_id(i).len() == 16)
+        );
+        assert_eq!(short_id("abc"), "abc");
+    }
 
     #[test]
     fn human_bytes_picks_the_unit_a_person_reads() {

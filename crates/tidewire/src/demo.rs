@@ -369,7 +369,7 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
             println!(
                 "  {origin:<8} {:<22} {} -> {}",
                 n["kind"].as_str().unwrap_or(""),
-                &r.id[..12],
+                crate::cmds::short_id(&r.id),
                 dests.iter().cloned().collect::<Vec<_>>().join(", ")
             );
         }
@@ -420,7 +420,7 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
                 })),
                 None => missing.push(format!(
                     "{} ({}) never reached {d}",
-                    &id[..12],
+                    crate::cmds::short_id(id),
                     n["kind"].as_str().unwrap_or("")
                 )),
             }
@@ -478,7 +478,7 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
             };
             println!(
                 "  {} {:<22} -> {:<8} via {}{withheld}",
-                &r["notification"].as_str().unwrap_or("")[..12],
+                crate::cmds::short_id(r["notification"].as_str().unwrap_or("")),
                 r["kind"].as_str().unwrap_or(""),
                 r["to"].as_str().unwrap_or(""),
                 path.iter()
@@ -490,7 +490,7 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
         }
         println!(
             "\nwithheld by policy on the way (MAOC-N's ledger for {}):",
-            &example[..12]
+            crate::cmds::short_id(example)
         );
         for e in &ledger_example {
             let d: serde_json::Value = serde_json::from_str(&e.detail_json).unwrap_or_default();
