@@ -107,6 +107,12 @@ pub struct Limits {
     /// MiB of memory for the store's page cache (sled's). More keeps more of a large store in
     /// memory: fewer reads from disk, and a steadier tail latency.
     pub store_cache_mib: u64,
+    /// Threads that run the node's tasks (links, publishers, subscribers, verification).
+    /// Absent: one per core. Give a node fewer when it shares its machine with other busy
+    /// processes, other nodes among them: threads beyond the cores it can have only wait for
+    /// them, and that waiting is what a notification's tail latency is made of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<usize>,
 }
 
 impl Default for Limits {
@@ -120,6 +126,7 @@ impl Default for Limits {
             redelivery_s: 30,
             durable_idle_hours: None,
             store_cache_mib: tidewire_store::CACHE_BYTES >> 20,
+            worker_threads: None,
         }
     }
 }
@@ -202,7 +209,7 @@ enum Kind {
 /// The keys an environment variable may override, each as `TIDEWIRE_` and its path in capitals
 /// with `_` for `.` ([`override_var`]: `TIDEWIRE_LIMITS_HOP_BUDGET` sets `limits.hop_budget`).
 /// `[[link]]` tables are set in the file only.
-const OVERRIDES: [(&str, Kind); 21] = [
+const OVERRIDES: [(&str, Kind); 22] = [
     ("id", Kind::Text),
     ("country", Kind::Text),
     ("org", Kind::Text),
@@ -224,6 +231,7 @@ const OVERRIDES: [(&str, Kind); 21] = [
     ("limits.redelivery_s", Kind::Integer),
     ("limits.durable_idle_hours", Kind::Hours),
     ("limits.store_cache_mib", Kind::Integer),
+    ("limits.worker_threads", Kind::Integer),
 ];
 
 /// The variable that overrides the key at `path`.
@@ -465,6 +473,16 @@ impl NodeConfig {
                 ),
             ));
         }
+        if f.limits
+            .worker_threads
+            .is_some_and(|n| !(1..=1024).contains(&n))
+        {
+            return Err(bad(
+                "limits.worker_threads",
+                "between 1 and 1024 (threads for the node's tasks; leave it out for one per core)"
+                    .into(),
+            ));
+        }
         let hours = |key: &str, h: f64| {
             if h.is_finite() && h > 0.0 && h <= MAX_RETENTION_HOURS {
                 Ok(())
@@ -599,6 +617,7 @@ key = "c.key"
                 ("TIDEWIRE_LIMITS_RETENTION_HOURS", "0.5"),
                 ("TIDEWIRE_LIMITS_DURABLE_IDLE_HOURS", "168"),
                 ("TIDEWIRE_LIMITS_STORE_CACHE_MIB", "256"),
+                ("TIDEWIRE_LIMITS_WORKER_THREADS", "1"),
                 ("TIDEWIRE_TLS_CERT", "other.pem"),
                 ("TIDEWIRE_ORG", "ofnac"),
                 ("TIDEWIRE_LOG", "debug"),
@@ -609,6 +628,7 @@ key = "c.key"
         assert_eq!(cfg.retention_ms(), 1_800_000);
         assert_eq!(cfg.durable_idle_ms(), Some(168 * 3_600_000));
         assert_eq!(cfg.limits.store_cache_mib, 256);
+        assert_eq!(cfg.limits.worker_threads, Some(1));
         assert_eq!(cfg.tls_cert, dir.path().join("other.pem"));
         assert_eq!(cfg.org, "ofnac");
         assert_eq!(cfg.limits.link_window, Limits::default().link_window);
@@ -643,6 +663,22 @@ key = "c.key"
             ),
             "{e}"
         );
+        let e = NodeConfig::parse(
+            BASE,
+            &path,
+            &env(&[("TIDEWIRE_LIMITS_WORKER_THREADS", "0")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(
+                "key `limits.worker_threads` (set by TIDEWIRE_LIMITS_WORKER_THREADS): between 1 \
+                 and 1024"
+            ),
+            "{e}"
+        );
+        let defaults = NodeConfig::parse(BASE, &path, &env(&[])).unwrap();
+        assert_eq!(defaults.limits.worker_threads, None, "absent: one per core");
     }
 
     #[test]

@@ -292,6 +292,10 @@ impl pb::admin_server::Admin for AdminService {
             policy_number: policy.as_ref().map_or(0, |p| p.version()),
             roster_nodes: n.roster().nodes().count() as u32,
             roster_sha256: n.roster_sha256(),
+            worker_threads: u32::try_from(
+                tokio::runtime::Handle::current().metrics().num_workers(),
+            )
+            .unwrap_or(u32::MAX),
             store: Some({
                 let s = n.store.stats();
                 let c = n.commit_stats();

@@ -18,7 +18,11 @@ pub async fn node_run(config: &Path, env: &HashMap<String, String>) -> Result<()
     let cfg = tidewire_node::NodeConfig::load(config, env)?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let running = tidewire_node::start(cfg, shutdown.clone()).await?;
-    tracing::info!(addr = %running.addr, "listening");
+    tracing::info!(
+        addr = %running.addr,
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        "listening"
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let node = running.node.clone();
@@ -32,6 +36,14 @@ pub async fn node_run(config: &Path, env: &HashMap<String, String>) -> Result<()
     tracing::info!("shutting down: draining links and flushing the store");
     running.stop().await;
     Ok(())
+}
+
+/// `limits.worker_threads` of the node `config` describes, for the runtime `node run` starts
+/// (`None`: one thread per core, or a configuration that `node_run` will refuse, saying why).
+pub fn node_worker_threads(config: &Path, env: &HashMap<String, String>) -> Option<usize> {
+    tidewire_node::NodeConfig::load(config, env)
+        .ok()
+        .and_then(|c| c.limits.worker_threads)
 }
 
 /// SIGHUP: the `[[link]]`s of `node.toml`, the roster, then the policy, each read again; one
@@ -783,7 +795,7 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "node": s.node, "country": s.country, "org": s.org, "uptime_s": s.uptime_s, "policy_version": s.policy_version, "policy_number": s.policy_number, "roster_nodes": s.roster_nodes, "roster_sha256": s.roster_sha256,
+                "node": s.node, "country": s.country, "org": s.org, "uptime_s": s.uptime_s, "policy_version": s.policy_version, "policy_number": s.policy_number, "roster_nodes": s.roster_nodes, "roster_sha256": s.roster_sha256, "worker_threads": s.worker_threads,
                 "links": s.links.iter().map(|l| serde_json::json!({"peer": l.peer, "up": l.up, "backlog": l.backlog, "last_error": l.last_error, "url": l.address})).collect::<Vec<_>>(),
                 "counters": counters, "refused": refused,
                 "routes": s.routes.iter().map(|r| serde_json::json!({"node": r.node, "next_hop": r.next_hop, "distance": r.distance})).collect::<Vec<_>>(),
@@ -793,11 +805,13 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "node {} ({}, {})   up {}s   policy {}",
+        "node {} ({}, {})   up {}s   {} worker thread{}   policy {}",
         s.node,
         s.country,
         s.org,
         s.uptime_s,
+        s.worker_threads,
+        if s.worker_threads == 1 { "" } else { "s" },
         if s.policy_version.is_empty() {
             "none (deny all)".to_owned()
         } else {

@@ -593,6 +593,23 @@ pub struct BenchArgs {
     /// stored and flushed by b before it is acknowledged.
     #[arg(long)]
     backlog: bool,
+    /// With `--processes`: the threads each node process runs its tasks on (its
+    /// `limits.worker_threads`). Default: the machine's cores shared out among the nodes, at
+    /// least one each, as if each node had a share of the machine to itself.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    node_threads: Option<u64>,
+}
+
+impl BenchArgs {
+    /// The threads each node process gets, for `nodes` node processes (`None`: the nodes run in
+    /// this process, on its runtime).
+    fn node_threads(&self, nodes: usize) -> Option<usize> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.processes.then(|| {
+            self.node_threads
+                .map_or((cores / nodes.max(1)).max(1), |n| n as usize)
+        })
+    }
 }
 
 /// The nodes a benchmark runs: in this process, or as `tidewire node run` child processes.
@@ -601,24 +618,33 @@ enum BenchNodes {
     Processes {
         dir: PathBuf,
         children: Vec<(String, std::process::Child)>,
+        /// Each process's `limits.worker_threads`.
+        threads: usize,
     },
 }
 
 impl BenchNodes {
-    async fn start(dir: &Path, nodes: &[&str], links: &[&str], processes: bool) -> Result<Self> {
-        if !processes {
+    /// Starts `nodes` in this process, or as processes of `threads` worker threads each.
+    async fn start(
+        dir: &Path,
+        nodes: &[&str],
+        links: &[&str],
+        processes: Option<usize>,
+    ) -> Result<Self> {
+        let Some(threads) = processes else {
             let f = LocalFederation::start(dir, nodes, links).await?;
             f.converge(Duration::from_secs(20)).await?;
             return Ok(BenchNodes::InProcess(f));
-        }
+        };
         pki::init(&pki::InitOptions::dev(dir, nodes, links))?;
         let mut children = Vec::new();
         for id in nodes {
-            children.push((id.to_string(), spawn_node(dir, id)?));
+            children.push((id.to_string(), spawn_node(dir, id, threads)?));
         }
         let started = BenchNodes::Processes {
             dir: dir.to_owned(),
             children,
+            threads,
         };
         // Converged when every node has a route to every other.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -666,11 +692,15 @@ impl BenchNodes {
     async fn restart_node(&mut self, id: &str) -> Result<()> {
         match self {
             BenchNodes::InProcess(f) => f.restart_node(id).await,
-            BenchNodes::Processes { dir, children } => {
+            BenchNodes::Processes {
+                dir,
+                children,
+                threads,
+            } => {
                 let Some((_, c)) = children.iter_mut().find(|(n, _)| n == id) else {
                     bail!("node `{id}` is not part of this benchmark")
                 };
-                *c = spawn_node(dir, id)?;
+                *c = spawn_node(dir, id, *threads)?;
                 Ok(())
             }
         }
@@ -724,37 +754,44 @@ impl BenchNodes {
             },
         }
         .fill(out);
-        let (longest, p99) = self.commit_times().await;
-        out["longest_commit_ms_per_node"] = serde_json::json!(longest);
-        out["commit_p99_ms_per_node"] = serde_json::json!(p99);
+        let figures = self.status_figures().await;
+        out["longest_commit_ms_per_node"] = serde_json::json!(figures.longest);
+        out["commit_p99_ms_per_node"] = serde_json::json!(figures.p99);
+        if let BenchNodes::Processes { .. } = &self {
+            out["worker_threads_per_node"] = serde_json::json!(figures.threads);
+        }
         self.stop().await;
     }
 
     /// Each node's longest group commit so far, and the time 99 % of them stayed within, in ms,
     /// from its `status`. A run's tail follows them: every notification in a commit that the
     /// disk holds up waits with it.
-    async fn commit_times(&self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    async fn status_figures(&self) -> StatusFigures {
         let ids: Vec<String> = match self {
             BenchNodes::InProcess(f) => f.nodes.keys().cloned().collect(),
             BenchNodes::Processes { children, .. } => {
                 children.iter().map(|(id, _)| id.clone()).collect()
             }
         };
-        let (mut longest, mut p99) = (BTreeMap::new(), BTreeMap::new());
+        let mut figures = StatusFigures::default();
         for id in ids {
             let Ok(ch) = self.conn(&id).connect().await else {
                 continue;
             };
-            if let Ok(s) = pb::admin_client::AdminClient::new(ch)
+            let Ok(s) = pb::admin_client::AdminClient::new(ch)
                 .status(pb::StatusRequest {})
                 .await
-                && let Some(store) = s.into_inner().store
-            {
-                longest.insert(id.clone(), store.longest_commit_ms);
-                p99.insert(id, store.commit_p99_ms);
+            else {
+                continue;
+            };
+            let s = s.into_inner();
+            figures.threads.insert(id.clone(), s.worker_threads);
+            if let Some(store) = s.store {
+                figures.longest.insert(id.clone(), store.longest_commit_ms);
+                figures.p99.insert(id, store.commit_p99_ms);
             }
         }
-        (longest, p99)
+        figures
     }
 
     /// Peak RSS per node process, in MiB (empty when the nodes run in this process).
@@ -784,9 +821,9 @@ impl BenchNodes {
     }
 }
 
-/// Starts `tidewire node run` for node `id` of the federation in `dir`, logging to
-/// `dir/<id>.log` (appended, so a restart keeps the first run's log).
-fn spawn_node(dir: &Path, id: &str) -> Result<std::process::Child> {
+/// Starts `tidewire node run` for node `id` of the federation in `dir`, on `threads` worker
+/// threads, logging to `dir/<id>.log` (appended, so a restart keeps the first run's log).
+fn spawn_node(dir: &Path, id: &str, threads: usize) -> Result<std::process::Child> {
     let exe = std::env::current_exe().context("locating the tidewire binary")?;
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -796,6 +833,7 @@ fn spawn_node(dir: &Path, id: &str) -> Result<std::process::Child> {
         .args(["node", "run", "--config"])
         .arg(dir.join(id).join("node.toml"))
         .env("TIDEWIRE_LOG", "warn")
+        .env("TIDEWIRE_LIMITS_WORKER_THREADS", threads.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -954,6 +992,17 @@ impl Cpu {
     }
 }
 
+/// What a benchmark reads from each node's `status` at its end, by node.
+#[derive(Debug, Default)]
+struct StatusFigures {
+    /// The longest group commit, in ms.
+    longest: BTreeMap<String, u64>,
+    /// The time 99 % of the group commits stayed within, in ms.
+    p99: BTreeMap<String, u64>,
+    /// The worker threads its tasks ran on.
+    threads: BTreeMap<String, u32>,
+}
+
 /// What every `bench relay` mode reports besides its own figures.
 struct Run {
     /// Notifications the rate and CPU figures count.
@@ -1005,7 +1054,13 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
         (vec!["a", "b", "c"], vec!["a:b", "b:c"])
     };
     let last = *nodes.last().expect("nodes");
-    let fedn = BenchNodes::start(&tmp.path().join("f"), &nodes, &links, a.processes).await?;
+    let fedn = BenchNodes::start(
+        &tmp.path().join("f"),
+        &nodes,
+        &links,
+        a.node_threads(nodes.len()),
+    )
+    .await?;
     if a.backlog {
         return bench_backlog(&a, fedn, &nodes, json).await;
     }
@@ -1180,6 +1235,13 @@ fn print_cpu_per_node(out: &serde_json::Value) {
     let rest = us(&out["cpu_us_per_notification"]) - nodes;
     list.push(format!("publisher and subscriber {:.0} µs", rest.max(0.0)));
     println!("CPU per notification: {}", list.join(", "));
+    if let Some(threads) = per_node(out, "worker_threads_per_node") {
+        let list: Vec<String> = threads.iter().map(|(n, t)| format!("{n} {t}")).collect();
+        println!(
+            "worker threads per node process (--node-threads): {}",
+            list.join(", ")
+        );
+    }
 }
 
 /// `tidewire bench relay --backlog`: the last hop alone. Its receiver is stopped, everything is

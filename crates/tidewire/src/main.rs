@@ -190,7 +190,13 @@ fn main() {
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-    let result = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Node(NodeCmd::Run { config }) = &cli.command
+        && let Some(n) = cmds::node_worker_threads(config, &env)
+    {
+        runtime.worker_threads(n);
+    }
+    let result = runtime
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)

@@ -107,6 +107,36 @@ fn bench_relay_with_processes_reports_peak_rss_per_node() -> Result<()> {
         "{r}"
     );
     assert_eq!(p99.len(), commits.len(), "{r}");
+    // Each node process's own status: the machine's cores shared out, at least one each.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let threads = per_node(&r, "worker_threads_per_node")?;
+    assert_eq!(threads.len(), 2, "{r}");
+    assert!(
+        threads
+            .values()
+            .all(|t| t.as_u64() == Some((cores / 2).max(1))),
+        "{r}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bench_relay_gives_each_node_process_the_worker_threads_asked_for() -> Result<()> {
+    let r = bench(&[
+        "--processes",
+        "--node-threads",
+        "3",
+        "--count",
+        "20",
+        "--persons",
+        "0",
+    ])?;
+    assert_sane(&r, 20);
+    // Read back from each node's status: the runtime `node run` built from
+    // TIDEWIRE_LIMITS_WORKER_THREADS.
+    let threads = per_node(&r, "worker_threads_per_node")?;
+    assert_eq!(threads.len(), 2, "{r}");
+    assert!(threads.values().all(|t| t.as_u64() == Some(3)), "{r}");
     Ok(())
 }
 
