@@ -763,9 +763,9 @@ impl BenchNodes {
         self.stop().await;
     }
 
-    /// Each node's longest group commit so far, and the time 99 % of them stayed within, in ms,
-    /// from its `status`. A run's tail follows them: every notification in a commit that the
-    /// disk holds up waits with it.
+    /// Each node's longest group commit so far, the time 99 % of them stayed within, in ms, and
+    /// its worker threads, from its `status`. A run's tail follows the commits: every
+    /// notification in a commit that the disk holds up waits with it.
     async fn status_figures(&self) -> StatusFigures {
         let ids: Vec<String> = match self {
             BenchNodes::InProcess(f) => f.nodes.keys().cloned().collect(),
@@ -1046,6 +1046,12 @@ impl Run {
 pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
     if a.backlog && a.hops != 1 {
         bail!("--backlog measures one hop: use it with --hops 1");
+    }
+    if a.node_threads.is_some() && !a.processes {
+        bail!(
+            "--node-threads sets each node process's threads: use it with --processes (in this \
+             process the nodes share its runtime)"
+        );
     }
     let tmp = tempfile::tempdir()?;
     let (nodes, links): (Vec<&str>, Vec<&str>) = if a.hops == 1 {

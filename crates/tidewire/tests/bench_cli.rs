@@ -127,16 +127,22 @@ fn bench_relay_gives_each_node_process_the_worker_threads_asked_for() -> Result<
         "--node-threads",
         "3",
         "--count",
-        "20",
+        "60",
         "--persons",
         "0",
     ])?;
-    assert_sane(&r, 20);
+    assert_sane(&r, 60);
     // Read back from each node's status: the runtime `node run` built from
     // TIDEWIRE_LIMITS_WORKER_THREADS.
     let threads = per_node(&r, "worker_threads_per_node")?;
     assert_eq!(threads.len(), 2, "{r}");
     assert!(threads.values().all(|t| t.as_u64() == Some(3)), "{r}");
+    // In one process the nodes share its runtime: the flag is refused, not ignored.
+    let e = bench(&["--node-threads", "3", "--count", "20"]).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("use it with --processes"),
+        "{e:#}"
+    );
     Ok(())
 }
 
