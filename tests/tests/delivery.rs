@@ -73,6 +73,11 @@ async fn line_a_b_c_delivers_verified_with_custody_path() -> anyhow::Result<()> 
         d.created_at_ms,
         d.received_at_ms
     );
+    assert_eq!(
+        &d.id[..12],
+        format!("{:012x}", d.created_at_ms),
+        "an id begins with its creation time in milliseconds"
+    );
     let fields: serde_json::Value = serde_json::from_str(&d.fields_json)?;
     assert_eq!(fields["vessel"]["imo"], "9387421", "{fields}");
     kit.stop().await;

@@ -66,8 +66,9 @@ pub fn run(cmd: EnvelopeCmd, json: bool) -> Result<()> {
             let text = std::fs::read_to_string(&notification)
                 .with_context(|| format!("cannot read {}", notification.display()))?;
             let n = crate::cmds::parse_notification(&notification.display().to_string(), &text)?;
-            let id = NotificationId::generate();
-            let env = envelope::seal(&n, &node, &key, id, 1, timefmt::now_ms());
+            let now = timefmt::now_ms();
+            let id = NotificationId::generate_at(u64::try_from(now).unwrap_or(0));
+            let env = envelope::seal(&n, &node, &key, id, 1, now);
             let bytes = envelope::encode(&env);
             std::fs::write(&out, &bytes)
                 .with_context(|| format!("cannot write {}", out.display()))?;
