@@ -14,8 +14,14 @@ use tidewire_proto::v1 as pb;
 use crate::client::{Conn, status_error};
 
 /// `tidewire node run`.
-pub async fn node_run(config: &Path, env: &HashMap<String, String>) -> Result<()> {
-    let cfg = tidewire_node::NodeConfig::load(config, env)?;
+/// `tidewire node run`: the node that `cfg`, read from `config`, describes, until SIGTERM or
+/// SIGINT (SIGHUP reads `config` again). `main` reads the configuration before it builds the
+/// runtime, whose worker threads it sets.
+pub async fn node_run(
+    config: &Path,
+    cfg: tidewire_node::NodeConfig,
+    env: &HashMap<String, String>,
+) -> Result<()> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let running = tidewire_node::start(cfg, shutdown.clone()).await?;
     tracing::info!(
@@ -36,14 +42,6 @@ pub async fn node_run(config: &Path, env: &HashMap<String, String>) -> Result<()
     tracing::info!("shutting down: draining links and flushing the store");
     running.stop().await;
     Ok(())
-}
-
-/// `limits.worker_threads` of the node `config` describes, for the runtime `node run` starts
-/// (`None`: one thread per core, or a configuration that `node_run` will refuse, saying why).
-pub fn node_worker_threads(config: &Path, env: &HashMap<String, String>) -> Option<usize> {
-    tidewire_node::NodeConfig::load(config, env)
-        .ok()
-        .and_then(|c| c.limits.worker_threads)
 }
 
 /// SIGHUP: the `[[link]]`s of `node.toml`, the roster, then the policy, each read again; one

@@ -190,9 +190,17 @@ fn main() {
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    // A node's configuration is read before the runtime is built: it says how many worker
+    // threads the runtime has (`limits.worker_threads`).
+    let node_config = match &cli.command {
+        Command::Node(NodeCmd::Run { config }) => {
+            Some(tidewire_node::NodeConfig::load(config, &env))
+        }
+        _ => None,
+    };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Node(NodeCmd::Run { config }) = &cli.command
-        && let Some(n) = cmds::node_worker_threads(config, &env)
+    if let Some(Ok(cfg)) = &node_config
+        && let Some(n) = cfg.limits.worker_threads
     {
         runtime.worker_threads(n);
     }
@@ -200,7 +208,7 @@ fn main() {
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(run(cli, env)));
+        .and_then(|rt| rt.block_on(run(cli, env, node_config)));
     if let Err(e) = result {
         let mut msg = e.to_string();
         for cause in e.chain().skip(1) {
@@ -215,12 +223,21 @@ fn main() {
     }
 }
 
-async fn run(cli: Cli, env: std::collections::HashMap<String, String>) -> anyhow::Result<()> {
+/// Runs one command. `node_config` is the configuration `main` read for `node run`.
+async fn run(
+    cli: Cli,
+    env: std::collections::HashMap<String, String>,
+    node_config: Option<Result<tidewire_node::NodeConfig, tidewire_node::config::ConfigError>>,
+) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
         Command::Node(NodeCmd::Run { config }) => {
             init_tracing(&env, json);
-            cmds::node_run(&config, &env).await
+            let cfg = match node_config {
+                Some(read) => read?,
+                None => tidewire_node::NodeConfig::load(&config, &env)?,
+            };
+            cmds::node_run(&config, cfg, &env).await
         }
         Command::Demo(a) => {
             init_tracing(&env_quiet(&env), false);
