@@ -137,17 +137,15 @@ impl NotificationId {
     /// chance of about 4 in 10 million). The time is the one the header carries anyway, so the
     /// id tells no one anything more.
     pub fn generate() -> Self {
-        Self::generate_at(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-        )
+        Self::generate_at(crate::timefmt::now_ms())
     }
 
-    /// [`NotificationId::generate`] at `unix_ms`.
-    pub fn generate_at(unix_ms: u64) -> Self {
+    /// [`NotificationId::generate`] for a notification created at `created_at_ms` (Unix ms, as
+    /// its header says; a time before 1970 counts as 0).
+    pub fn generate_at(created_at_ms: i64) -> Self {
+        let ms = u64::try_from(created_at_ms).unwrap_or(0);
         let mut id: [u8; 16] = rand::random();
-        id[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
+        id[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
         NotificationId(id)
     }
 
@@ -748,7 +746,7 @@ mod tests {
 
     #[test]
     fn ids_made_later_sort_later_and_ids_of_one_millisecond_differ() {
-        let t = 1_795_000_000_000u64;
+        let t = 1_795_000_000_000i64;
         let (a, b) = (
             NotificationId::generate_at(t),
             NotificationId::generate_at(t),

@@ -2176,7 +2176,7 @@ impl Node {
         let seq = self.origin_seq.fetch_add(1, Ordering::SeqCst) + 1;
         let now = timefmt::now_ms();
         // The id's time is the header's creation time.
-        let id = NotificationId::generate_at(u64::try_from(now).unwrap_or(0));
+        let id = NotificationId::generate_at(now);
         let (env, view) = envelope::seal_unsigned_viewed(&n, self.id(), &self.key, id, seq, now)
             .map_err(|e| NodeError::Internal(e.to_string()))?;
         let key_guard = inflight.as_mut().map(|map| {

@@ -67,7 +67,7 @@ pub fn run(cmd: EnvelopeCmd, json: bool) -> Result<()> {
                 .with_context(|| format!("cannot read {}", notification.display()))?;
             let n = crate::cmds::parse_notification(&notification.display().to_string(), &text)?;
             let now = timefmt::now_ms();
-            let id = NotificationId::generate_at(u64::try_from(now).unwrap_or(0));
+            let id = NotificationId::generate_at(now);
             let env = envelope::seal(&n, &node, &key, id, 1, now);
             let bytes = envelope::encode(&env);
             std::fs::write(&out, &bytes)
