@@ -1188,7 +1188,7 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
             out["at_last_node_p99_ms"]
         );
         print_cpu_per_node(&out);
-        print_commit_times(&out);
+        print_status_figures(&out);
     }
     Ok(())
 }
@@ -1212,15 +1212,29 @@ fn per_node<'a>(
     out[key].as_object().filter(|m| !m.is_empty())
 }
 
-/// Each node's longest group commit (the disk's worst sync is in every notification's latency
-/// that waited for it), and the time 99 % of its commits stayed within.
-fn print_commit_times(out: &serde_json::Value) {
-    for (key, label) in [
-        ("longest_commit_ms_per_node", "longest commit per node"),
-        ("commit_p99_ms_per_node", "99% of commits within, per node"),
+/// What the nodes' `status` said at the end: each one's longest group commit (the disk's worst
+/// sync is in every notification's latency that waited for it), the time 99 % of its commits
+/// stayed within, and (node processes) its worker threads.
+fn print_status_figures(out: &serde_json::Value) {
+    for (key, label, unit) in [
+        (
+            "longest_commit_ms_per_node",
+            "longest commit per node",
+            " ms",
+        ),
+        (
+            "commit_p99_ms_per_node",
+            "99% of commits within, per node",
+            " ms",
+        ),
+        (
+            "worker_threads_per_node",
+            "worker threads per node process (--node-threads)",
+            "",
+        ),
     ] {
         if let Some(per) = per_node(out, key) {
-            let list: Vec<String> = per.iter().map(|(n, ms)| format!("{n} {ms} ms")).collect();
+            let list: Vec<String> = per.iter().map(|(n, v)| format!("{n} {v}{unit}")).collect();
             println!("{label}: {}", list.join(", "));
         }
     }
@@ -1241,13 +1255,6 @@ fn print_cpu_per_node(out: &serde_json::Value) {
     let rest = us(&out["cpu_us_per_notification"]) - nodes;
     list.push(format!("publisher and subscriber {:.0} µs", rest.max(0.0)));
     println!("CPU per notification: {}", list.join(", "));
-    if let Some(threads) = per_node(out, "worker_threads_per_node") {
-        let list: Vec<String> = threads.iter().map(|(n, t)| format!("{n} {t}")).collect();
-        println!(
-            "worker threads per node process (--node-threads): {}",
-            list.join(", ")
-        );
-    }
 }
 
 /// `tidewire bench relay --backlog`: the last hop alone. Its receiver is stopped, everything is
@@ -1352,7 +1359,7 @@ async fn bench_backlog(
             out["peak_rss_mib"]
         );
         print_cpu_per_node(&out);
-        print_commit_times(&out);
+        print_status_figures(&out);
     }
     Ok(())
 }
