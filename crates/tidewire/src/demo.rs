@@ -1189,6 +1189,13 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
         );
         print_cpu_per_node(&out);
         print_status_figures(&out);
+        if rate.is_none() && a.hops == 1 {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            println!(
+                "end to end: the publisher, both nodes and the subscriber shared {cores} core(s) ({} busy); `--processes --backlog` times the hop alone",
+                out["cpu_cores_busy"]
+            );
+        }
     }
     Ok(())
 }

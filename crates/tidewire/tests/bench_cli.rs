@@ -166,3 +166,33 @@ fn bench_relay_backlog_times_the_drain_of_the_last_hop() -> Result<()> {
     assert!(r["p99_ms"].is_null(), "no latency in backlog mode: {r}");
     Ok(())
 }
+
+#[test]
+fn bench_relay_readable_output_says_what_it_timed() -> Result<()> {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidewire"))
+        .args(["bench", "relay", "--count", "40", "--persons", "0"])
+        .env_clear()
+        .output()
+        .context("running tidewire bench relay")?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout)?;
+    let table = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("hops "))
+        .nth(1)
+        .with_context(|| format!("a row under the table's header: {stdout}"))?;
+    assert!(table.starts_with("1 ") && table.contains("40"), "{stdout}");
+    // As fast as possible over one hop, everything shared the machine: the output says so, and
+    // names the mode that times the hop alone.
+    assert!(
+        stdout.lines().any(|l| l.starts_with("end to end:")
+            && l.contains("core(s)")
+            && l.contains("`--processes --backlog` times the hop alone")),
+        "{stdout}"
+    );
+    Ok(())
+}
