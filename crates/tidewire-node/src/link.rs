@@ -711,18 +711,21 @@ fn complete(node: &Arc<Node>, peer: &NodeId, inflight: &mut BTreeMap<u64, Inflig
         .forwarded
         .fetch_add(forwarded, Ordering::Relaxed);
     let n = node.clone();
-    node.tracker.spawn(async move {
-        // Removing acknowledged items need not be durable at once: lost in a crash, they are
-        // sent again and the peer answers them as duplicates. Refusals are ledger records.
-        let done = if entries.is_empty() {
-            n.commit_lazy(ops).await
-        } else {
-            n.commit(ops, entries).await
-        };
-        if let Err(e) = done {
-            tracing::error!(error = %e, "could not record acknowledged transfers");
+    node.tracker.spawn(
+        async move {
+            // Removing acknowledged items need not be durable at once: lost in a crash, they are
+            // sent again and the peer answers them as duplicates. Refusals are ledger records.
+            let done = if entries.is_empty() {
+                n.commit_lazy(ops).await
+            } else {
+                n.commit(ops, entries).await
+            };
+            if let Err(e) = done {
+                tracing::error!(error = %e, "could not record acknowledged transfers");
+            }
         }
-    });
+        .in_current_span(),
+    );
 }
 
 /// Keeps a dialed link up: connect, run the session, back off (capped, jittered) and retry.

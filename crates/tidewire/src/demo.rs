@@ -11,6 +11,7 @@ use futures::StreamExt;
 use tidewire_core::timefmt;
 use tidewire_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::client::{Conn, status_error};
 use crate::pki::{self, Federation};
@@ -1094,31 +1095,34 @@ pub async fn bench_relay(a: BenchArgs, json: bool) -> Result<()> {
     let cpu_before = fedn.cpu();
     let start = Instant::now();
     let target = last.to_owned();
-    let publisher = tokio::spawn(async move {
-        let reqs = futures::stream::iter(0..count).then(move |i| {
-            let target = target.clone();
-            async move {
-                if let Some(r) = rate {
-                    let due = start + Duration::from_secs_f64(i as f64 / r as f64);
-                    tokio::time::sleep_until(due.into()).await;
+    let publisher = tokio::spawn(
+        async move {
+            let reqs = futures::stream::iter(0..count).then(move |i| {
+                let target = target.clone();
+                async move {
+                    if let Some(r) = rate {
+                        let due = start + Duration::from_secs_f64(i as f64 / r as f64);
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    pb::PublishRequest {
+                        notification_json: bench_notification(i, &target, shape),
+                        idempotency_key: String::new(),
+                    }
                 }
-                pb::PublishRequest {
-                    notification_json: bench_notification(i, &target, shape),
-                    idempotency_key: String::new(),
-                }
+            });
+            let mut replies = pb::publisher_client::PublisherClient::new(pub_ch)
+                .publish_stream(reqs)
+                .await?
+                .into_inner();
+            let mut n = 0;
+            while let Some(r) = replies.next().await {
+                r?;
+                n += 1;
             }
-        });
-        let mut replies = pb::publisher_client::PublisherClient::new(pub_ch)
-            .publish_stream(reqs)
-            .await?
-            .into_inner();
-        let mut n = 0;
-        while let Some(r) = replies.next().await {
-            r?;
-            n += 1;
+            Ok::<(u64, f64), tonic::Status>((n, start.elapsed().as_secs_f64()))
         }
-        Ok::<(u64, f64), tonic::Status>((n, start.elapsed().as_secs_f64()))
-    });
+        .instrument(tracing::info_span!("bench_publisher")),
+    );
     let mut latencies = Vec::with_capacity(count as usize);
     // The same, split where the last node received the notification: before (the origin's
     // commit, the hops) and after (the last node's commit, delivery to the subscriber).
@@ -1416,18 +1420,24 @@ pub async fn bench_fanout(a: FanoutArgs, json: bool) -> Result<()> {
             .await
             .map_err(status_error)?
             .into_inner();
-        readers.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(count as usize);
-            while (lat.len() as u64) < count {
-                match tokio::time::timeout(Duration::from_secs(60), s.next()).await {
-                    Ok(Some(Ok(d))) => {
-                        lat.push((timefmt::now_ms() - d.created_at_ms).max(0) as f64)
+        readers.push(tokio::spawn(
+            async move {
+                let mut lat = Vec::with_capacity(count as usize);
+                while (lat.len() as u64) < count {
+                    match tokio::time::timeout(Duration::from_secs(60), s.next()).await {
+                        Ok(Some(Ok(d))) => {
+                            lat.push((timefmt::now_ms() - d.created_at_ms).max(0) as f64)
+                        }
+                        _ => break,
                     }
-                    _ => break,
                 }
+                lat
             }
-            lat
-        }));
+            .instrument(tracing::info_span!(
+                "bench_subscriber",
+                index = readers.len()
+            )),
+        ));
     }
     if !json {
         eprintln!(
