@@ -303,6 +303,34 @@ fn line_of(text: &str, key: &str) -> Option<usize> {
     None
 }
 
+/// Where `key` got its value, as an error names it: `line N: key `listen``, or
+/// `key `listen` (set by TIDEWIRE_LISTEN)` when the override `var` set it.
+fn key_at(text: &str, var: Option<&str>, key: &str) -> String {
+    match (var, line_of(text, key)) {
+        (Some(var), _) => format!("key `{key}` (set by {var})"),
+        (None, Some(line)) => format!("line {line}: key `{key}`"),
+        (None, None) => format!("key `{key}`"),
+    }
+}
+
+/// An error about `key` of the config file at `path` found only once the node runs with it (an
+/// address it cannot bind), told as a loading error is: the file, then the line of the key or
+/// the environment override that set it, then `message`.
+pub fn key_error(
+    path: &Path,
+    env: &HashMap<String, String>,
+    key: &str,
+    message: &str,
+) -> ConfigError {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let var = override_var(key);
+    let var = env.contains_key(&var).then_some(var.as_str());
+    ConfigError {
+        file: path.display().to_string(),
+        message: format!("{}: {message}", key_at(&text, var, key)),
+    }
+}
+
 impl NodeConfig {
     /// `limits.retention_hours` in milliseconds.
     pub fn retention_ms(&self) -> i64 {
@@ -379,11 +407,10 @@ impl NodeConfig {
         // A value that is wrong: says where it was set (the line, or the variable) and which
         // key it is.
         let bad = |key: &str, message: String| {
-            err(match (overridden.get(key), line_of(text, key)) {
-                (Some(var), _) => format!("key `{key}` (set by {var}): {message}"),
-                (None, Some(line)) => format!("line {line}: key `{key}`: {message}"),
-                (None, None) => format!("key `{key}`: {message}"),
-            })
+            err(format!(
+                "{}: {message}",
+                key_at(text, overridden.get(key).copied(), key)
+            ))
         };
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let abs = |p: &str| {

@@ -9,6 +9,19 @@ pub enum NodeError {
     /// Bad configuration or files at start-up.
     #[error("{0}")]
     Config(String),
+    /// A listen address of the configuration (`key`: `listen` or `metrics_listen`) could not
+    /// be bound; `hint` says what to do about `error`.
+    #[error("key `{key}`: cannot bind {addr}: {error}{hint}")]
+    Bind {
+        /// The configuration key that gave the address.
+        key: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What the system said.
+        error: std::io::Error,
+        /// What to do about it (empty, or starting with a space).
+        hint: &'static str,
+    },
     /// A request is malformed or invalid; the message says what to fix.
     #[error("{0}")]
     Invalid(String),
@@ -55,7 +68,7 @@ impl From<NodeError> for tonic::Status {
     fn from(e: NodeError) -> tonic::Status {
         use tonic::Code;
         let code = match &e {
-            NodeError::Config(_) => Code::FailedPrecondition,
+            NodeError::Config(_) | NodeError::Bind { .. } => Code::FailedPrecondition,
             NodeError::Invalid(_) | NodeError::Core(_) => Code::InvalidArgument,
             NodeError::PermissionDenied(_) => Code::PermissionDenied,
             NodeError::Unauthenticated(_) => Code::Unauthenticated,

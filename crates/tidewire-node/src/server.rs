@@ -100,14 +100,34 @@ impl Running {
     }
 }
 
-/// What to check when an address is taken.
-fn in_use_hint(e: &std::io::Error) -> &'static str {
-    if e.kind() == std::io::ErrorKind::AddrInUse {
-        " (is this node already running, or another program on that port? stop it, or choose \
-         another port)"
-    } else {
-        ""
+/// What to do when an address cannot be bound.
+fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " (is this node already running, or another program on that port? stop it, or \
+             choose another port)"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            " (this machine has no such address: listen on one of its own, such as 127.0.0.1, \
+             or on 0.0.0.0 for all of them)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            " (ports below 1024 need privileges: choose a port of 1024 or above)"
+        }
+        _ => "",
     }
+}
+
+/// Binds `addr`, given by the configuration's `key`.
+async fn bind(key: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| NodeError::Bind {
+            key,
+            addr,
+            hint: bind_hint(&error),
+            error,
+        })
 }
 
 /// The HTTP/2 limit on streams open at once on one connection.
@@ -304,13 +324,7 @@ async fn start_inner(
     shutdown: CancellationToken,
 ) -> Result<Running, NodeError> {
     let listener = match listener {
-        None => TcpListener::bind(cfg.listen).await.map_err(|e| {
-            NodeError::Config(format!(
-                "key `listen`: cannot bind {}: {e}{}",
-                cfg.listen,
-                in_use_hint(&e)
-            ))
-        })?,
+        None => bind("listen", cfg.listen).await?,
         Some(l) => l
             .set_nonblocking(true)
             .and_then(|()| TcpListener::from_std(l))
@@ -321,12 +335,7 @@ async fn start_inner(
         .map_err(|e| NodeError::Internal(e.to_string()))?;
     cfg.listen = addr;
     let metrics_listener = match cfg.metrics_listen {
-        Some(a) => Some(TcpListener::bind(a).await.map_err(|e| {
-            NodeError::Config(format!(
-                "key `metrics_listen`: cannot bind {a}: {e}{}",
-                in_use_hint(&e)
-            ))
-        })?),
+        Some(a) => Some(bind("metrics_listen", a).await?),
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());

@@ -23,7 +23,20 @@ pub async fn node_run(
     env: &HashMap<String, String>,
 ) -> Result<()> {
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = tidewire_node::start(cfg, shutdown.clone()).await?;
+    let running = match tidewire_node::start(cfg, shutdown.clone()).await {
+        Ok(r) => r,
+        // An address that cannot be bound is the config file's to fix: say where it is set.
+        Err(tidewire_node::NodeError::Bind {
+            key,
+            addr,
+            error,
+            hint,
+        }) => {
+            let message = format!("cannot bind {addr}: {error}{hint}");
+            return Err(tidewire_node::config::key_error(config, env, key, &message).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     tracing::info!(
         addr = %running.addr,
         worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),

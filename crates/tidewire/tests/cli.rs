@@ -648,6 +648,59 @@ fn tidewire_bare(args: &[&str]) -> Run {
     }
 }
 
+/// `node run` on a `node.toml` whose listen address is taken (the node started twice, most
+/// often) names the file, the line of `listen` and what to check; set by an override, it names
+/// the variable instead.
+#[test]
+fn node_run_on_an_address_it_cannot_bind_names_the_file_line_and_fix() {
+    let (_tmp, fed) = pki_init("accra", "");
+    let config = fed.join("accra/node.toml");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let text = std::fs::read_to_string(&config).expect("node.toml");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("listen = "))
+        .expect("a listen line")
+        + 1;
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("listen = ") {
+                format!("listen = \"{addr}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&config, text).expect("write node.toml");
+    let config_s = config.to_str().expect("utf-8");
+    let run = tidewire_bare(&["node", "run", "--config", config_s]);
+    assert!(!run.ok, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "{config_s}: line {line}: key `listen`: cannot bind {addr}"
+        )) && run.stderr.contains("already running"),
+        "{}",
+        run.stderr
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidewire"))
+        .args(["node", "run", "--config", config_s])
+        .env_clear()
+        .env("TIDEWIRE_LISTEN", addr.to_string())
+        .output()
+        .expect("running tidewire");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("key `listen` (set by TIDEWIRE_LISTEN): cannot bind"),
+        "{stderr}"
+    );
+    // Nothing was started: the data directory was not created.
+    assert!(!fed.join("accra/data/store").exists());
+    drop(taken);
+}
+
 /// `pki issue-client` ends with the command that uses the new identity, for its role: a
 /// publisher publishes, a subscriber follows one of its own routes.
 #[test]
