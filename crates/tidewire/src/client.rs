@@ -48,9 +48,27 @@ impl Conn {
                 anyhow::anyhow!("refusing the node at {url}: {why}")
             }
             tidewire_node::tls::LinkConnectError::Other(why) => {
-                anyhow::anyhow!("cannot reach node at {url}: {why}")
+                anyhow::anyhow!(
+                    "cannot reach node at {url}: {why}{}",
+                    self.refused_hint(&why)
+                )
             }
         })
+    }
+
+    /// What to try when nothing listens at the node's address: start it (with the command, for
+    /// a node of a federation directory) or check the URL.
+    fn refused_hint(&self, why: &str) -> String {
+        if !why.contains("Connection refused") {
+            return String::new();
+        }
+        match &self.federation {
+            Some(dir) if !self.node.contains("://") => format!(
+                " (is it running? start it with `tidewire node run --config {}`)",
+                dir.join(&self.node).join("node.toml").display()
+            ),
+            _ => " (is a node running there? check the URL and its `listen` address)".to_owned(),
+        }
     }
 
     /// The certificate pin of the node named by `--node` in `DIR/roster.toml`, when a

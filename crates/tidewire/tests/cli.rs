@@ -410,9 +410,29 @@ async fn status_of_a_node_not_in_the_federation_or_not_running_fails_and_says_wh
     assert!(!down.ok);
     assert!(
         down.stderr
-            .contains("cannot reach node at https://127.0.0.1:1"),
+            .contains("cannot reach node at https://127.0.0.1:1")
+            && down.stderr.contains("is a node running there?"),
         "{}",
         down.stderr
+    );
+}
+
+/// A node of a federation directory that is not running: the error gives the command that
+/// starts it.
+#[test]
+fn status_of_a_node_not_started_gives_the_command_that_starts_it() {
+    let (_tmp, fed) = pki_init("accra", "");
+    let fed_s = fed.to_str().expect("utf-8");
+    let run = tidewire_bare(&["status", "--federation", fed_s, "--node", "accra"]);
+    assert!(!run.ok);
+    let start = format!(
+        "start it with `tidewire node run --config {}`",
+        fed.join("accra/node.toml").display()
+    );
+    assert!(
+        run.stderr.contains("cannot reach node at") && run.stderr.contains(&start),
+        "{}",
+        run.stderr
     );
 }
 
