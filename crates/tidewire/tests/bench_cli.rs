@@ -7,9 +7,10 @@ use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 
-fn bench(args: &[&str]) -> Result<serde_json::Value> {
+/// Runs `tidewire bench relay ARGS` and returns what it printed on standard output.
+fn bench_output(args: &[&str]) -> Result<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_tidewire"))
-        .args(["bench", "relay", "--json"])
+        .args(["bench", "relay"])
         .args(args)
         .env_clear()
         .output()
@@ -19,7 +20,12 @@ fn bench(args: &[&str]) -> Result<serde_json::Value> {
         "tidewire bench relay {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8(out.stdout)?;
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// `tidewire bench relay --json ARGS`: its one JSON object.
+fn bench(args: &[&str]) -> Result<serde_json::Value> {
+    let stdout = bench_output(&[&["--json"], args].concat())?;
     let line = stdout.lines().last().context("no output")?;
     serde_json::from_str(line).with_context(|| format!("not one JSON object: {line}"))
 }
@@ -169,17 +175,7 @@ fn bench_relay_backlog_times_the_drain_of_the_last_hop() -> Result<()> {
 
 #[test]
 fn bench_relay_readable_output_says_what_it_timed() -> Result<()> {
-    let out = Command::new(env!("CARGO_BIN_EXE_tidewire"))
-        .args(["bench", "relay", "--count", "40", "--persons", "0"])
-        .env_clear()
-        .output()
-        .context("running tidewire bench relay")?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout)?;
+    let stdout = bench_output(&["--count", "40", "--persons", "0"])?;
     let table = stdout
         .lines()
         .skip_while(|l| !l.starts_with("hops "))

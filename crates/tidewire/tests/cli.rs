@@ -656,9 +656,15 @@ fn pki_init(nodes: &str, links: &str) -> (tempfile::TempDir, std::path::PathBuf)
 
 /// Runs `tidewire ARGS` with nothing else: no federation, an empty environment.
 fn tidewire_bare(args: &[&str]) -> Run {
+    tidewire_env(args, &[])
+}
+
+/// Runs `tidewire ARGS` with only the environment variables `vars`.
+fn tidewire_env(args: &[&str], vars: &[(&str, &str)]) -> Run {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidewire"))
         .args(args)
         .env_clear()
+        .envs(vars.iter().copied())
         .output()
         .expect("running tidewire");
     Run {
@@ -704,17 +710,18 @@ fn node_run_on_an_address_it_cannot_bind_names_the_file_line_and_fix() {
         "{}",
         run.stderr
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidewire"))
-        .args(["node", "run", "--config", config_s])
-        .env_clear()
-        .env("TIDEWIRE_LISTEN", addr.to_string())
-        .output()
-        .expect("running tidewire");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let addr_s = addr.to_string();
+    let overridden = tidewire_env(
+        &["node", "run", "--config", config_s],
+        &[("TIDEWIRE_LISTEN", &addr_s)],
+    );
     assert!(
-        !out.status.success()
-            && stderr.contains("key `listen` (set by TIDEWIRE_LISTEN): cannot bind"),
-        "{stderr}"
+        !overridden.ok
+            && overridden
+                .stderr
+                .contains("key `listen` (set by TIDEWIRE_LISTEN): cannot bind"),
+        "{}",
+        overridden.stderr
     );
     // Nothing was started: the data directory was not created.
     assert!(!fed.join("accra/data/store").exists());
