@@ -186,9 +186,19 @@ fn bench_relay_readable_output_says_what_it_timed() -> Result<()> {
     // names the mode that times the hop alone.
     assert!(
         stdout.lines().any(|l| l.starts_with("end to end:")
+            && l.contains("2 nodes")
             && l.contains("core(s)")
             && l.contains("`--processes --backlog` times the hop alone")),
         "{stdout}"
+    );
+    // At a set rate, or over two hops, the hop alone is not what the figures are compared
+    // with: the line says what shared the machine, without the hint.
+    let paced = bench_output(&["--hops", "2", "--count", "40", "--rate", "400"])?;
+    assert!(
+        paced.lines().any(|l| l.starts_with("end to end:")
+            && l.contains("3 nodes")
+            && !l.contains("--backlog")),
+        "{paced}"
     );
     Ok(())
 }
