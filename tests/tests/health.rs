@@ -175,3 +175,69 @@ async fn metrics_are_prometheus_text_on_their_own_port() -> anyhow::Result<()> {
     kit.stop().await;
     Ok(())
 }
+
+/// What waits at a node, by destination, shows in `status` and on the metrics page, including
+/// copies for a destination no route reaches (no link's backlog counts those): a line a–b–c
+/// with c never started holds at a what a publishes for c, "no route", with when it arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_what_waits_for_each_destination_even_without_a_route() -> anyhow::Result<()> {
+    let kit = Kit::builder(&["a", "b", "c"], &["a:b", "b:c"])?
+        .with_metrics("a")?
+        .without("c")
+        .start()
+        .await?;
+    let before = tidewire_core::timefmt::now_ms();
+    for case in ["MAOC-2026-0101", "MAOC-2026-0102"] {
+        kit.publish("a", &tidewire_testkit::notification(case, &["node:c"]))
+            .await?;
+    }
+    let s = kit.status("a").await?;
+    let queue = s
+        .queues
+        .iter()
+        .find(|q| q.destination == "c")
+        .with_context(|| format!("a queue for c in {:?}", s.queues))?;
+    assert_eq!(queue.backlog, 2, "{queue:?}");
+    assert_eq!(queue.next_hop, "", "no route reaches c: {queue:?}");
+    assert!(
+        queue.oldest_waiting_ms >= before - 1000
+            && queue.oldest_waiting_ms <= tidewire_core::timefmt::now_ms(),
+        "the first publish's time: {queue:?}"
+    );
+    // No link counts them: the only link, to b, is up and has nothing for b or behind it.
+    assert!(
+        s.links
+            .iter()
+            .all(|l| l.backlog == 0 && l.oldest_waiting_ms == 0),
+        "{:?}",
+        s.links
+    );
+    let addr = kit.node("a").metrics_addr.context("a serves metrics")?;
+    let (_, body) = http_get(addr, "GET /metrics HTTP/1.1\r\nhost: a\r\n\r\n").await?;
+    let line = "tidewire_destination_backlog{node=\"a\",destination=\"c\",routed=\"false\"} 2";
+    assert!(body.lines().any(|l| l == line), "no `{line}` in:\n{body}");
+    kit.stop().await;
+
+    // A peer that is down: what waits for it counts in that link's backlog, with its age.
+    let kit = Kit::builder(&["a", "b"], &["a:b"])?
+        .without("b")
+        .start()
+        .await?;
+    kit.publish(
+        "a",
+        &tidewire_testkit::notification("MAOC-2026-0103", &["node:b"]),
+    )
+    .await?;
+    let s = kit.status("a").await?;
+    let link = s
+        .links
+        .iter()
+        .find(|l| l.peer == "b")
+        .context("a's link to b")?;
+    assert!(
+        !link.up && link.backlog == 1 && link.oldest_waiting_ms > 0,
+        "{link:?}"
+    );
+    kit.stop().await;
+    Ok(())
+}

@@ -41,6 +41,28 @@ pub fn render(node: &Node) -> String {
             "tidewire_link_backlog{{node=\"{id}\",peer=\"{peer}\"}} {queued}\n"
         ));
     }
+    // Copies queued by destination, including those no route reaches yet (no link counts
+    // them), and how long the oldest of each has waited.
+    out.push_str("# TYPE tidewire_destination_backlog gauge\n");
+    let queues = node.queues();
+    for q in &queues {
+        out.push_str(&format!(
+            "tidewire_destination_backlog{{node=\"{id}\",destination=\"{}\",routed=\"{}\"}} {}\n",
+            q.dest,
+            q.next_hop.is_some(),
+            q.queued
+        ));
+    }
+    // How long the copy that has waited longest on each link has waited: what to alert on
+    // when a link stays down for hours.
+    out.push_str("# TYPE tidewire_link_oldest_waiting_seconds gauge\n");
+    let now = tidewire_core::timefmt::now_ms();
+    for (peer, since) in node.link_oldest_waiting() {
+        out.push_str(&format!(
+            "tidewire_link_oldest_waiting_seconds{{node=\"{id}\",peer=\"{peer}\"}} {:.3}\n",
+            (now - since).max(0) as f64 / 1000.0
+        ));
+    }
     out.push_str(&format!(
         "# TYPE tidewire_uptime_seconds gauge\ntidewire_uptime_seconds{{node=\"{id}\"}} {}\n",
         node.uptime_s()

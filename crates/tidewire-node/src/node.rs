@@ -1096,6 +1096,19 @@ pub struct Copy {
     pub received_at_ms: i64,
 }
 
+/// One destination's queue on this node (see [`Node::queues`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queue {
+    /// The destination.
+    pub dest: NodeId,
+    /// Copies queued for it.
+    pub queued: u64,
+    /// The peer the routing table sends them to; None when no route reaches the destination.
+    pub next_hop: Option<NodeId>,
+    /// When the one queued first reached this node (Unix ms), if it can be read.
+    pub oldest_ms: Option<i64>,
+}
+
 /// The copies this node stored most recently, decoded, keyed like [`Space::Notifications`].
 /// Egress and local delivery read a copy within milliseconds of storing it; this spares them
 /// the store read, the decoding and the digest recomputation. It is only a cache of the store:
@@ -2851,25 +2864,100 @@ impl Node {
     /// routing table sends through that peer, and, while a link is down, those for the peer
     /// itself (it may have no route then). `status` and the metrics page show these.
     pub fn link_backlogs(&self) -> BTreeMap<NodeId, u64> {
+        self.per_link(&self.backlog_by_dest())
+            .into_iter()
+            .map(|(peer, queued)| (peer, queued.iter().sum()))
+            .collect()
+    }
+
+    /// Every destination with copies queued here, in name order: how many, where the routing
+    /// table sends them (None: no route reaches it), and when the oldest reached this node.
+    pub fn queues(&self) -> Vec<Queue> {
+        let firsts: Vec<(NodeId, u64, u64)> = self
+            .outbox_index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|(d, q)| q.first().map(|seq| (d.clone(), q.len() as u64, *seq)))
+            .collect();
         let table = self
             .routing
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .table();
-        let backlog = self.backlog_by_dest();
+        let mut queues: Vec<Queue> = firsts
+            .into_iter()
+            .map(|(dest, queued, first)| Queue {
+                next_hop: table.get(&dest).map(|(hop, _)| hop.clone()),
+                oldest_ms: self.queued_since(&dest, first),
+                dest,
+                queued,
+            })
+            .collect();
+        queues.sort_by(|a, b| a.dest.cmp(&b.dest));
+        queues
+    }
+
+    /// For each link with copies waiting on it (as [`Node::link_backlogs`] counts them), when
+    /// the one that has waited longest reached this node (Unix ms; received, or published
+    /// here). Each destination's queue goes in order, so its first item is its oldest.
+    pub fn link_oldest_waiting(&self) -> BTreeMap<NodeId, i64> {
+        let firsts: Vec<(NodeId, u64)> = self
+            .outbox_index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|(d, q)| q.first().map(|seq| (d.clone(), *seq)))
+            .collect();
+        let by_dest: BTreeMap<NodeId, i64> = firsts
+            .into_iter()
+            .filter_map(|(d, seq)| Some((d.clone(), self.queued_since(&d, seq)?)))
+            .collect();
+        self.per_link(&by_dest)
+            .into_iter()
+            .filter_map(|(peer, since)| Some((peer, since.into_iter().min()?)))
+            .collect()
+    }
+
+    /// When outbox item `seq` of `dest`'s copy reached this node; None if it cannot be read.
+    fn queued_since(&self, dest: &NodeId, seq: u64) -> Option<i64> {
+        let item = self
+            .store
+            .get(Space::Outbox, &outbox_key(dest, seq))
+            .ok()??;
+        let item = OutboxItem::decode(&item)?;
+        let key = note_key(&item.id, &item.holder);
+        if let Some(copy) = self.copies.get(&key) {
+            return Some(copy.received_at_ms);
+        }
+        let stored = self.store.get(Space::Notifications, &key).ok()??;
+        decode_stored(&stored).map(|(meta, _)| meta.received_at_ms)
+    }
+
+    /// A figure per destination gathered by the link its copies wait on: the destinations the
+    /// routing table sends through that peer and, while the link is down, the peer itself.
+    fn per_link<T: std::marker::Copy>(
+        &self,
+        by_dest: &BTreeMap<NodeId, T>,
+    ) -> BTreeMap<NodeId, Vec<T>> {
+        let table = self
+            .routing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .table();
         self.links
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|(peer, l)| {
-                let queued = backlog
+                let values = by_dest
                     .iter()
                     .filter(|(d, _)| {
                         table.get(*d).is_some_and(|(hop, _)| hop == peer) || (*d == peer && !l.up)
                     })
-                    .map(|(_, c)| *c)
-                    .sum();
-                (peer.clone(), queued)
+                    .map(|(_, v)| *v)
+                    .collect();
+                (peer.clone(), values)
             })
             .collect()
     }

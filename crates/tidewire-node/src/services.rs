@@ -263,6 +263,7 @@ impl pb::admin_server::Admin for AdminService {
         let (counters, refused) = n.counters.snapshot();
         let table = n.routing.lock().unwrap_or_else(|p| p.into_inner()).table();
         let backlog = n.link_backlogs();
+        let oldest = n.link_oldest_waiting();
         let policy = n.policy().map(|(p, _)| p);
         let links = n
             .links
@@ -275,6 +276,7 @@ impl pb::admin_server::Admin for AdminService {
                 backlog: backlog.get(peer).copied().unwrap_or(0),
                 last_error: l.last_error.clone(),
                 address: l.url.clone(),
+                oldest_waiting_ms: oldest.get(peer).copied().unwrap_or(0),
             })
             .collect();
         Ok(Response::new(pb::StatusReply {
@@ -296,6 +298,16 @@ impl pb::admin_server::Admin for AdminService {
                 tokio::runtime::Handle::current().metrics().num_workers(),
             )
             .unwrap_or(u32::MAX),
+            queues: n
+                .queues()
+                .into_iter()
+                .map(|q| pb::QueueStatus {
+                    destination: q.dest.to_string(),
+                    backlog: q.queued,
+                    next_hop: q.next_hop.map(|h| h.to_string()).unwrap_or_default(),
+                    oldest_waiting_ms: q.oldest_ms.unwrap_or(0),
+                })
+                .collect(),
             store: Some({
                 let s = n.store.stats();
                 let c = n.commit_stats();

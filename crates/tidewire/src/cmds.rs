@@ -792,6 +792,17 @@ pub struct StatusArgs {
 }
 
 /// `tidewire status`.
+/// A span of time as an operator reads it: `40 s`, `12 min`, `2 h 14 min`, `3 d 4 h`.
+fn human_age(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86_400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
 pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
     let channel = a.conn.connect().await?;
     let s = pb::admin_client::AdminClient::new(channel)
@@ -807,9 +818,14 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "node": s.node, "country": s.country, "org": s.org, "uptime_s": s.uptime_s, "policy_version": s.policy_version, "policy_number": s.policy_number, "roster_nodes": s.roster_nodes, "roster_sha256": s.roster_sha256, "worker_threads": s.worker_threads,
-                "links": s.links.iter().map(|l| serde_json::json!({"peer": l.peer, "up": l.up, "backlog": l.backlog, "last_error": l.last_error, "url": l.address})).collect::<Vec<_>>(),
+                "links": s.links.iter().map(|l| serde_json::json!({"peer": l.peer, "up": l.up, "backlog": l.backlog, "last_error": l.last_error, "url": l.address,
+                    "oldest_waiting_since": (l.oldest_waiting_ms > 0).then(|| timefmt::format_ms(l.oldest_waiting_ms)),
+                    "oldest_waiting_s": (l.oldest_waiting_ms > 0).then(|| (timefmt::now_ms() - l.oldest_waiting_ms).max(0) / 1000)})).collect::<Vec<_>>(),
                 "counters": counters, "refused": refused,
                 "routes": s.routes.iter().map(|r| serde_json::json!({"node": r.node, "next_hop": r.next_hop, "distance": r.distance})).collect::<Vec<_>>(),
+                "queues": s.queues.iter().map(|q| serde_json::json!({"destination": q.destination, "backlog": q.backlog, "next_hop": (!q.next_hop.is_empty()).then_some(&q.next_hop),
+                    "oldest_waiting_since": (q.oldest_waiting_ms > 0).then(|| timefmt::format_ms(q.oldest_waiting_ms)),
+                    "oldest_waiting_s": (q.oldest_waiting_ms > 0).then(|| (timefmt::now_ms() - q.oldest_waiting_ms).max(0) / 1000)})).collect::<Vec<_>>(),
                 "store": s.store.as_ref().map(|st| serde_json::json!({"writable": st.writable, "log_segments": st.log_segments, "log_bytes": st.log_bytes, "since_checkpoint_ms": st.since_checkpoint_ms, "replayed_at_start": st.replayed_at_start, "commits": st.commits, "slow_commits": st.slow_commits, "longest_commit_ms": st.longest_commit_ms, "commit_p99_ms": st.commit_p99_ms})),
             }))?
         );
@@ -863,13 +879,44 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
     }
     println!("links");
     for l in &s.links {
+        let waiting = if l.backlog > 0 && l.oldest_waiting_ms > 0 {
+            format!(
+                "oldest waiting {}   ",
+                human_age(timefmt::now_ms() - l.oldest_waiting_ms)
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "  {:<12} {:<5} backlog {:<6} {}",
+            "  {:<12} {:<5} backlog {:<6} {waiting}{}",
             l.peer,
             if l.up { "up" } else { "down" },
             l.backlog,
             if l.up { "" } else { &l.last_error }
         );
+    }
+    if !s.queues.is_empty() {
+        println!("queued");
+        for q in &s.queues {
+            println!(
+                "  {:<12} {:<6} {:<18} {}",
+                q.destination,
+                q.backlog,
+                if q.next_hop.is_empty() {
+                    "no route".to_owned()
+                } else {
+                    format!("via {}", q.next_hop)
+                },
+                if q.oldest_waiting_ms > 0 {
+                    format!(
+                        "oldest waiting {}",
+                        human_age(timefmt::now_ms() - q.oldest_waiting_ms)
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
     println!("routes");
     for r in &s.routes {
@@ -1692,7 +1739,17 @@ fn human_bytes(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{human_bytes, key_line, outcome_unknown, short_id};
+    use super::{human_age, human_bytes, key_line, outcome_unknown, short_id};
+
+    #[test]
+    fn ages_read_in_the_largest_units_that_fit() {
+        assert_eq!(human_age(-5), "0 s");
+        assert_eq!(human_age(59_999), "59 s");
+        assert_eq!(human_age(60_000), "1 min");
+        assert_eq!(human_age(3_599_000), "59 min");
+        assert_eq!(human_age((2 * 3600 + 14 * 60) * 1000), "2 h 14 min");
+        assert_eq!(human_age((3 * 86_400 + 4 * 3600 + 59) * 1000), "3 d 4 h");
+    }
 
     #[test]
     fn short_ids_of_one_millisecond_differ_and_find_their_notification() {
