@@ -2902,16 +2902,10 @@ impl Node {
     /// the one that has waited longest reached this node (Unix ms; received, or published
     /// here). Each destination's queue goes in order, so its first item is its oldest.
     pub fn link_oldest_waiting(&self) -> BTreeMap<NodeId, i64> {
-        let firsts: Vec<(NodeId, u64)> = self
-            .outbox_index
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter_map(|(d, q)| q.first().map(|seq| (d.clone(), *seq)))
-            .collect();
-        let by_dest: BTreeMap<NodeId, i64> = firsts
+        let by_dest: BTreeMap<NodeId, i64> = self
+            .queues()
             .into_iter()
-            .filter_map(|(d, seq)| Some((d.clone(), self.queued_since(&d, seq)?)))
+            .filter_map(|q| Some((q.dest, q.oldest_ms?)))
             .collect();
         self.per_link(&by_dest)
             .into_iter()
