@@ -33,8 +33,14 @@ pub fn grant_key(id: &NotificationId, dest: &NodeId) -> Vec<u8> {
 /// What ConsentAsk did.
 #[derive(Debug)]
 pub enum Asked {
-    /// Inside the audience, or onward transfer allowed: queued now.
-    Queued,
+    /// Inside the audience, or onward transfer allowed: queued now. The notification's kind
+    /// and case reference, for the answer.
+    Queued {
+        /// Its kind.
+        kind: String,
+        /// Its case reference.
+        case_ref: String,
+    },
     /// Held; the origin was asked.
     Held(Box<ConsentRecord>),
 }
@@ -191,7 +197,10 @@ impl Node {
                 serde_json::json!({"reason": reason}),
             )
             .await?;
-            return Ok(Asked::Queued);
+            return Ok(Asked::Queued {
+                kind: h.kind.to_string(),
+                case_ref: h.case_ref,
+            });
         }
         if h.handling != Handling::H2 {
             return Err(NodeError::PermissionDenied(format!(

@@ -409,13 +409,15 @@ impl pb::admin_server::Admin for AdminService {
             .ask_consent(&r.notification, &r.destination, &r.reason, &who.label())
             .await?
         {
-            crate::consent::Asked::Queued => pb::ConsentItem {
+            crate::consent::Asked::Queued { kind, case_ref } => pb::ConsentItem {
                 id: format!("{}-{}", r.notification, r.destination),
                 notification: r.notification,
                 requester: self.0.id().to_string(),
                 destination: r.destination,
                 state: "queued".into(),
-                ..Default::default()
+                kind,
+                case_ref,
+                at_ms: tidewire_core::timefmt::now_ms(),
             },
             crate::consent::Asked::Held(rec) => rec.to_pb(),
         };

@@ -1202,6 +1202,12 @@ fn consent_line(c: &pb::ConsentItem, json: bool) {
             "{}",
             serde_json::json!({"id": c.id, "notification": c.notification, "requester": c.requester, "destination": c.destination, "state": c.state, "kind": c.kind, "case_ref": c.case_ref, "at": timefmt::format_ms(c.at_ms)})
         );
+    } else if c.state == "queued" {
+        // Asked for, but no consent was needed: sent on at once.
+        println!(
+            "{}  {:<8} {} ({} {}) goes to {} now: it is within the origin's audience, or the origin allows onward transfer, so no consent is needed",
+            c.id, c.state, c.notification, c.kind, c.case_ref, c.destination
+        );
     } else {
         println!(
             "{}  {:<8} {} wants to pass {} ({} {}) to {}",

@@ -184,6 +184,38 @@ async fn onward_transfer_false_without_h2_is_refused_outright() {
     f.stop().await;
 }
 
+/// Asking to pass on a notification that needs no consent (onward transfer allowed) sends it at
+/// once, and the answer says what it is: its kind and case, state `queued`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_for_a_notification_that_needs_no_consent_sends_it_and_says_what_it_is() {
+    let (_tmp, f) = line().await;
+    let n = serde_json::json!({
+        "kind": "alert", "case_ref": "MAOC-2026-0777", "routes": ["atlantic.west-africa"],
+        "handling": "H1", "audience": ["node:dakar"], "onward_transfer": true,
+        "fields": {"narrative": "x"}
+    });
+    let id = common::publish(&f, "maoc-n", &n).await;
+    wait_for(Duration::from_secs(10), "dakar to receive", || {
+        has(&f, "dakar", &id, "received")
+    })
+    .await;
+    let asked = ask(&f, &id).await.expect("ask");
+    assert_eq!(asked.state, "queued", "{asked:?}");
+    assert_eq!(
+        (asked.kind.as_str(), asked.case_ref.as_str()),
+        ("alert", "MAOC-2026-0777"),
+        "{asked:?}"
+    );
+    assert!(asked.at_ms > 0, "{asked:?}");
+    wait_for(Duration::from_secs(10), "accra to receive", || {
+        has(&f, "accra", &id, "received")
+    })
+    .await;
+    // No request went to the origin: nothing waits for its decision.
+    assert!(origin_items(&f).await.is_empty());
+    f.stop().await;
+}
+
 /// MAOC-N's administrator grants request `req`; waits until notification `id` reaches Accra.
 async fn grant_and_wait_for_accra(f: &LocalFederation, req: &str, id: &str) {
     let decided = admin(f, "maoc-n")
