@@ -1118,8 +1118,12 @@ pub async fn policy(c: PolicyCmd, json: bool) -> Result<()> {
                     conn.node,
                     r.rules.join(", ")
                 );
-                if let Some((v, h)) = &replaced {
-                    println!("  replaces version {v} ({h})");
+                match &replaced {
+                    Some((_, h)) if *h == r.content_hash => {
+                        println!("  the same as the policy it replaces: no rule changed")
+                    }
+                    Some((v, h)) => println!("  replaces version {v} ({h})"),
+                    None => {}
                 }
             }
             if let Some((v, h)) = &replaced

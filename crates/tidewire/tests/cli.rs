@@ -1124,6 +1124,16 @@ async fn a_bad_policy_file_is_named_with_its_line_and_applying_it_changes_nothin
         serde_json::from_str(ledger.stdout.lines().last().expect("an entry")).expect("json");
     assert_eq!(last["detail"]["version"], 2, "{last}");
     assert_eq!(last["detail"]["replaces"]["version"], 1, "{last}");
+    // The same file again: said to change no rule, and no warning about its version.
+    let again = tidewire(&f, &["policy", "apply", "--node", "dakar", &raised]).await;
+    assert!(again.ok && again.stderr.is_empty(), "{}", again.stderr);
+    assert!(
+        again
+            .stdout
+            .contains("the same as the policy it replaces: no rule changed"),
+        "{}",
+        again.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
