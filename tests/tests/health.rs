@@ -187,10 +187,25 @@ async fn status_shows_what_waits_for_each_destination_even_without_a_route() -> 
         .start()
         .await?;
     let before = tidewire_core::timefmt::now_ms();
-    for case in ["MAOC-2026-0101", "MAOC-2026-0102"] {
-        kit.publish("a", &tidewire_testkit::notification(case, &["node:c"]))
-            .await?;
-    }
+    // The publisher hears it at once: c is a destination no route reaches yet.
+    let reply = tidewire_proto::v1::publisher_client::PublisherClient::new(kit.channel("a").await?)
+        .publish(tidewire_proto::v1::PublishRequest {
+            notification_json: tidewire_testkit::notification("MAOC-2026-0101", &["node:c"])
+                .to_string(),
+            idempotency_key: String::new(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        (reply.destinations.as_slice(), reply.unrouted.as_slice()),
+        (&["c".to_owned()][..], &["c".to_owned()][..]),
+        "{reply:?}"
+    );
+    kit.publish(
+        "a",
+        &tidewire_testkit::notification("MAOC-2026-0102", &["node:c"]),
+    )
+    .await?;
     let s = kit.status("a").await?;
     let queue = s
         .queues

@@ -595,6 +595,9 @@ pub struct Published {
     pub destinations: Vec<NodeId>,
     /// Audience entries that match no node of the roster (empty for a retry).
     pub unmatched_audience: Vec<String>,
+    /// Of `destinations`, those no route reaches when it was published: their copies wait
+    /// here until one opens.
+    pub unrouted: Vec<NodeId>,
 }
 
 impl Published {
@@ -606,6 +609,7 @@ impl Published {
             duplicate: true,
             destinations: Vec::new(),
             unmatched_audience: Vec::new(),
+            unrouted: Vec::new(),
         }
     }
 }
@@ -2348,12 +2352,23 @@ impl Node {
         if !p.destinations.is_empty() {
             self.bump_outbox();
         }
+        let unrouted = if p.destinations.is_empty() {
+            Vec::new()
+        } else {
+            let routing = self.routing.lock().unwrap_or_else(|p| p.into_inner());
+            p.destinations
+                .iter()
+                .filter(|d| routing.next_hop(d).is_none())
+                .cloned()
+                .collect()
+        };
         Ok(Published {
             id: p.id,
             seq: p.seq,
             duplicate: false,
             destinations: p.destinations,
             unmatched_audience: p.unmatched_audience,
+            unrouted,
         })
     }
 

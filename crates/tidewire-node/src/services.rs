@@ -153,6 +153,7 @@ fn publish_reply(r: Result<Published, NodeError>) -> pb::PublishReply {
             error_message: String::new(),
             destinations: p.destinations.iter().map(|d| d.to_string()).collect(),
             unmatched_audience: p.unmatched_audience,
+            unrouted: p.unrouted.iter().map(|d| d.to_string()).collect(),
         },
         Err(e) => {
             let s: Status = e.into();

@@ -376,13 +376,23 @@ fn split_json_values(name: &str, text: &str) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// The nodes a publish was queued for, as the CLI prints them.
-fn destinations_text(destinations: &[String]) -> String {
-    if destinations.is_empty() {
-        "no other node".into()
-    } else {
-        destinations.join(", ")
+/// The nodes a publish was queued for, as the CLI prints them: those no route reaches yet say
+/// that their copies wait at this node.
+fn destinations_text(r: &pb::PublishReply) -> String {
+    if r.destinations.is_empty() {
+        return "no other node".into();
     }
+    r.destinations
+        .iter()
+        .map(|d| {
+            if r.unrouted.contains(d) {
+                format!("{d} (no route to it now: waits here until one opens)")
+            } else {
+                d.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Warns (on stderr) about audience entries that match no node of the roster.
@@ -440,7 +450,7 @@ pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
         if json {
             println!(
                 "{}",
-                serde_json::json!({"file": name, "id": r.id, "origin_seq": r.origin_seq, "duplicate": r.duplicate, "destinations": r.destinations, "unmatched_audience": r.unmatched_audience})
+                serde_json::json!({"file": name, "id": r.id, "origin_seq": r.origin_seq, "duplicate": r.duplicate, "destinations": r.destinations, "unrouted": r.unrouted, "unmatched_audience": r.unmatched_audience})
             );
         } else {
             println!(
@@ -454,7 +464,7 @@ pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
                 }
             );
             if !r.duplicate {
-                println!("  queued for: {}", destinations_text(&r.destinations));
+                println!("  queued for: {}", destinations_text(&r));
             }
         }
         warn_unmatched(name, &r.unmatched_audience);
@@ -507,7 +517,7 @@ pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
         } else if json {
             println!(
                 "{}",
-                serde_json::json!({"file": name, "id": r.id, "origin_seq": r.origin_seq, "duplicate": r.duplicate, "destinations": r.destinations, "unmatched_audience": r.unmatched_audience})
+                serde_json::json!({"file": name, "id": r.id, "origin_seq": r.origin_seq, "duplicate": r.duplicate, "destinations": r.destinations, "unrouted": r.unrouted, "unmatched_audience": r.unmatched_audience})
             );
         } else if r.duplicate {
             println!(
@@ -518,7 +528,7 @@ pub async fn publish(a: PublishArgs, json: bool) -> Result<()> {
             println!(
                 "[{i}/{total}] published {} from {name} (queued for: {})",
                 r.id,
-                destinations_text(&r.destinations)
+                destinations_text(&r)
             );
         }
         if r.error_code == 0 {
