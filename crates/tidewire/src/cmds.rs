@@ -13,7 +13,6 @@ use tidewire_proto::v1 as pb;
 
 use crate::client::{Conn, status_error};
 
-/// `tidewire node run`.
 /// `tidewire node run`: the node that `cfg`, read from `config`, describes, until SIGTERM or
 /// SIGINT (SIGHUP reads `config` again). `main` reads the configuration before it builds the
 /// runtime, whose worker threads it sets.
@@ -801,7 +800,6 @@ pub struct StatusArgs {
     pub conn: Conn,
 }
 
-/// `tidewire status`.
 /// A span of time as an operator reads it: `40 s`, `12 min`, `2 h 14 min`, `3 d 4 h`.
 fn human_age(ms: i64) -> String {
     let s = ms.max(0) / 1000;
@@ -813,6 +811,7 @@ fn human_age(ms: i64) -> String {
     }
 }
 
+/// `tidewire status`.
 pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
     let channel = a.conn.connect().await?;
     let s = pb::admin_client::AdminClient::new(channel)
@@ -1520,7 +1519,6 @@ fn print_audit_entries(entries: &[pb::AuditEntry], json: bool) {
 /// Case items per `CasesList` page.
 const CASES_PAGE: u32 = 1000;
 
-/// Prints case items as JSON lines, or as a table.
 /// The first 16 hex digits of a notification id, as the readable output shows it: the 12 of its
 /// creation time (in milliseconds) and 4 random ones, so that notifications published in the
 /// same millisecond still look different. Any prefix finds an id (`cases show`, `ledger
@@ -1529,6 +1527,7 @@ pub(crate) fn short_id(id: &str) -> &str {
     id.get(..16).unwrap_or(id)
 }
 
+/// Prints case items as JSON lines, or as a table.
 fn print_cases(items: &[pb::CaseItem], json: bool) {
     for i in items {
         if json {

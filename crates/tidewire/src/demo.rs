@@ -909,8 +909,6 @@ fn bench_notification_with(i: u64, to: &str, persons: u64, more: &str) -> String
     .to_string()
 }
 
-/// CPU time (user + system) this process has used, in seconds: with the nodes in process, the
-/// whole benchmark (nodes, publisher, subscriber).
 /// Publishes `count` benchmark notifications for `to` through one `PublishStream` at `conn`,
 /// as fast as the node accepts them, and returns once every one is acknowledged.
 async fn publish_all(conn: &Conn, count: u64, to: &str, shape: Shape) -> Result<()> {
@@ -930,6 +928,8 @@ async fn publish_all(conn: &Conn, count: u64, to: &str, shape: Shape) -> Result<
     Ok(())
 }
 
+/// CPU time (user + system) this process has used, in seconds: with the nodes in process, the
+/// whole benchmark (nodes, publisher, subscriber).
 fn process_cpu_s() -> f64 {
     proc_cpu_s("/proc/self/stat")
 }
