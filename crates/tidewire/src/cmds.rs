@@ -811,6 +811,22 @@ fn human_age(ms: i64) -> String {
     }
 }
 
+/// When the copy that has waited longest arrived, from a status figure in Unix ms (0: nothing
+/// waits, or it cannot be read).
+fn waiting_since(since_ms: i64) -> Option<String> {
+    (since_ms > 0).then(|| timefmt::format_ms(since_ms))
+}
+
+/// How many seconds it has waited since then.
+fn waited_s(since_ms: i64) -> Option<i64> {
+    (since_ms > 0).then(|| (timefmt::now_ms() - since_ms).max(0) / 1000)
+}
+
+/// The same, as the readable output says it: `oldest waiting 2 h 14 min`.
+fn oldest_waiting(since_ms: i64) -> Option<String> {
+    waited_s(since_ms).map(|s| format!("oldest waiting {}", human_age(s * 1000)))
+}
+
 /// `tidewire status`.
 pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
     let channel = a.conn.connect().await?;
@@ -828,13 +844,11 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "node": s.node, "country": s.country, "org": s.org, "uptime_s": s.uptime_s, "policy_version": s.policy_version, "policy_number": s.policy_number, "roster_nodes": s.roster_nodes, "roster_sha256": s.roster_sha256, "worker_threads": s.worker_threads,
                 "links": s.links.iter().map(|l| serde_json::json!({"peer": l.peer, "up": l.up, "backlog": l.backlog, "last_error": l.last_error, "url": l.address,
-                    "oldest_waiting_since": (l.oldest_waiting_ms > 0).then(|| timefmt::format_ms(l.oldest_waiting_ms)),
-                    "oldest_waiting_s": (l.oldest_waiting_ms > 0).then(|| (timefmt::now_ms() - l.oldest_waiting_ms).max(0) / 1000)})).collect::<Vec<_>>(),
+                    "oldest_waiting_since": waiting_since(l.oldest_waiting_ms), "oldest_waiting_s": waited_s(l.oldest_waiting_ms)})).collect::<Vec<_>>(),
                 "counters": counters, "refused": refused,
                 "routes": s.routes.iter().map(|r| serde_json::json!({"node": r.node, "next_hop": r.next_hop, "distance": r.distance})).collect::<Vec<_>>(),
                 "queues": s.queues.iter().map(|q| serde_json::json!({"destination": q.destination, "backlog": q.backlog, "next_hop": (!q.next_hop.is_empty()).then_some(&q.next_hop),
-                    "oldest_waiting_since": (q.oldest_waiting_ms > 0).then(|| timefmt::format_ms(q.oldest_waiting_ms)),
-                    "oldest_waiting_s": (q.oldest_waiting_ms > 0).then(|| (timefmt::now_ms() - q.oldest_waiting_ms).max(0) / 1000)})).collect::<Vec<_>>(),
+                    "oldest_waiting_since": waiting_since(q.oldest_waiting_ms), "oldest_waiting_s": waited_s(q.oldest_waiting_ms)})).collect::<Vec<_>>(),
                 "store": s.store.as_ref().map(|st| serde_json::json!({"writable": st.writable, "log_segments": st.log_segments, "log_bytes": st.log_bytes, "since_checkpoint_ms": st.since_checkpoint_ms, "replayed_at_start": st.replayed_at_start, "commits": st.commits, "slow_commits": st.slow_commits, "longest_commit_ms": st.longest_commit_ms, "commit_p99_ms": st.commit_p99_ms})),
             }))?
         );
@@ -888,13 +902,9 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
     }
     println!("links");
     for l in &s.links {
-        let waiting = if l.backlog > 0 && l.oldest_waiting_ms > 0 {
-            format!(
-                "oldest waiting {}   ",
-                human_age(timefmt::now_ms() - l.oldest_waiting_ms)
-            )
-        } else {
-            String::new()
+        let waiting = match oldest_waiting(l.oldest_waiting_ms) {
+            Some(w) if l.backlog > 0 => format!("{w}   "),
+            _ => String::new(),
         };
         println!(
             "  {:<12} {:<5} backlog {:<6} {waiting}{}",
@@ -916,14 +926,7 @@ pub async fn status(a: StatusArgs, json: bool) -> Result<()> {
                 } else {
                     format!("via {}", q.next_hop)
                 },
-                if q.oldest_waiting_ms > 0 {
-                    format!(
-                        "oldest waiting {}",
-                        human_age(timefmt::now_ms() - q.oldest_waiting_ms)
-                    )
-                } else {
-                    String::new()
-                }
+                oldest_waiting(q.oldest_waiting_ms).unwrap_or_default()
             );
         }
     }
