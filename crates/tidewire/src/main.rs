@@ -6,6 +6,7 @@ use tidewire::{cmds, demo, envelope_cmd, pki};
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 /// mimalloc: verification and relaying allocate many small buffers per notification, and it
@@ -193,22 +194,18 @@ fn main() {
     // A node's configuration is read before the runtime is built: it says how many worker
     // threads the runtime has (`limits.worker_threads`).
     let node_config = match &cli.command {
-        Command::Node(NodeCmd::Run { config }) => {
-            Some(tidewire_node::NodeConfig::load(config, &env))
-        }
-        _ => None,
+        Command::Node(NodeCmd::Run { config }) => tidewire_node::NodeConfig::load(config, &env)
+            .map(Some)
+            .map_err(anyhow::Error::from),
+        _ => Ok(None),
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(Ok(cfg)) = &node_config
-        && let Some(n) = cfg.limits.worker_threads
-    {
-        runtime.worker_threads(n);
-    }
-    let result = runtime
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(run(cli, env, node_config)));
+    let result = node_config.and_then(|cfg| {
+        let mut runtime = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = cfg.as_ref().and_then(|c| c.limits.worker_threads) {
+            runtime.worker_threads(n);
+        }
+        runtime.enable_all().build()?.block_on(run(cli, env, cfg))
+    });
     if let Err(e) = result {
         let mut msg = e.to_string();
         for cause in e.chain().skip(1) {
@@ -223,20 +220,18 @@ fn main() {
     }
 }
 
-/// Runs one command. `node_config` is the configuration `main` read for `node run`.
+/// Runs one command. `node_config` is the configuration `main` read for `node run` (and only
+/// for it).
 async fn run(
     cli: Cli,
     env: std::collections::HashMap<String, String>,
-    node_config: Option<Result<tidewire_node::NodeConfig, tidewire_node::config::ConfigError>>,
+    node_config: Option<tidewire_node::NodeConfig>,
 ) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
         Command::Node(NodeCmd::Run { config }) => {
             init_tracing(&env, json);
-            let cfg = match node_config {
-                Some(read) => read?,
-                None => tidewire_node::NodeConfig::load(&config, &env)?,
-            };
+            let cfg = node_config.context("the node's configuration is read before the runtime")?;
             cmds::node_run(&config, cfg, &env).await
         }
         Command::Demo(a) => {
