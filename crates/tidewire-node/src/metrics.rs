@@ -57,7 +57,7 @@ pub fn render(node: &Node) -> String {
     // when a link stays down for hours.
     out.push_str("# TYPE tidewire_link_oldest_waiting_seconds gauge\n");
     let now = tidewire_core::timefmt::now_ms();
-    for (peer, since) in node.link_oldest_waiting() {
+    for (peer, since) in node.link_oldest_waiting(&queues) {
         out.push_str(&format!(
             "tidewire_link_oldest_waiting_seconds{{node=\"{id}\",peer=\"{peer}\"}} {:.3}\n",
             (now - since).max(0) as f64 / 1000.0

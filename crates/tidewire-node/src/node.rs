@@ -2915,12 +2915,12 @@ impl Node {
 
     /// For each link with copies waiting on it (as [`Node::link_backlogs`] counts them), when
     /// the one that has waited longest reached this node (Unix ms; received, or published
-    /// here). Each destination's queue goes in order, so its first item is its oldest.
-    pub fn link_oldest_waiting(&self) -> BTreeMap<NodeId, i64> {
-        let by_dest: BTreeMap<NodeId, i64> = self
-            .queues()
-            .into_iter()
-            .filter_map(|q| Some((q.dest, q.oldest_ms?)))
+    /// here), from `queues` ([`Node::queues`]). Each destination's queue goes in order, so its
+    /// first item is its oldest.
+    pub fn link_oldest_waiting(&self, queues: &[Queue]) -> BTreeMap<NodeId, i64> {
+        let by_dest: BTreeMap<NodeId, i64> = queues
+            .iter()
+            .filter_map(|q| Some((q.dest.clone(), q.oldest_ms?)))
             .collect();
         self.per_link(&by_dest)
             .into_iter()

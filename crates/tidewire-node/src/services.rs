@@ -264,7 +264,8 @@ impl pb::admin_server::Admin for AdminService {
         let (counters, refused) = n.counters.snapshot();
         let table = n.routing.lock().unwrap_or_else(|p| p.into_inner()).table();
         let backlog = n.link_backlogs();
-        let oldest = n.link_oldest_waiting();
+        let queues = n.queues();
+        let oldest = n.link_oldest_waiting(&queues);
         let policy = n.policy().map(|(p, _)| p);
         let links = n
             .links
@@ -299,8 +300,7 @@ impl pb::admin_server::Admin for AdminService {
                 tokio::runtime::Handle::current().metrics().num_workers(),
             )
             .unwrap_or(u32::MAX),
-            queues: n
-                .queues()
+            queues: queues
                 .into_iter()
                 .map(|q| pb::QueueStatus {
                     destination: q.dest.to_string(),
