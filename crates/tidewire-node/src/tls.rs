@@ -242,6 +242,11 @@ pub async fn connect_pinned(
                 if let Some(NotPinned(why)) = c.downcast_ref::<NotPinned>() {
                     return LinkConnectError::NotPinned(why.clone());
                 }
+                if c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+                {
+                    return LinkConnectError::Refused(error_chain(&e));
+                }
                 cur = c.source();
             }
             LinkConnectError::Other(error_chain(&e))
@@ -268,6 +273,9 @@ impl std::error::Error for NotPinned {}
 pub enum LinkConnectError {
     /// The server's certificate is not the one the roster pins for the peer.
     NotPinned(String),
+    /// Nothing listens at the address (the connection was refused): the node is not running
+    /// there.
+    Refused(String),
     /// Anything else: unreachable, TLS refused, a bad URL.
     Other(String),
 }
@@ -275,7 +283,9 @@ pub enum LinkConnectError {
 impl std::fmt::Display for LinkConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LinkConnectError::NotPinned(s) | LinkConnectError::Other(s) => f.write_str(s),
+            LinkConnectError::NotPinned(s)
+            | LinkConnectError::Refused(s)
+            | LinkConnectError::Other(s) => f.write_str(s),
         }
     }
 }

@@ -47,21 +47,18 @@ impl Conn {
             tidewire_node::tls::LinkConnectError::NotPinned(why) => {
                 anyhow::anyhow!("refusing the node at {url}: {why}")
             }
+            tidewire_node::tls::LinkConnectError::Refused(why) => {
+                anyhow::anyhow!("cannot reach node at {url}: {why}{}", self.refused_hint())
+            }
             tidewire_node::tls::LinkConnectError::Other(why) => {
-                anyhow::anyhow!(
-                    "cannot reach node at {url}: {why}{}",
-                    self.refused_hint(&why)
-                )
+                anyhow::anyhow!("cannot reach node at {url}: {why}")
             }
         })
     }
 
     /// What to try when nothing listens at the node's address: start it (with the command, for
     /// a node of a federation directory) or check the URL.
-    fn refused_hint(&self, why: &str) -> String {
-        if !why.contains("Connection refused") {
-            return String::new();
-        }
+    fn refused_hint(&self) -> String {
         match &self.federation {
             Some(dir) if !self.node.contains("://") => format!(
                 " (is it running? start it with `tidewire node run --config {}`)",
